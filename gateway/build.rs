@@ -1,0 +1,23 @@
+//! Embeds the XDP object into the gateway.
+//!
+//! `cargo xtask` builds `gateway-ebpf` with nightly + bpf-linker and passes the object's
+//! path in `GATEWAY_EBPF_OBJECT`; the object is then copied into `OUT_DIR` and embedded.
+//! A plain stable `cargo build` has no such object: an empty placeholder is embedded and
+//! the gateway runs L7-only, saying so once in its log.
+use std::{env, fs, path::PathBuf};
+
+fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=GATEWAY_EBPF_OBJECT");
+    let out = PathBuf::from(env::var("OUT_DIR")?).join("gateway-ebpf.o");
+    match env::var_os("GATEWAY_EBPF_OBJECT") {
+        Some(object) => {
+            let object = PathBuf::from(object);
+            println!("cargo:rerun-if-changed={}", object.display());
+            fs::copy(&object, &out).map_err(|e| {
+                anyhow::anyhow!("GATEWAY_EBPF_OBJECT={}: cannot copy: {e}", object.display())
+            })?;
+        }
+        None => fs::write(&out, [])?,
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! Configuration: the TOML schema, its validation, and the immutable snapshot workers run on.
+//!
+//! Two stages: [`raw`] mirrors the file (serde, `deny_unknown_fields`, human units), then
+//! [`validate`] resolves references and reports *every* problem as `file:line: key: message`.
+//! A [`Config`] that exists is valid: workers never re-check it.
+
+mod locate;
+pub mod raw;
+mod validate;
+
+use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+use regex::bytes::Regex;
+
+pub use self::locate::Locator;
+
+/// A validated configuration snapshot.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was read from, for messages.
+    pub source: PathBuf,
+    pub gateway: GatewaySettings,
+    pub limits: Limits,
+    pub listeners: Vec<ListenerConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub xdp: Option<XdpConfig>,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Log filter used when `RUST_LOG` is not set.
+    pub log_level: Option<String>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub drain_timeout: Duration,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Pseudonym the gateway writes into `Via`.
+    pub via: String,
+}
+
+/// `[limits]`: downstream limits, enforced per request on every worker.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head (start line and headers) → 431.
+    pub max_head_size: usize,
+    /// Most header fields in a request → 431.
+    pub max_headers: usize,
+    /// Longest request target → 414.
+    pub max_uri_length: usize,
+    /// Largest request body → 413.
+    pub max_body_size: u64,
+    /// Time allowed from a request's first byte to the end of its head → 408.
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may sit between requests.
+    pub idle_timeout: Duration,
+    /// Longest pause while reading a request body.
+    pub body_read_timeout: Duration,
+    /// Largest pending body the gateway reads and discards to keep a connection open
+    /// after answering a request itself; larger ones close the connection.
+    pub discard_body_max: u64,
+}
+
+/// `[[listeners]]`.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub backlog: u32,
+}
+
+/// `[[upstreams]]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub balance: Balance,
+    pub targets: Vec<TargetConfig>,
+    pub connect_timeout: Duration,
+    /// Longest wait for response bytes (head or body).
+    pub read_timeout: Duration,
+    /// Longest wait for the upstream to accept request bytes.
+    pub write_timeout: Duration,
+    /// Idle keep-alive connections kept per target, per worker.
+    pub max_idle_per_target: usize,
+    /// How long an idle pooled connection may be reused.
+    pub idle_timeout: Duration,
+}
+
+/// One backend.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+/// Load-balancing algorithm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// Smooth weighted round robin (nginx's algorithm); `weighted` is an alias.
+    RoundRobin,
+    /// Fewest in-flight requests relative to weight.
+    LeastConn,
+    /// Power of two random choices on latency EWMA × load.
+    P2cEwma,
+    /// Maglev consistent hashing on a request key.
+    ConsistentHash(HashKey),
+}
+
+/// What `consistent_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header (name lower-cased).
+    Header(String),
+    /// A cookie by name.
+    Cookie(String),
+    /// The client's address.
+    ClientIp,
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub host: Option<HostMatch>,
+    pub path: PathMatch,
+    /// Upper-case method names; empty means any.
+    pub methods: Vec<String>,
+    pub headers: Vec<ValueMatch>,
+    pub query: Vec<ValueMatch>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Remove the matched `path_prefix` before forwarding.
+    pub strip_prefix: bool,
+    /// Replace the matched part of the path before forwarding.
+    pub rewrite: Option<String>,
+}
+
+/// Host condition (compared lower-case, port ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: one or more labels before it.
+    Suffix(String),
+}
+
+/// Path condition, applied to the normalized path.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    /// Matches the prefix itself and anything below it at a segment boundary.
+    Prefix(String),
+    Regex(Regex),
+}
+
+/// A header or query condition.
+#[derive(Debug, Clone)]
+pub struct ValueMatch {
+    /// Header names lower-cased; query names as written.
+    pub name: String,
+    pub condition: ValueCondition,
+}
+
+/// How a header or query value is tested.
+#[derive(Debug, Clone)]
+pub enum ValueCondition {
+    Exact(String),
+    Regex(Regex),
+    /// `present = true` requires the field, `false` requires its absence.
+    Present(bool),
+}
+
+/// XDP attach mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    Driver,
+    Skb,
+}
+
+/// `[xdp]`.
+#[derive(Debug, Clone)]
+pub struct XdpConfig {
+    pub interface: Option<String>,
+    pub mode: XdpMode,
+}
+
+/// One thing wrong with a config file, located as precisely as the file allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", display_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn display_problems(problems: &[Problem]) -> String {
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text`, naming `path` in problems.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        validate::parse_and_validate(path, text).map_err(ConfigError::Invalid)
+    }
+
+    /// Worker count with `0` resolved to the number of cores.
+    pub fn worker_count(&self) -> usize {
+        match self.gateway.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! Turns a [`RawConfig`] into a [`Config`], collecting every problem with its key path.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::Path,
+};
+
+use regex::bytes::Regex;
+
+use super::{
+    Balance, Config, GatewaySettings, HashKey, HostMatch, Limits, ListenerConfig, Locator,
+    PathMatch, Problem, RouteConfig, TargetConfig, UpstreamConfig, ValueCondition, ValueMatch,
+    XdpConfig, XdpMode,
+    raw::{RawBalance, RawConfig, RawMatcher, RawRoute, RawUpstream, RawXdpMode},
+};
+
+/// Collects problems as (key path, message) and locates them at the end.
+#[derive(Default)]
+struct Problems(Vec<(String, String)>);
+
+impl Problems {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push((key.into(), message.into()));
+    }
+}
+
+pub(super) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<Problem>> {
+    let locator = Locator::new(text);
+    let raw = match parse_raw(text) {
+        Ok(raw) => raw,
+        Err((key, message, offset)) => {
+            let line = offset.map(|o| locator.line_at(o)).or_else(|| locator.line_of(&key));
+            return Err(vec![Problem { file: path.to_owned(), line, key, message }]);
+        }
+    };
+    let mut problems = Problems::default();
+    let config = validate(path, raw, &mut problems);
+    if problems.0.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems
+            .0
+            .into_iter()
+            .map(|(key, message)| Problem {
+                file: path.to_owned(),
+                line: locator.line_of(&key),
+                key,
+                message,
+            })
+            .collect())
+    }
+}
+
+/// Deserializes with the key path of the first error, its message and byte offset.
+fn parse_raw(text: &str) -> Result<RawConfig, (String, String, Option<usize>)> {
+    let deserializer = toml::Deserializer::parse(text)
+        .map_err(|e| (String::new(), e.message().to_owned(), e.span().map(|s| s.start)))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        let inner = e.into_inner();
+        // A span that covers the whole document says nothing; locate by key instead.
+        let offset = inner.span().filter(|s| s.start > 0).map(|s| s.start);
+        (key, inner.message().to_owned(), offset)
+    })
+}
+
+fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
+    let gateway = validate_gateway(&raw, problems);
+    let limits = validate_limits(&raw, problems);
+
+    if raw.listeners.is_empty() {
+        problems.push("listeners", "at least one [[listeners]] entry is required");
+    }
+    let mut listener_names = HashSet::new();
+    let mut binds = HashSet::new();
+    let mut listeners = Vec::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        if !listener_names.insert(l.name.as_str()) {
+            problems.push(format!("{key}.name"), format!("duplicate listener name {:?}", l.name));
+        }
+        match l.bind.parse::<SocketAddr>() {
+            Ok(bind) => {
+                if bind.port() != 0 && !binds.insert(bind) {
+                    problems.push(format!("{key}.bind"), format!("{bind} is bound twice"));
+                }
+                listeners.push(ListenerConfig { name: l.name.clone(), bind, backlog: l.backlog });
+            }
+            Err(_) => problems.push(
+                format!("{key}.bind"),
+                format!("invalid address {:?}; write e.g. \"0.0.0.0:8080\" or \"[::]:8080\"", l.bind),
+            ),
+        }
+    }
+
+    let mut upstream_index = HashMap::new();
+    let mut upstreams = Vec::new();
+    for (i, u) in raw.upstreams.iter().enumerate() {
+        if upstream_index.insert(u.name.as_str(), i).is_some() {
+            problems.push(format!("upstreams[{i}].name"), format!("duplicate upstream name {:?}", u.name));
+        }
+        upstreams.push(validate_upstream(i, u, problems));
+    }
+
+    let mut route_names = HashSet::new();
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        if !route_names.insert(r.name.as_str()) {
+            problems.push(format!("routes[{i}].name"), format!("duplicate route name {:?}", r.name));
+        }
+        if let Some(route) = validate_route(i, r, &upstream_index, problems) {
+            routes.push(route);
+        }
+    }
+
+    let xdp = raw.xdp.as_ref().map(|x| {
+        if x.interface.as_deref().is_some_and(|s| s.is_empty() || s.len() >= 16) {
+            problems.push("xdp.interface", "an interface name has 1 to 15 characters");
+        }
+        XdpConfig {
+            interface: x.interface.clone(),
+            mode: match x.mode {
+                RawXdpMode::Driver => XdpMode::Driver,
+                RawXdpMode::Skb => XdpMode::Skb,
+            },
+        }
+    });
+
+    Config { source: path.to_owned(), gateway, limits, listeners, upstreams, routes, xdp }
+}
+
+fn validate_gateway(raw: &RawConfig, problems: &mut Problems) -> GatewaySettings {
+    let g = &raw.gateway;
+    if g.workers > 1024 {
+        problems.push("gateway.workers", "at most 1024 workers");
+    }
+    let mut trusted_proxies = Vec::new();
+    for (i, cidr) in g.trusted_proxies.iter().enumerate() {
+        match parse_cidr(cidr) {
+            Some(net) => trusted_proxies.push(net),
+            None => problems.push(
+                format!("gateway.trusted_proxies[{i}]"),
+                format!("invalid address or CIDR {cidr:?}"),
+            ),
+        }
+    }
+    if !is_token(&g.via) {
+        problems.push("gateway.via", "must be a single token such as \"gateway\"");
+    }
+    GatewaySettings {
+        workers: g.workers,
+        log_level: g.log_level.clone(),
+        drain_timeout: g.drain_timeout,
+        trusted_proxies,
+        via: g.via.clone(),
+    }
+}
+
+/// Accepts `10.0.0.0/8` or a bare address (a /32 or /128).
+fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+fn validate_limits(raw: &RawConfig, problems: &mut Problems) -> Limits {
+    let l = &raw.limits;
+    if !(1..=crate::http::MAX_HEADERS_CEILING).contains(&l.max_headers) {
+        problems.push(
+            "limits.max_headers",
+            format!("must be between 1 and {}", crate::http::MAX_HEADERS_CEILING),
+        );
+    }
+    if !(1024..=1024 * 1024).contains(&l.max_head_size) {
+        problems.push("limits.max_head_size", "must be between 1KiB and 1MiB");
+    }
+    if l.max_uri_length < 16 || l.max_uri_length > l.max_head_size {
+        problems.push("limits.max_uri_length", "must be at least 16 bytes and at most max_head_size");
+    }
+    for (key, value) in [
+        ("limits.header_read_timeout", l.header_read_timeout),
+        ("limits.idle_timeout", l.idle_timeout),
+        ("limits.body_read_timeout", l.body_read_timeout),
+    ] {
+        if value.is_zero() {
+            problems.push(key, "must be greater than zero");
+        }
+    }
+    Limits {
+        max_head_size: l.max_head_size as usize,
+        max_headers: l.max_headers,
+        max_uri_length: l.max_uri_length as usize,
+        max_body_size: l.max_body_size,
+        header_read_timeout: l.header_read_timeout,
+        idle_timeout: l.idle_timeout,
+        body_read_timeout: l.body_read_timeout,
+        discard_body_max: l.discard_body_max,
+    }
+}
+
+fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Problems) -> UpstreamConfig {
+    let key = format!("upstreams[{i}]");
+    if u.targets.is_empty() {
+        problems.push(format!("{key}.targets"), "at least one target is required");
+    }
+    let mut targets = Vec::new();
+    for (t, target) in u.targets.iter().enumerate() {
+        let tkey = format!("{key}.targets[{t}]");
+        if !(1..=10_000).contains(&target.weight) {
+            problems.push(format!("{tkey}.weight"), "must be between 1 and 10000");
+        }
+        match target.addr.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() != 0 => targets.push(TargetConfig { addr, weight: target.weight }),
+            _ => problems.push(
+                format!("{tkey}.addr"),
+                format!("invalid address {:?}; write IP:PORT such as \"10.0.0.5:8080\"", target.addr),
+            ),
+        }
+    }
+    let balance = match (u.balance, &u.hash_key) {
+        (RawBalance::ConsistentHash, Some(hash_key)) => match parse_hash_key(hash_key) {
+            Some(k) => Balance::ConsistentHash(k),
+            None => {
+                problems.push(
+                    format!("{key}.hash_key"),
+                    format!("invalid hash key {hash_key:?}; write \"header:NAME\", \"cookie:NAME\" or \"client_ip\""),
+                );
+                Balance::RoundRobin
+            }
+        },
+        (RawBalance::ConsistentHash, None) => {
+            problems.push(format!("{key}.hash_key"), "consistent_hash needs a hash_key");
+            Balance::RoundRobin
+        }
+        (_, Some(_)) => {
+            problems.push(format!("{key}.hash_key"), "hash_key only applies to balance = \"consistent_hash\"");
+            Balance::RoundRobin
+        }
+        (RawBalance::RoundRobin | RawBalance::Weighted, None) => Balance::RoundRobin,
+        (RawBalance::LeastConn, None) => Balance::LeastConn,
+        (RawBalance::P2cEwma, None) => Balance::P2cEwma,
+    };
+    if u.connect_timeout.is_zero() || u.read_timeout.is_zero() || u.write_timeout.is_zero() {
+        problems.push(key.clone(), "upstream timeouts must be greater than zero");
+    }
+    UpstreamConfig {
+        name: u.name.clone(),
+        balance,
+        targets,
+        connect_timeout: u.connect_timeout,
+        read_timeout: u.read_timeout,
+        write_timeout: u.write_timeout,
+        max_idle_per_target: u.max_idle_per_target,
+        idle_timeout: u.idle_timeout,
+    }
+}
+
+fn parse_hash_key(text: &str) -> Option<HashKey> {
+    match text.split_once(':') {
+        Some(("header", name)) if is_token(name) => Some(HashKey::Header(name.to_ascii_lowercase())),
+        Some(("cookie", name)) if is_token(name) => Some(HashKey::Cookie(name.to_owned())),
+        None if text == "client_ip" => Some(HashKey::ClientIp),
+        _ => None,
+    }
+}
+
+fn validate_route(
+    i: usize,
+    r: &RawRoute,
+    upstreams: &HashMap<&str, usize>,
+    problems: &mut Problems,
+) -> Option<RouteConfig> {
+    let key = format!("routes[{i}]");
+    let before = problems.0.len();
+    let upstream = upstreams.get(r.upstream.as_str()).copied();
+    if upstream.is_none() {
+        problems.push(format!("{key}.upstream"), format!("unknown upstream {:?}", r.upstream));
+    }
+    let host = r.host.as_deref().and_then(|h| {
+        let h = h.to_ascii_lowercase();
+        let (suffix, bare) = match h.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, h.clone()),
+        };
+        let valid = !bare.is_empty()
+            && bare.split('.').all(|label| {
+                !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            problems.push(format!("{key}.host"), format!("invalid host {h:?}; write \"api.example.com\" or \"*.example.com\""));
+            return None;
+        }
+        Some(if suffix { HostMatch::Suffix(format!(".{bare}")) } else { HostMatch::Exact(bare) })
+    });
+
+    let path_kinds = [r.path.is_some(), r.path_prefix.is_some(), r.path_regex.is_some()];
+    let path = match (&r.path, &r.path_prefix, &r.path_regex) {
+        _ if path_kinds.iter().filter(|k| **k).count() > 1 => {
+            problems.push(format!("{key}.path"), "set only one of path, path_prefix and path_regex");
+            None
+        }
+        (Some(p), _, _) => check_path(&format!("{key}.path"), p, problems).then(|| PathMatch::Exact(p.clone())),
+        (_, Some(p), _) => check_path(&format!("{key}.path_prefix"), p, problems)
+            .then(|| PathMatch::Prefix(p.clone())),
+        (_, _, Some(re)) => compile_regex(&format!("{key}.path_regex"), re, problems).map(PathMatch::Regex),
+        (None, None, None) => Some(PathMatch::Prefix("/".to_owned())),
+    };
+
+    let mut methods = Vec::new();
+    for (m, method) in r.methods.iter().flatten().enumerate() {
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+            problems.push(format!("{key}.methods[{m}]"), format!("invalid method {method:?}; write it upper-case, e.g. \"GET\""));
+        } else {
+            methods.push(method.clone());
+        }
+    }
+    let headers = validate_matchers(&format!("{key}.headers"), &r.headers, true, problems);
+    let query = validate_matchers(&format!("{key}.query"), &r.query, false, problems);
+
+    if r.strip_prefix && r.path_prefix.is_none() {
+        problems.push(format!("{key}.strip_prefix"), "strip_prefix needs path_prefix");
+    }
+    if r.strip_prefix && r.rewrite.is_some() {
+        problems.push(format!("{key}.rewrite"), "set either rewrite or strip_prefix, not both");
+    }
+    if let Some(rewrite) = &r.rewrite {
+        check_path(&format!("{key}.rewrite"), rewrite, problems);
+    }
+    if problems.0.len() != before {
+        return None;
+    }
+    Some(RouteConfig {
+        name: r.name.clone(),
+        host,
+        path: path?,
+        methods,
+        headers,
+        query,
+        upstream: upstream?,
+        strip_prefix: r.strip_prefix,
+        rewrite: r.rewrite.clone(),
+    })
+}
+
+/// A configured path must be in the normalized form requests are matched in.
+fn check_path(key: &str, path: &str, problems: &mut Problems) -> bool {
+    let ok = path.starts_with('/')
+        && crate::http::target::normalize_path(path.as_bytes()).is_ok_and(|n| n == path.as_bytes());
+    if !ok {
+        problems.push(
+            key,
+            format!("{path:?} must start with '/' and be normalized (no dot segments, no '//', no %2F)"),
+        );
+    }
+    ok
+}
+
+fn compile_regex(key: &str, pattern: &str, problems: &mut Problems) -> Option<Regex> {
+    // Anchored so a route never matches on a substring by accident.
+    Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| problems.push(key, format!("invalid regex: {e}")))
+        .ok()
+}
+
+fn validate_matchers(key: &str, raw: &[RawMatcher], header: bool, problems: &mut Problems) -> Vec<ValueMatch> {
+    let mut out = Vec::new();
+    for (i, m) in raw.iter().enumerate() {
+        let mkey = format!("{key}[{i}]");
+        if header && !is_token(&m.name) || m.name.is_empty() {
+            problems.push(format!("{mkey}.name"), format!("invalid name {:?}", m.name));
+            continue;
+        }
+        let condition = match (&m.value, &m.regex, m.present) {
+            (Some(v), None, None) => ValueCondition::Exact(v.clone()),
+            (None, Some(re), None) => match compile_regex(&format!("{mkey}.regex"), re, problems) {
+                Some(re) => ValueCondition::Regex(re),
+                None => continue,
+            },
+            (None, None, Some(p)) => ValueCondition::Present(p),
+            _ => {
+                problems.push(mkey, "set exactly one of value, regex and present");
+                continue;
+            }
+        };
+        let name = if header { m.name.to_ascii_lowercase() } else { m.name.clone() };
+        out.push(ValueMatch { name, condition });
+    }
+    out
+}
+
+/// RFC 9110 token.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(crate::http::is_tchar)
+}

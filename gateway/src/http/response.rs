@@ -1,0 +1,163 @@
+//! Upstream response heads, held to the same strictness as requests: ambiguous or broken
+//! framing from a backend is refused (the proxy answers 502 and never reuses that
+//! connection).
+
+use std::mem::MaybeUninit;
+
+use super::{
+    FramingError, MAX_HEADERS_CEILING,
+    fields::{Fields, is_hop_by_hop},
+    parse_content_length,
+};
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed upstream response head.
+#[derive(Debug, Default)]
+pub struct ResponseHead {
+    pub fields: Fields,
+    pub status: u16,
+    reason: (u32, u32),
+    pub version_minor: u8,
+    pub body: Option<ResponseBody>,
+    /// Whether the upstream connection may carry another request afterwards.
+    pub reusable: bool,
+}
+
+impl ResponseHead {
+    /// Parses the complete head in `raw`; `request_was_head` suppresses the body.
+    pub fn parse(&mut self, raw: &[u8], request_was_head: bool) -> Result<(), FramingError> {
+        let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS_CEILING] =
+            [const { MaybeUninit::uninit() }; MAX_HEADERS_CEILING];
+        let mut res = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, raw, &mut storage) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => return Err(FramingError::Malformed("incomplete response head")),
+            Err(httparse::Error::TooManyHeaders) => return Err(FramingError::TooManyHeaders),
+            Err(_) => return Err(FramingError::Malformed("invalid response status line or header")),
+        }
+        let (Some(status), Some(version)) = (res.code, res.version) else {
+            return Err(FramingError::Malformed("incomplete status line"));
+        };
+        let reason = res.reason.unwrap_or("");
+        let base = raw.as_ptr() as usize;
+        let reason_start = if reason.is_empty() { 0 } else { reason.as_ptr() as usize - base };
+        self.fields.fill(raw, res.headers);
+        self.status = status;
+        self.version_minor = version;
+        self.reason = (reason_start as u32, (reason_start + reason.len()) as u32);
+        self.frame(request_was_head)
+    }
+
+    /// The reason phrase as the upstream sent it.
+    pub fn reason(&self) -> &[u8] {
+        &self.fields.raw[self.reason.0 as usize..self.reason.1 as usize]
+    }
+
+    /// Whether this is an interim (1xx) response to skip.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status)
+    }
+
+    fn frame(&mut self, request_was_head: bool) -> Result<(), FramingError> {
+        let mut content_length = None;
+        let mut transfer_encodings = 0;
+        let mut chunked = false;
+        for i in 0..self.fields.len() {
+            let name = self.fields.name(i);
+            if name.eq_ignore_ascii_case(b"content-length") {
+                let n = parse_content_length(self.fields.value(i))
+                    .ok_or(FramingError::Malformed("invalid upstream Content-Length"))?;
+                if content_length.is_some_and(|prev| prev != n) {
+                    return Err(FramingError::Malformed("conflicting upstream Content-Length"));
+                }
+                content_length = Some(n);
+                self.fields.drop_field(i);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                transfer_encodings += 1;
+                chunked = self.fields.value(i).eq_ignore_ascii_case(b"chunked");
+                self.fields.drop_field(i);
+            } else if is_hop_by_hop(name) {
+                self.fields.drop_field(i);
+            }
+        }
+        let tokens = self.fields.apply_connection_tokens();
+        if tokens.too_many {
+            return Err(FramingError::Malformed("too many upstream Connection options"));
+        }
+        self.reusable = match self.version_minor {
+            0 => tokens.keep_alive && !tokens.close,
+            _ => !tokens.close,
+        };
+        if self.is_interim() {
+            if self.status == 101 {
+                return Err(FramingError::Malformed("unrequested protocol switch"));
+            }
+            self.body = Some(ResponseBody::None);
+            return Ok(());
+        }
+        let framing = match (transfer_encodings, content_length) {
+            (0, None) => ResponseBody::UntilClose,
+            (0, Some(n)) => ResponseBody::Length(n),
+            (1, None) if chunked && self.version_minor == 1 => ResponseBody::Chunked,
+            _ => return Err(FramingError::Malformed("ambiguous upstream framing")),
+        };
+        self.body = Some(if request_was_head || self.status == 204 || self.status == 304 {
+            ResponseBody::None
+        } else {
+            framing
+        });
+        if framing == ResponseBody::UntilClose && !(request_was_head || self.status == 204 || self.status == 304) {
+            self.reusable = false;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str, head: bool) -> Result<ResponseHead, FramingError> {
+        let mut r = ResponseHead::default();
+        r.parse(raw.as_bytes(), head).map(|()| r)
+    }
+
+    #[test]
+    fn frames_responses() {
+        let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false).expect("valid");
+        assert_eq!((r.status, r.body, r.reusable), (200, Some(ResponseBody::Length(3)), true));
+        let r = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).expect("valid");
+        assert_eq!(r.body, Some(ResponseBody::Chunked));
+        let r = parse("HTTP/1.1 200 OK\r\n\r\n", false).expect("valid");
+        assert_eq!((r.body, r.reusable), (Some(ResponseBody::UntilClose), false));
+        let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true).expect("valid");
+        assert_eq!(r.body, Some(ResponseBody::None));
+        let r = parse("HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n", false).expect("valid");
+        assert_eq!(r.body, Some(ResponseBody::None));
+        let r = parse("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n", false).expect("valid");
+        assert!(!r.reusable);
+    }
+
+    #[test]
+    fn refuses_ambiguous_upstream_framing() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+        ] {
+            assert!(parse(raw, false).is_err(), "must refuse {raw:?}");
+        }
+    }
+}

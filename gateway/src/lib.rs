@@ -1,0 +1,10 @@
+//! The gateway appliance: an eBPF/io_uring-accelerated L4/L7 API gateway.
+//!
+//! Modules, one concern each: [`config`] (schema, validation), [`runtime`] (workers,
+//! pinning, listeners, shutdown), [`http`] (codec, framing), [`router`], [`upstream`]
+//! (pools, balancing), [`proxy`] (the request pipeline), [`xdp`] (the kernel program's
+//! loader). See the README for the request path drawn phase by phase.
+
+pub mod config;
+pub mod http;
+pub mod router;
