@@ -8,3 +8,7 @@
 pub mod config;
 pub mod http;
 pub mod router;
+pub mod proxy;
+pub mod upstream;
+pub mod runtime;
+pub mod xdp;

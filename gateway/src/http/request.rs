@@ -237,7 +237,7 @@ impl RequestHead {
 }
 
 fn is_forwarding_header(name: &[u8]) -> bool {
-    [&b"x-forwarded-for"[..], b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"via"]
+    [&b"x-forwarded-for"[..], b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"]
         .iter()
         .any(|n| n.eq_ignore_ascii_case(name))
 }

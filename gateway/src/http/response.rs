@@ -30,6 +30,8 @@ pub struct ResponseHead {
     pub body: Option<ResponseBody>,
     /// Whether the upstream connection may carry another request afterwards.
     pub reusable: bool,
+    /// The upstream's Content-Length, kept for HEAD and 304 answers that have no body.
+    pub declared_length: Option<u64>,
 }
 
 impl ResponseHead {
@@ -85,7 +87,7 @@ impl ResponseHead {
                 transfer_encodings += 1;
                 chunked = self.fields.value(i).eq_ignore_ascii_case(b"chunked");
                 self.fields.drop_field(i);
-            } else if is_hop_by_hop(name) {
+            } else if is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"x-request-id") {
                 self.fields.drop_field(i);
             }
         }
@@ -104,6 +106,7 @@ impl ResponseHead {
             self.body = Some(ResponseBody::None);
             return Ok(());
         }
+        self.declared_length = content_length;
         let framing = match (transfer_encodings, content_length) {
             (0, None) => ResponseBody::UntilClose,
             (0, Some(n)) => ResponseBody::Length(n),

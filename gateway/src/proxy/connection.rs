@@ -1,0 +1,240 @@
+//! One downstream connection: read a request head, run the request through the
+//! pipeline, repeat while keep-alive allows. Requests on a connection are strictly
+//! sequential, so pipelined requests are answered in order by construction.
+
+use std::{net::SocketAddr, rc::Rc, time::Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
+use super::{
+    Worker,
+    error::{ProxyError, write_error_response},
+    io::{IoFailure, ReadBuf, write_all_within},
+};
+use crate::{
+    config::Limits,
+    http::{
+        FramingError,
+        chunked::ChunkedDecoder,
+        head::{HeadScanner, Scan, leading_empty_lines},
+        request::{ParseLimits, RequestBody, RequestHead},
+        response::ResponseHead,
+    },
+    router::Router,
+};
+
+/// Initial read buffer of a client connection; grows for large heads and bodies.
+const CLIENT_BUFFER: usize = 4096;
+/// Read size while streaming bodies.
+pub(super) const BODY_READ: usize = 64 * 1024;
+
+/// Where the current request's body stands on the client side.
+#[derive(Debug)]
+pub(super) enum BodyState {
+    Done,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+/// Per-connection state, reused across its requests.
+pub(super) struct Connection<S> {
+    pub(super) stream: S,
+    pub(super) peer: SocketAddr,
+    pub(super) rbuf: ReadBuf,
+    pub(super) out: Vec<u8>,
+    pub(super) head: RequestHead,
+    pub(super) path: Vec<u8>,
+    pub(super) upstream_buf: ReadBuf,
+    pub(super) response: ResponseHead,
+    pub(super) request_id: Vec<u8>,
+    pub(super) body: BodyState,
+    /// Bytes of the response already sent; after any, errors can only close.
+    pub(super) response_started: bool,
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(worker: Rc<Worker>, stream: S, peer: SocketAddr) {
+    let mut conn = Connection {
+        stream,
+        peer,
+        rbuf: ReadBuf::with_capacity(CLIENT_BUFFER),
+        out: Vec::with_capacity(1024),
+        head: RequestHead::default(),
+        path: Vec::new(),
+        upstream_buf: ReadBuf::with_capacity(0),
+        response: ResponseHead::default(),
+        request_id: Vec::with_capacity(64),
+        body: BodyState::Done,
+        response_started: false,
+    };
+    let limits = worker.snapshot.config.limits.clone();
+    loop {
+        match conn.read_head(&worker, &limits).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::debug!(peer = %peer, %error, "rejected request");
+                conn.request_id.clear();
+                worker.new_request_id(&mut conn.request_id);
+                conn.answer_error(&error, true, &limits).await;
+                return;
+            }
+        }
+        if !conn.handle(&worker, &limits).await {
+            return;
+        }
+        conn.rbuf.shrink_if_idle();
+        conn.upstream_buf.shrink_if_idle();
+    }
+}
+
+impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+    /// Reads and parses the next request head. `Ok(false)`: the connection ended
+    /// cleanly (client closed, idle timeout, drain).
+    async fn read_head(&mut self, worker: &Worker, limits: &Limits) -> Result<bool, ProxyError> {
+        let mut scanner: Option<HeadScanner> = None;
+        let mut first_byte_at: Option<Instant> = None;
+        loop {
+            if scanner.is_none() {
+                let skip = leading_empty_lines(self.rbuf.data());
+                self.rbuf.consume(skip);
+                if !self.rbuf.data().is_empty() && self.rbuf.data() != b"\r" {
+                    scanner = Some(HeadScanner::new(0));
+                }
+            }
+            if let Some(scan) = scanner.as_mut() {
+                first_byte_at.get_or_insert_with(Instant::now);
+                match scan.scan(self.rbuf.data())? {
+                    Scan::Complete(end) => {
+                        let parse_limits =
+                            ParseLimits { max_headers: limits.max_headers, max_uri_length: limits.max_uri_length };
+                        if end > limits.max_head_size {
+                            return Err(FramingError::HeadTooLarge.into());
+                        }
+                        self.head.parse(&self.rbuf.data()[..end], parse_limits)?;
+                        self.rbuf.consume(end);
+                        return Ok(true);
+                    }
+                    Scan::Partial => {
+                        let buffered = self.rbuf.len();
+                        if scan.first_line_len(0).is_none() && buffered > limits.max_uri_length + 64 {
+                            return Err(FramingError::UriTooLong.into());
+                        }
+                        if buffered > limits.max_head_size {
+                            return Err(FramingError::HeadTooLarge.into());
+                        }
+                    }
+                }
+            }
+            let read = match first_byte_at {
+                // Between requests: idle timeout, and the drain signal closes us.
+                None => {
+                    if worker.drain.is_draining() {
+                        return Ok(false);
+                    }
+                    let fill = self.rbuf.fill_within(&mut self.stream, CLIENT_BUFFER, limits.idle_timeout);
+                    monoio::select! {
+                        read = fill => match read {
+                            Ok(n) => n,
+                            Err(_) => return Ok(false),
+                        },
+                        () = worker.drain.wait() => return Ok(false),
+                    }
+                }
+                Some(start) => {
+                    let left = limits.header_read_timeout.saturating_sub(start.elapsed());
+                    match self.rbuf.fill_within(&mut self.stream, CLIENT_BUFFER, left).await {
+                        Ok(n) => n,
+                        Err(IoFailure::Timeout) => return Err(ProxyError::HeadTimeout),
+                        Err(IoFailure::Io(e)) => return Err(ProxyError::Downstream(e)),
+                    }
+                }
+            };
+            if read == 0 {
+                // Closed between requests, or mid-head (nothing sensible to answer).
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Runs one parsed request through the pipeline; returns whether to keep going.
+    async fn handle(&mut self, worker: &Worker, limits: &Limits) -> bool {
+        self.request_id.clear();
+        match self.head.request_id {
+            Some(i) => self.request_id.extend_from_slice(self.head.fields.value(i)),
+            None => worker.new_request_id(&mut self.request_id),
+        }
+        self.body = match self.head.body {
+            RequestBody::None => BodyState::Done,
+            RequestBody::Length(0) => BodyState::Done,
+            RequestBody::Length(n) => BodyState::Length(n),
+            RequestBody::Chunked => BodyState::Chunked(ChunkedDecoder::new()),
+        };
+        self.response_started = false;
+        let snapshot = worker.snapshot.clone();
+        let result = match snapshot.router.find(&self.head) {
+            None => Err(ProxyError::NoRoute),
+            Some(_) if matches!(self.head.body, RequestBody::Length(n) if n > limits.max_body_size) => {
+                Err(FramingError::BodyTooLarge.into())
+            }
+            Some(route) => {
+                let route = &snapshot.router.routes()[route];
+                Router::upstream_path(route, &self.head.path, &mut self.path);
+                let upstream = &snapshot.upstreams.entries[route.upstream];
+                self.forward(worker, &snapshot, upstream, limits).await
+            }
+        };
+        match result {
+            Ok(keep_alive) => keep_alive,
+            Err(error) => {
+                if self.response_started {
+                    tracing::warn!(peer = %self.peer, %error, "response aborted");
+                    return false;
+                }
+                if error.answer().is_some_and(|a| a.status >= 500) {
+                    tracing::warn!(peer = %self.peer, %error, "upstream failure");
+                } else {
+                    tracing::debug!(peer = %self.peer, %error, "request refused");
+                }
+                let close = error.closes_connection() || !self.head.keep_alive || worker.drain.is_draining();
+                self.answer_error(&error, close, limits).await
+            }
+        }
+    }
+
+    /// Answers `error` locally. A pending request body is read and discarded when small
+    /// enough, otherwise the connection closes: the body is never parsed as a request.
+    /// Returns whether the connection stays open.
+    pub(super) async fn answer_error(&mut self, error: &ProxyError, close: bool, limits: &Limits) -> bool {
+        let Some(answer) = error.answer() else { return false };
+        let pending = match self.body {
+            BodyState::Done => 0,
+            BodyState::Length(n) => n,
+            BodyState::Chunked(_) => u64::MAX,
+        };
+        let close = close || pending > limits.discard_body_max;
+        if !close && pending > 0 && !self.discard_body(pending, limits).await {
+            return false;
+        }
+        self.out.clear();
+        write_error_response(&mut self.out, answer, &error.to_string(), &self.request_id, close);
+        let sent = write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout).await.is_ok();
+        sent && !close
+    }
+
+    async fn discard_body(&mut self, mut remaining: u64, limits: &Limits) -> bool {
+        while remaining > 0 {
+            if self.rbuf.is_empty() {
+                match self.rbuf.fill_within(&mut self.stream, BODY_READ, limits.body_read_timeout).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return false,
+                }
+            }
+            let take = remaining.min(self.rbuf.len() as u64);
+            self.rbuf.consume(take as usize);
+            remaining -= take;
+        }
+        self.body = BodyState::Done;
+        true
+    }
+}

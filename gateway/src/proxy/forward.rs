@@ -1,0 +1,479 @@
+//! Phases "pick upstream" through "pool or close": choose a target, get a connection
+//! (pooled or new), send the request head and stream its body, read the response head,
+//! relay the response body, and park the upstream connection when it is clean.
+
+use std::time::Instant;
+
+use monoio::{
+    io::{AsyncReadRent, AsyncWriteRent},
+    net::TcpStream,
+};
+
+use super::{
+    Snapshot, Worker,
+    connection::{BODY_READ, BodyState, Connection},
+    error::ProxyError,
+    io::{IoFailure, write_all_within},
+    serialize::{self, Forwarding, OutFraming},
+};
+use crate::{
+    config::{HashKey, Limits, UpstreamConfig},
+    http::{
+        FramingError,
+        chunked::{Decoded, LAST_CHUNK, encode_chunk},
+        head::{HeadScanner, Scan},
+        request::RequestBody,
+        response::ResponseBody,
+    },
+    upstream::{UpstreamEntry, connect, maglev::fnv1a},
+};
+
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Body bytes already buffered are copied behind the head (one write) up to this size.
+const COALESCE_LIMIT: usize = 16 * 1024;
+/// Re-encoded chunked output is flushed once it reaches this size.
+const FLUSH_AT: usize = 32 * 1024;
+
+/// How an exchange with one upstream connection ended.
+enum Exchange {
+    /// Completed; the flags say whether the upstream connection and the client
+    /// connection may be reused.
+    Done { upstream_reusable: bool, keep_alive: bool },
+}
+
+/// An exchange failure, with whether retrying on a fresh connection is safe: the
+/// request was not (observably) processed by the upstream.
+struct ExchangeError {
+    error: ProxyError,
+    retry_fresh: bool,
+}
+
+impl From<ProxyError> for ExchangeError {
+    fn from(error: ProxyError) -> Self {
+        Self { error, retry_fresh: false }
+    }
+}
+
+fn upstream_io(failure: IoFailure) -> ProxyError {
+    match failure {
+        IoFailure::Timeout => ProxyError::UpstreamTimeout,
+        IoFailure::Io(e) => ProxyError::UpstreamIo(e),
+    }
+}
+
+fn downstream_io(failure: IoFailure) -> ProxyError {
+    match failure {
+        IoFailure::Timeout => ProxyError::BodyTimeout,
+        IoFailure::Io(e) => ProxyError::Downstream(e),
+    }
+}
+
+impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+    /// Forwards the current request to `upstream`; returns whether the client
+    /// connection stays open.
+    pub(super) async fn forward(
+        &mut self,
+        worker: &Worker,
+        snapshot: &Snapshot,
+        upstream: &UpstreamEntry,
+        limits: &Limits,
+    ) -> Result<bool, ProxyError> {
+        let config = &upstream.config;
+        let key_hash = self.hash_key(config);
+        let upstream_index = snapshot.upstreams.entries.iter().position(|e| std::ptr::eq(e, upstream)).unwrap_or(0);
+        let mut excluded = None;
+        let mut fresh_only = false;
+        loop {
+            let target = {
+                let mut state = worker.upstreams.borrow_mut();
+                state.balancers[upstream_index].pick(config, upstream.maglev.as_ref(), key_hash, excluded)
+            }
+            .ok_or(ProxyError::NoTarget)?;
+            let global = upstream.first_target + target;
+            let addr = config.targets[target].addr;
+            let pooled = if fresh_only {
+                None
+            } else {
+                worker.upstreams.borrow_mut().pool.take(global, config.idle_timeout)
+            };
+            let reused = pooled.is_some();
+            let mut stream = match pooled {
+                Some(stream) => stream,
+                None => match connect(addr, config.connect_timeout).await {
+                    Ok(stream) => {
+                        worker.upstreams.borrow_mut().pool.opened += 1;
+                        stream
+                    }
+                    Err(error) => {
+                        let can_retry = excluded.is_none() && config.targets.len() > 1 && self.head.is_idempotent();
+                        if can_retry && matches!(self.body, BodyState::Done) {
+                            tracing::warn!(%error, "connect failed; retrying on another target");
+                            excluded = Some(target);
+                            continue;
+                        }
+                        return Err(error.into());
+                    }
+                },
+            };
+            worker.upstreams.borrow_mut().balancers[upstream_index].started(target);
+            let started = Instant::now();
+            let result = self.exchange(&mut stream, snapshot, config, limits, worker).await;
+            let latency = result.is_ok().then(|| started.elapsed());
+            worker.upstreams.borrow_mut().balancers[upstream_index].finished(target, latency);
+            match result {
+                Ok(Exchange::Done { upstream_reusable, keep_alive }) => {
+                    if upstream_reusable {
+                        worker.upstreams.borrow_mut().pool.put(global, stream, config.max_idle_per_target);
+                    }
+                    return Ok(keep_alive);
+                }
+                Err(ExchangeError { error, retry_fresh }) => {
+                    // A pooled connection the upstream had already closed: the request
+                    // never reached it, so an idempotent one is resent on a fresh one.
+                    if reused && retry_fresh && !fresh_only && self.head.is_idempotent() {
+                        tracing::debug!(%error, "stale pooled connection; retrying on a new one");
+                        fresh_only = true;
+                        excluded = None;
+                        continue;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// The consistent-hash key of the request, if the upstream hashes.
+    fn hash_key(&self, config: &UpstreamConfig) -> Option<u64> {
+        let crate::config::Balance::ConsistentHash(key) = &config.balance else { return None };
+        match key {
+            HashKey::ClientIp => Some(match super::canonical_ip(self.peer.ip()) {
+                std::net::IpAddr::V4(v4) => fnv1a(0, &v4.octets()),
+                std::net::IpAddr::V6(v6) => fnv1a(0, &v6.octets()),
+            }),
+            HashKey::Header(name) => self.head.fields.get(name.as_bytes()).map(|v| fnv1a(0, v)),
+            HashKey::Cookie(name) => self.head.fields.get_all(b"cookie").find_map(|header| {
+                header.split(|&b| b == b';').find_map(|pair| {
+                    let pair = crate::http::trim_ows(pair);
+                    let (k, v) = pair.split_at(memchr::memchr(b'=', pair)?);
+                    (k == name.as_bytes()).then(|| fnv1a(0, &v[1..]))
+                })
+            }),
+        }
+    }
+
+    /// One request/response exchange on `upstream`.
+    async fn exchange(
+        &mut self,
+        upstream: &mut TcpStream,
+        snapshot: &Snapshot,
+        config: &UpstreamConfig,
+        limits: &Limits,
+        worker: &Worker,
+    ) -> Result<Exchange, ExchangeError> {
+        let gateway = &snapshot.config.gateway;
+        let forwarding = Forwarding {
+            client: super::canonical_ip(self.peer.ip()),
+            trusted: snapshot.is_trusted_proxy(self.peer.ip()),
+            proto: "http",
+            via: &gateway.via,
+            request_id: &self.request_id,
+        };
+        self.out.clear();
+        serialize::request_head(&mut self.out, &self.head, &self.path, self.head.body, &forwarding);
+
+        if self.head.expect_continue && !matches!(self.body, BodyState::Done) {
+            let mut interim = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+            write_all_within(&mut self.stream, &mut interim, limits.idle_timeout)
+                .await
+                .map_err(downstream_io)?;
+        }
+
+        self.send_request_body(upstream, config, limits).await?;
+        self.read_response_head(upstream, config).await?;
+        self.relay_response(upstream, config, limits, worker).await
+    }
+
+    /// Sends the head in `self.out` followed by the request body.
+    async fn send_request_body(
+        &mut self,
+        upstream: &mut TcpStream,
+        config: &UpstreamConfig,
+        limits: &Limits,
+    ) -> Result<(), ExchangeError> {
+        let stale = |failure: IoFailure| ExchangeError {
+            retry_fresh: matches!(&failure, IoFailure::Io(_)),
+            error: upstream_io(failure),
+        };
+        match self.head.body {
+            RequestBody::None | RequestBody::Length(0) => {
+                write_all_within(upstream, &mut self.out, config.write_timeout).await.map_err(stale)?;
+            }
+            RequestBody::Length(total) => {
+                let mut remaining = total;
+                let buffered = (self.rbuf.len() as u64).min(remaining) as usize;
+                if buffered <= COALESCE_LIMIT {
+                    self.out.extend_from_slice(&self.rbuf.data()[..buffered]);
+                    self.rbuf.consume(buffered);
+                    write_all_within(upstream, &mut self.out, config.write_timeout).await.map_err(stale)?;
+                } else {
+                    write_all_within(upstream, &mut self.out, config.write_timeout).await.map_err(stale)?;
+                    self.rbuf.write_prefix_to(upstream, buffered, config.write_timeout).await.map_err(upstream_io)?;
+                }
+                remaining -= buffered as u64;
+                self.body = BodyState::Length(remaining);
+                while remaining > 0 {
+                    let n = self
+                        .rbuf
+                        .fill_within(&mut self.stream, BODY_READ, limits.body_read_timeout)
+                        .await
+                        .map_err(downstream_io)?;
+                    if n == 0 {
+                        return Err(ProxyError::DownstreamClosed.into());
+                    }
+                    let take = (self.rbuf.len() as u64).min(remaining) as usize;
+                    self.rbuf.write_prefix_to(upstream, take, config.write_timeout).await.map_err(upstream_io)?;
+                    remaining -= take as u64;
+                    self.body = BodyState::Length(remaining);
+                }
+            }
+            RequestBody::Chunked => {
+                // The decoder stays in `self.body` until the body ends, so an error on
+                // the way leaves the connection marked as holding an unread body.
+                let BodyState::Chunked(decoder) = &mut self.body else {
+                    return Err(ProxyError::Request(FramingError::Malformed("body state")).into());
+                };
+                write_all_within(upstream, &mut self.out, config.write_timeout).await.map_err(stale)?;
+                loop {
+                    match decoder.step(self.rbuf.data()).map_err(ProxyError::Request)? {
+                        Decoded::Data { start, end } => {
+                            encode_chunk(&self.rbuf.data()[start..end], &mut self.out);
+                            self.rbuf.consume(end);
+                            if decoder.body_len > limits.max_body_size {
+                                return Err(ProxyError::Request(FramingError::BodyTooLarge).into());
+                            }
+                        }
+                        Decoded::Done { consumed } => {
+                            self.rbuf.consume(consumed);
+                            self.out.extend_from_slice(LAST_CHUNK);
+                            write_all_within(upstream, &mut self.out, config.write_timeout)
+                                .await
+                                .map_err(upstream_io)?;
+                            break;
+                        }
+                        Decoded::NeedMore => {
+                            let all = self.rbuf.len();
+                            self.rbuf.consume(all);
+                            if !self.out.is_empty() {
+                                write_all_within(upstream, &mut self.out, config.write_timeout)
+                                    .await
+                                    .map_err(upstream_io)?;
+                            }
+                            let n = self
+                                .rbuf
+                                .fill_within(&mut self.stream, BODY_READ, limits.body_read_timeout)
+                                .await
+                                .map_err(downstream_io)?;
+                            if n == 0 {
+                                return Err(ProxyError::DownstreamClosed.into());
+                            }
+                        }
+                    }
+                    if self.out.len() >= FLUSH_AT {
+                        write_all_within(upstream, &mut self.out, config.write_timeout).await.map_err(upstream_io)?;
+                    }
+                }
+            }
+        }
+        self.body = BodyState::Done;
+        Ok(())
+    }
+
+    /// Reads the final response head into `self.response`, skipping interim 1xx.
+    async fn read_response_head(&mut self, upstream: &mut TcpStream, config: &UpstreamConfig) -> Result<(), ExchangeError> {
+        let request_was_head = self.head.is_head();
+        let mut received_any = false;
+        loop {
+            let mut scanner = HeadScanner::new(0);
+            loop {
+                if !self.upstream_buf.is_empty() {
+                    received_any = true;
+                    match scanner.scan(self.upstream_buf.data()).map_err(ProxyError::UpstreamFraming)? {
+                        Scan::Complete(end) => {
+                            self.response
+                                .parse(&self.upstream_buf.data()[..end], request_was_head)
+                                .map_err(ProxyError::UpstreamFraming)?;
+                            self.upstream_buf.consume(end);
+                            break;
+                        }
+                        Scan::Partial if self.upstream_buf.len() > MAX_RESPONSE_HEAD => {
+                            return Err(ProxyError::UpstreamFraming(FramingError::HeadTooLarge).into());
+                        }
+                        Scan::Partial => {}
+                    }
+                }
+                match self.upstream_buf.fill_within(upstream, 16 * 1024, config.read_timeout).await {
+                    Ok(0) => {
+                        return Err(ExchangeError { error: ProxyError::UpstreamClosed, retry_fresh: !received_any });
+                    }
+                    Ok(_) => {}
+                    Err(IoFailure::Io(e)) => {
+                        return Err(ExchangeError { error: ProxyError::UpstreamIo(e), retry_fresh: !received_any });
+                    }
+                    Err(IoFailure::Timeout) => return Err(ProxyError::UpstreamTimeout.into()),
+                }
+            }
+            if !self.response.is_interim() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends the response head and relays the body; decides reuse on both sides.
+    async fn relay_response(
+        &mut self,
+        upstream: &mut TcpStream,
+        config: &UpstreamConfig,
+        limits: &Limits,
+        worker: &Worker,
+    ) -> Result<Exchange, ExchangeError> {
+        let client_minor = self.head.version_minor;
+        let framing = serialize::response_framing(&self.response, client_minor);
+        let keep_alive = self.head.keep_alive && !worker.drain.is_draining() && framing != OutFraming::Close;
+        self.out.clear();
+        serialize::response_head(
+            &mut self.out,
+            &self.response,
+            framing,
+            &worker.snapshot.config.gateway.via,
+            &self.request_id,
+            keep_alive,
+            client_minor,
+        );
+        let send_timeout = limits.idle_timeout;
+        let body = self.response.body.unwrap_or(ResponseBody::None);
+        match body {
+            ResponseBody::None => {
+                self.response_started = true;
+                write_all_within(&mut self.stream, &mut self.out, send_timeout).await.map_err(downstream_io)?;
+            }
+            ResponseBody::Length(total) => {
+                let mut remaining = total;
+                let buffered = (self.upstream_buf.len() as u64).min(remaining) as usize;
+                self.response_started = true;
+                if buffered <= COALESCE_LIMIT {
+                    self.out.extend_from_slice(&self.upstream_buf.data()[..buffered]);
+                    self.upstream_buf.consume(buffered);
+                    write_all_within(&mut self.stream, &mut self.out, send_timeout).await.map_err(downstream_io)?;
+                } else {
+                    write_all_within(&mut self.stream, &mut self.out, send_timeout).await.map_err(downstream_io)?;
+                    self.upstream_buf
+                        .write_prefix_to(&mut self.stream, buffered, send_timeout)
+                        .await
+                        .map_err(downstream_io)?;
+                }
+                remaining -= buffered as u64;
+                while remaining > 0 {
+                    let n = self
+                        .upstream_buf
+                        .fill_within(upstream, BODY_READ, config.read_timeout)
+                        .await
+                        .map_err(upstream_io)?;
+                    if n == 0 {
+                        return Err(ProxyError::UpstreamClosed.into());
+                    }
+                    let take = (self.upstream_buf.len() as u64).min(remaining) as usize;
+                    self.upstream_buf
+                        .write_prefix_to(&mut self.stream, take, send_timeout)
+                        .await
+                        .map_err(downstream_io)?;
+                    remaining -= take as u64;
+                }
+            }
+            ResponseBody::Chunked => {
+                self.response_started = true;
+                let mut decoder = crate::http::chunked::ChunkedDecoder::new();
+                loop {
+                    match decoder.step(self.upstream_buf.data()).map_err(ProxyError::UpstreamFraming)? {
+                        Decoded::Data { start, end } => {
+                            let data = &self.upstream_buf.data()[start..end];
+                            if framing == OutFraming::Chunked {
+                                encode_chunk(data, &mut self.out);
+                            } else {
+                                self.out.extend_from_slice(data);
+                            }
+                            self.upstream_buf.consume(end);
+                        }
+                        Decoded::Done { consumed } => {
+                            self.upstream_buf.consume(consumed);
+                            if framing == OutFraming::Chunked {
+                                self.out.extend_from_slice(LAST_CHUNK);
+                            }
+                            write_all_within(&mut self.stream, &mut self.out, send_timeout)
+                                .await
+                                .map_err(downstream_io)?;
+                            break;
+                        }
+                        Decoded::NeedMore => {
+                            let all = self.upstream_buf.len();
+                            self.upstream_buf.consume(all);
+                            if !self.out.is_empty() {
+                                write_all_within(&mut self.stream, &mut self.out, send_timeout)
+                                    .await
+                                    .map_err(downstream_io)?;
+                            }
+                            let n = self
+                                .upstream_buf
+                                .fill_within(upstream, BODY_READ, config.read_timeout)
+                                .await
+                                .map_err(upstream_io)?;
+                            if n == 0 {
+                                return Err(ProxyError::UpstreamClosed.into());
+                            }
+                        }
+                    }
+                    if self.out.len() >= FLUSH_AT {
+                        write_all_within(&mut self.stream, &mut self.out, send_timeout).await.map_err(downstream_io)?;
+                    }
+                }
+            }
+            ResponseBody::UntilClose => {
+                self.response_started = true;
+                loop {
+                    if !self.upstream_buf.is_empty() {
+                        let data = self.upstream_buf.data();
+                        if framing == OutFraming::Chunked {
+                            encode_chunk(data, &mut self.out);
+                        } else {
+                            self.out.extend_from_slice(data);
+                        }
+                        let all = self.upstream_buf.len();
+                        self.upstream_buf.consume(all);
+                    }
+                    if !self.out.is_empty() {
+                        write_all_within(&mut self.stream, &mut self.out, send_timeout).await.map_err(downstream_io)?;
+                    }
+                    let n = self
+                        .upstream_buf
+                        .fill_within(upstream, BODY_READ, config.read_timeout)
+                        .await
+                        .map_err(upstream_io)?;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                if framing == OutFraming::Chunked {
+                    self.out.extend_from_slice(LAST_CHUNK);
+                    write_all_within(&mut self.stream, &mut self.out, send_timeout).await.map_err(downstream_io)?;
+                }
+            }
+        }
+        // Bytes after the response mean the upstream broke framing: never reuse it.
+        let upstream_reusable = self.response.reusable && self.upstream_buf.is_empty();
+        if !self.upstream_buf.is_empty() {
+            let all = self.upstream_buf.len();
+            self.upstream_buf.consume(all);
+        }
+        Ok(Exchange::Done { upstream_reusable, keep_alive })
+    }
+}

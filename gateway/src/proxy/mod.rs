@@ -1,0 +1,90 @@
+//! The request path: one fixed pipeline of phases per request, run on the worker that
+//! accepted the connection.
+//!
+//! ```text
+//! accept → parse head → route → pick upstream → forward request (head, body)
+//!        → read response head → relay response (head, body) → pool or close → next request
+//!                  ↑ connect failure on an idempotent request: pick another target once
+//! ```
+//!
+//! Each phase either continues or ends the request with a [`error::ProxyError`], which
+//! [`error::ProxyError::answer`] turns into the response (the only such mapping).
+//! Per-worker state ([`Worker`]) lives on its thread; the config [`Snapshot`] is shared
+//! read-only through an `Arc`.
+
+mod connection;
+mod drain;
+pub mod error;
+mod forward;
+pub mod io;
+mod serialize;
+
+use std::{cell::RefCell, net::IpAddr, sync::Arc};
+
+pub use self::{connection::serve_connection, drain::Drain};
+use crate::{
+    config::Config,
+    router::Router,
+    upstream::{Upstreams, WorkerUpstreams},
+};
+
+/// Everything derived from one config, shared read-only by all workers.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Config,
+    pub router: Router,
+    pub upstreams: Upstreams,
+}
+
+impl Snapshot {
+    /// Compiles the routing table and upstream tables for `config`.
+    pub fn new(config: Config) -> Self {
+        let router = Router::new(&config);
+        let upstreams = Upstreams::new(&config);
+        Self { config, router, upstreams }
+    }
+
+    /// Whether `peer` is a trusted proxy whose forwarding headers are believed.
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        let peer = canonical_ip(peer);
+        self.config.gateway.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One worker's state: its upstream pools and balancers, its drain signal, its
+/// request-id generator. Owned by the worker thread; never shared.
+#[derive(Debug)]
+pub struct Worker {
+    pub id: usize,
+    pub snapshot: Arc<Snapshot>,
+    pub upstreams: RefCell<WorkerUpstreams>,
+    pub drain: Drain,
+    rng: RefCell<fastrand::Rng>,
+}
+
+impl Worker {
+    /// State for worker `id` on `snapshot`.
+    pub fn new(id: usize, snapshot: Arc<Snapshot>) -> Self {
+        let upstreams = RefCell::new(WorkerUpstreams::new(&snapshot.upstreams, id));
+        Self { id, snapshot, upstreams, drain: Drain::default(), rng: RefCell::new(fastrand::Rng::new()) }
+    }
+
+    /// Appends a fresh 128-bit request id as 32 lower-case hex digits.
+    pub fn new_request_id(&self, out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut rng = self.rng.borrow_mut();
+        for word in [rng.u64(..), rng.u64(..)] {
+            for shift in (0..64).step_by(4).rev() {
+                out.push(HEX[((word >> shift) & 0xF) as usize]);
+            }
+        }
+    }
+}

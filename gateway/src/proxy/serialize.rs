@@ -1,0 +1,138 @@
+//! What the gateway writes: request heads for upstreams and response heads for clients,
+//! always re-serialized from parsed fields, never the peer's raw bytes.
+
+use std::{io::Write as _, net::IpAddr};
+
+use crate::http::{
+    fields::Fields,
+    request::{RequestBody, RequestHead},
+    response::{ResponseBody, ResponseHead},
+};
+
+/// How the gateway frames a body it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutFraming {
+    None,
+    Length(u64),
+    Chunked,
+    /// Raw bytes, then the connection closes (HTTP/1.0 clients only).
+    Close,
+}
+
+/// Gateway-set forwarding headers.
+pub struct Forwarding<'a> {
+    pub client: IpAddr,
+    /// The peer is a trusted proxy: its X-Forwarded-* values are kept and extended.
+    pub trusted: bool,
+    pub proto: &'static str,
+    pub via: &'a str,
+    pub request_id: &'a [u8],
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn forwarded_fields(out: &mut Vec<u8>, fields: &Fields) {
+    for i in 0..fields.len() {
+        if fields.forwarded(i) {
+            header(out, fields.name(i), fields.value(i));
+        }
+    }
+}
+
+/// Appends the upstream request head for `req`, with `path` as the forwarded path.
+pub fn request_head(out: &mut Vec<u8>, req: &RequestHead, path: &[u8], body: RequestBody, fwd: &Forwarding<'_>) {
+    out.extend_from_slice(req.method());
+    out.push(b' ');
+    out.extend_from_slice(path);
+    if let Some(query) = req.query() {
+        out.push(b'?');
+        out.extend_from_slice(query);
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !req.authority().is_empty() {
+        header(out, b"host", req.authority());
+    }
+    forwarded_fields(out, &req.fields);
+
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if fwd.trusted {
+        if let Some(prior) = req.fields.get(b"x-forwarded-for") {
+            out.extend_from_slice(prior);
+            out.extend_from_slice(b", ");
+        }
+    }
+    let _ = write!(out, "{}\r\n", fwd.client);
+    let proto = match req.fields.get(b"x-forwarded-proto") {
+        Some(p) if fwd.trusted => p,
+        _ => fwd.proto.as_bytes(),
+    };
+    header(out, b"x-forwarded-proto", proto);
+    let host = match req.fields.get(b"x-forwarded-host") {
+        Some(h) if fwd.trusted => h,
+        _ => req.authority(),
+    };
+    if !host.is_empty() {
+        header(out, b"x-forwarded-host", host);
+    }
+    let _ = write!(out, "via: 1.{} {}\r\n", req.version_minor, fwd.via);
+    header(out, b"x-request-id", fwd.request_id);
+    match body {
+        RequestBody::None => {}
+        RequestBody::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        RequestBody::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Chooses how the response body is framed towards a client speaking `HTTP/1.minor`.
+pub fn response_framing(res: &ResponseHead, client_minor: u8) -> OutFraming {
+    match res.body {
+        Some(ResponseBody::Length(n)) => OutFraming::Length(n),
+        Some(ResponseBody::Chunked | ResponseBody::UntilClose) if client_minor >= 1 => OutFraming::Chunked,
+        Some(ResponseBody::Chunked | ResponseBody::UntilClose) => OutFraming::Close,
+        Some(ResponseBody::None) | None => OutFraming::None,
+    }
+}
+
+/// Appends the client response head.
+pub fn response_head(
+    out: &mut Vec<u8>,
+    res: &ResponseHead,
+    framing: OutFraming,
+    via: &str,
+    request_id: &[u8],
+    keep_alive: bool,
+    client_minor: u8,
+) {
+    let _ = write!(out, "HTTP/1.1 {} ", res.status);
+    out.extend_from_slice(res.reason());
+    out.extend_from_slice(b"\r\n");
+    forwarded_fields(out, &res.fields);
+    let _ = write!(out, "via: 1.{} {}\r\n", res.version_minor, via);
+    header(out, b"x-request-id", request_id);
+    match framing {
+        OutFraming::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        OutFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        OutFraming::None if res.status != 204 && !res.is_interim() => {
+            if let Some(n) = res.declared_length {
+                let _ = write!(out, "content-length: {n}\r\n");
+            }
+        }
+        OutFraming::None | OutFraming::Close => {}
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if client_minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}

@@ -1,0 +1,48 @@
+//! Listening sockets: one `SO_REUSEPORT` socket per listener per worker, all bound on the
+//! main thread so a bad address fails at startup, not inside a worker. A port of 0 is
+//! resolved by the first socket and reused by the others.
+
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::RuntimeError;
+use crate::config::Config;
+
+/// The sockets of every worker.
+pub struct BoundListeners {
+    /// `per_worker[w]` holds worker `w`'s socket for each listener, in config order.
+    pub per_worker: Vec<Vec<TcpListener>>,
+    /// The address each listener actually bound (port 0 resolved).
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Binds `workers` sockets for every configured listener.
+pub fn bind_all(config: &Config, workers: usize) -> Result<BoundListeners, RuntimeError> {
+    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for l in &config.listeners {
+        let mut addr = l.bind;
+        for sockets in &mut per_worker {
+            let socket = bind_one(addr, l.backlog)
+                .map_err(|source| RuntimeError::Bind { name: l.name.clone(), addr, source })?;
+            addr = socket.local_addr().map_err(|source| RuntimeError::Bind { name: l.name.clone(), addr, source })?;
+            sockets.push(socket);
+        }
+        addrs.push(addr);
+    }
+    Ok(BoundListeners { per_worker, addrs })
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}

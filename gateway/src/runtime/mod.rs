@@ -1,0 +1,211 @@
+//! Workers and their lifecycle: one thread per worker, pinned to a core, each running its
+//! own monoio runtime (io_uring, or the legacy epoll driver where io_uring is missing)
+//! with its own `SO_REUSEPORT` socket per listener. Workers share nothing on the request
+//! path; the config snapshot is an `Arc` read-only.
+//!
+//! Shutdown: SIGTERM/SIGINT stop accepting, let in-flight requests finish within
+//! `gateway.drain_timeout`, then return.
+
+mod listener;
+mod shutdown;
+
+use std::{
+    cell::Cell,
+    net::SocketAddr,
+    rc::Rc,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use signal_hook::{
+    consts::{SIGHUP, SIGINT, SIGTERM},
+    iterator::Signals,
+};
+
+pub use self::shutdown::Shutdown;
+use crate::{
+    config::Config,
+    proxy::{Snapshot, Worker, serve_connection},
+    xdp::{XdpProgram, is_placeholder},
+};
+
+/// Why the appliance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("listener {name:?}: cannot bind {addr}: {source}")]
+    Bind { name: String, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start worker {worker}: {source}")]
+    Spawn { worker: usize, source: std::io::Error },
+    #[error("XDP on {interface}: {source}")]
+    Xdp { interface: String, source: crate::xdp::XdpError },
+}
+
+/// Runs the appliance until SIGTERM or SIGINT, then drains and returns.
+pub fn run(config: Config) -> Result<(), RuntimeError> {
+    let workers = config.worker_count();
+    let _xdp = start_xdp(&config)?;
+    let listeners = listener::bind_all(&config, workers)?;
+    for (l, addr) in config.listeners.iter().zip(listeners.addrs.iter()) {
+        tracing::info!(listener = %l.name, %addr, "listening");
+    }
+    if monoio::utils::detect_uring() {
+        tracing::info!(workers, "starting workers on io_uring");
+    } else {
+        tracing::warn!(workers, "io_uring unavailable; starting workers on the legacy epoll driver");
+    }
+
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(RuntimeError::Signals)?;
+    let snapshot = Arc::new(Snapshot::new(config));
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut handles = Vec::new();
+    let mut shutdowns = Vec::new();
+    for (id, sockets) in listeners.per_worker.into_iter().enumerate() {
+        let shutdown = Arc::new(Shutdown::default());
+        shutdowns.push(shutdown.clone());
+        let snapshot = snapshot.clone();
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let handle = thread::Builder::new()
+            .name(format!("worker-{id}"))
+            .spawn(move || worker_main(id, core, snapshot, sockets, &shutdown))
+            .map_err(|source| RuntimeError::Spawn { worker: id, source })?;
+        handles.push(handle);
+    }
+
+    for signal in signals.forever() {
+        match signal {
+            SIGHUP => tracing::warn!("SIGHUP: live reload is not available in this build; restart to apply a new config"),
+            _ => {
+                tracing::info!(signal, "shutting down: draining in-flight requests");
+                break;
+            }
+        }
+    }
+    for shutdown in &shutdowns {
+        shutdown.trigger();
+    }
+    for handle in handles {
+        if handle.join().is_err() {
+            tracing::error!("a worker panicked during shutdown");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn start_xdp(config: &Config) -> Result<Option<XdpProgram>, RuntimeError> {
+    let interface = config.xdp.as_ref().and_then(|x| x.interface.clone());
+    if is_placeholder() {
+        tracing::info!("built without the XDP program: running L7-only");
+        return Ok(None);
+    }
+    let (Some(xdp), Some(interface)) = (config.xdp.as_ref(), interface) else {
+        tracing::info!("no [xdp] interface configured: running L7-only");
+        return Ok(None);
+    };
+    let mut program = XdpProgram::load().map_err(|source| RuntimeError::Xdp { interface: interface.clone(), source })?;
+    program.attach(xdp).map_err(|source| RuntimeError::Xdp { interface: interface.clone(), source })?;
+    tracing::info!(%interface, mode = ?xdp.mode, "XDP program attached");
+    Ok(Some(program))
+}
+
+fn worker_main(
+    id: usize,
+    core: Option<core_affinity::CoreId>,
+    snapshot: Arc<Snapshot>,
+    sockets: Vec<std::net::TcpListener>,
+    shutdown: &Shutdown,
+) {
+    if let Some(core) = core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(worker = id, core = core.id, "could not pin worker to its core");
+        }
+    }
+    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().with_entries(1024).build();
+    let mut runtime = match runtime {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(worker = id, %error, "cannot build the worker runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let drain_timeout = snapshot.config.gateway.drain_timeout;
+        let worker = Rc::new(Worker::new(id, snapshot));
+        let active = Rc::new(Cell::new(0usize));
+        for socket in sockets {
+            match monoio::net::TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    monoio::spawn(accept_loop(listener, worker.clone(), active.clone()));
+                }
+                Err(error) => tracing::error!(worker = id, %error, "cannot register listener"),
+            }
+        }
+        shutdown.wait().await;
+        worker.drain.start();
+        let deadline = Instant::now() + drain_timeout;
+        while active.get() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if active.get() > 0 {
+            tracing::warn!(worker = id, connections = active.get(), "drain timeout: closing remaining connections");
+        }
+    });
+}
+
+/// Counts a connection as active while it lives.
+struct ActiveGuard(Rc<Cell<usize>>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+async fn accept_loop(listener: monoio::net::TcpListener, worker: Rc<Worker>, active: Rc<Cell<usize>>) {
+    loop {
+        let accepted = monoio::select! {
+            accepted = listener.accept() => accepted,
+            () = worker.drain.wait() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                // Best effort: without it small responses wait for delayed ACKs.
+                let _ = stream.set_nodelay(true);
+                active.set(active.get() + 1);
+                let guard = ActiveGuard(active.clone());
+                let worker = worker.clone();
+                monoio::spawn(async move {
+                    // A bug in one connection's handling must not take the worker down.
+                    if CatchUnwind(Box::pin(serve_connection(worker, stream, peer))).await.is_err() {
+                        tracing::error!(%peer, "connection handler panicked; connection dropped");
+                    }
+                    drop(guard);
+                });
+            }
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(worker = worker.id, %error, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Polls a future, turning a panic inside it into `Err(())`.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for CatchUnwind<F> {
+    type Output = Result<(), ()>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(())) => std::task::Poll::Ready(Ok(())),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    }
+}

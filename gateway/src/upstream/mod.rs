@@ -1,0 +1,96 @@
+//! Upstreams: the shared, immutable description of every upstream of a config snapshot
+//! ([`Upstreams`]: targets, Maglev tables) and each worker's own mutable side
+//! ([`WorkerUpstreams`]: balancer state, keep-alive pools, connection counters).
+
+pub mod balance;
+pub mod maglev;
+pub mod pool;
+
+use std::{net::SocketAddr, time::Duration};
+
+use monoio::net::TcpStream;
+
+use self::{balance::BalancerState, maglev::Maglev, pool::Pool};
+use crate::config::{Balance, Config, UpstreamConfig};
+
+/// Why talking to an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect to {addr} timed out")]
+    ConnectTimeout { addr: SocketAddr },
+    #[error("connect to {addr} failed: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+}
+
+/// One upstream, shared by all workers.
+#[derive(Debug)]
+pub struct UpstreamEntry {
+    pub config: UpstreamConfig,
+    /// Built for `consistent_hash` upstreams only.
+    pub maglev: Option<Maglev>,
+    /// Index of this upstream's first target in the flattened target list.
+    pub first_target: usize,
+}
+
+/// Every upstream of a snapshot.
+#[derive(Debug)]
+pub struct Upstreams {
+    pub entries: Vec<UpstreamEntry>,
+    /// Total targets across upstreams.
+    pub target_count: usize,
+}
+
+impl Upstreams {
+    /// Builds the shared tables for `config`.
+    pub fn new(config: &Config) -> Self {
+        let mut first_target = 0;
+        let entries = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let maglev = matches!(u.balance, Balance::ConsistentHash(_)).then(|| {
+                    let names: Vec<String> = u.targets.iter().map(|t| t.addr.to_string()).collect();
+                    let weights: Vec<u32> = u.targets.iter().map(|t| t.weight).collect();
+                    Maglev::build(&names, &weights, &vec![true; names.len()])
+                });
+                let entry = UpstreamEntry { config: u.clone(), maglev, first_target };
+                first_target += u.targets.len();
+                entry
+            })
+            .collect();
+        Self { entries, target_count: first_target }
+    }
+}
+
+/// A worker's balancing state and connection pools for every upstream.
+#[derive(Debug)]
+pub struct WorkerUpstreams {
+    pub balancers: Vec<BalancerState>,
+    pub pool: Pool<TcpStream>,
+}
+
+impl WorkerUpstreams {
+    /// Fresh state for a worker; `worker` seeds the random choices.
+    pub fn new(upstreams: &Upstreams, worker: usize) -> Self {
+        let balancers = upstreams
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| BalancerState::new(e.config.targets.len(), (worker as u64) << 32 | i as u64))
+            .collect();
+        Self { balancers, pool: Pool::new(upstreams.target_count) }
+    }
+}
+
+/// Opens a new connection to `addr` within `timeout`, with Nagle off.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Err(_) => Err(UpstreamError::ConnectTimeout { addr }),
+        Ok(Err(source)) => Err(UpstreamError::Connect { addr, source }),
+        Ok(Ok(stream)) => {
+            // Best effort: a failure here only costs latency.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}
