@@ -1,1 +1,11 @@
+//! Helpers for the integration tests: start the real `gateway` binary on a config,
+//! real HTTP backends on ephemeral loopback ports, and a small raw HTTP/1.1 client.
+//! Everything started here is stopped when its handle drops, even when a test fails.
 
+pub mod backend;
+pub mod client;
+pub mod gateway;
+
+pub use backend::{Backend, Behavior};
+pub use client::{Response, raw_exchange, read_response};
+pub use gateway::Gateway;

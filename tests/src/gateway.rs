@@ -1,0 +1,171 @@
+//! The gateway under test: the real binary, a temporary config file, captured logs.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+/// Path of the `gateway` binary: `$GATEWAY_BIN`, or a debug build made once per run.
+pub fn gateway_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("GATEWAY_BIN") {
+            return PathBuf::from(bin);
+        }
+        let root = workspace_root();
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "-p", "gateway", "--bin", "gateway"])
+            .current_dir(&root)
+            .status()
+            .expect("run cargo build for the gateway binary");
+        assert!(status.success(), "building the gateway binary failed");
+        root.join("target/debug/gateway")
+    })
+    .clone()
+}
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// A running gateway; killed on drop if still running.
+pub struct Gateway {
+    child: Child,
+    /// Listener addresses in config order, as logged at startup.
+    pub addrs: Vec<SocketAddr>,
+    log: Arc<Mutex<String>>,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Gateway {
+    /// Starts `gateway run` on `config` and waits until every listener is up.
+    pub fn start(config: &str) -> Self {
+        Self::try_start(config).unwrap_or_else(|log| panic!("gateway did not start; its log:\n{log}"))
+    }
+
+    /// Like [`Gateway::start`], returning the log on failure.
+    pub fn try_start(config: &str) -> Result<Self, String> {
+        let listeners = config.matches("[[listeners]]").count();
+        let file = write_config(config);
+        let mut child = Command::new(gateway_bin())
+            .args(["run", "--config"])
+            .arg(file.path())
+            .env("RUST_LOG", std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gateway");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let addrs: Vec<SocketAddr> = text
+                .lines()
+                .filter(|l| l.contains(" listening "))
+                .filter_map(|l| l.split("addr=").nth(1))
+                .filter_map(|a| a.split_whitespace().next()?.parse().ok())
+                .collect();
+            if addrs.len() == listeners && text.contains("starting workers") {
+                return Ok(Self { child, addrs, log, _config: file });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                let text = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                return Err(format!("exited with {status}\n{text}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("timed out waiting for listeners\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The first listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmHWM:") * 1024
+    }
+
+    /// Current resident memory (VmRSS) in bytes.
+    pub fn rss(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmRSS:") * 1024
+    }
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing in /proc/{pid}/status"))
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `config` to a temporary `.toml` file.
+pub fn write_config(config: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp config");
+    std::fs::write(file.path(), config).expect("write config");
+    file
+}
+
+/// Runs `gateway <args>` to completion: (exit status, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(gateway_bin()).args(args).output().expect("run gateway");
+    (out.status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
