@@ -10,7 +10,9 @@
 
 mod parse;
 
-use aya_ebpf::{bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext,
+};
 use gateway_common::{PacketCounter, ProtoCounter};
 
 use crate::parse::{Parsed, parse_packet};
@@ -30,9 +32,20 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
             count_vlan(vlan, len);
             count(ProtoCounter::NonIp, len);
         }
-        Parsed::Ip { v6, transport, vlan } => {
+        Parsed::Ip {
+            v6,
+            transport,
+            vlan,
+        } => {
             count_vlan(vlan, len);
-            count(if v6 { ProtoCounter::Ipv6 } else { ProtoCounter::Ipv4 }, len);
+            count(
+                if v6 {
+                    ProtoCounter::Ipv6
+                } else {
+                    ProtoCounter::Ipv4
+                },
+                len,
+            );
             count(transport, len);
         }
     }

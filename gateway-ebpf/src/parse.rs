@@ -101,11 +101,19 @@ fn parse_ipv4(data: usize, data_end: usize, offset: usize, vlan: bool) -> Parsed
     }
     // A non-first fragment carries no transport header.
     if frag & 0x1FFF != 0 {
-        return Parsed::Ip { v6: false, transport: ProtoCounter::OtherL4, vlan };
+        return Parsed::Ip {
+            v6: false,
+            transport: ProtoCounter::OtherL4,
+            vlan,
+        };
     }
     let transport = classify_transport(data, data_end, offset + ihl, protocol);
     match transport {
-        Some(transport) => Parsed::Ip { v6: false, transport, vlan },
+        Some(transport) => Parsed::Ip {
+            v6: false,
+            transport,
+            vlan,
+        },
         None => Parsed::Malformed,
     }
 }
@@ -122,14 +130,23 @@ fn parse_ipv6(data: usize, data_end: usize, offset: usize, vlan: bool) -> Parsed
         return Parsed::Malformed;
     }
     match classify_transport(data, data_end, offset + IPV6_HLEN, next_header) {
-        Some(transport) => Parsed::Ip { v6: true, transport, vlan },
+        Some(transport) => Parsed::Ip {
+            v6: true,
+            transport,
+            vlan,
+        },
         None => Parsed::Malformed,
     }
 }
 
 /// Classifies the transport header at `offset`; `None` when it is cut short.
 #[inline(always)]
-fn classify_transport(data: usize, data_end: usize, offset: usize, protocol: u8) -> Option<ProtoCounter> {
+fn classify_transport(
+    data: usize,
+    data_end: usize,
+    offset: usize,
+    protocol: u8,
+) -> Option<ProtoCounter> {
     match protocol {
         IPPROTO_TCP => {
             let data_offset = read_u8(data, data_end, offset + 12)?;

@@ -7,8 +7,8 @@
 
 pub mod config;
 pub mod http;
-pub mod router;
 pub mod proxy;
-pub mod upstream;
+pub mod router;
 pub mod runtime;
+pub mod upstream;
 pub mod xdp;

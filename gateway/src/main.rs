@@ -80,5 +80,8 @@ fn init_logging(config_level: Option<&str>) {
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).with_target(false).init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

@@ -55,13 +55,30 @@ impl Backend {
         Self::with_behavior(name, Behavior::Raw(bytes.to_vec()))
     }
 
+    /// Starts a path-driven backend named `name` on a fixed address (the demo's).
+    pub fn start_on(name: &str, addr: SocketAddr) -> std::io::Result<Self> {
+        Ok(Self::serve(
+            name,
+            Behavior::Normal,
+            TcpListener::bind(addr)?,
+        ))
+    }
+
     /// Starts a backend with `behavior`.
     pub fn with_behavior(name: &str, behavior: Behavior) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Self::serve(
+            name,
+            behavior,
+            TcpListener::bind("127.0.0.1:0").expect("bind backend"),
+        )
+    }
+
+    fn serve(name: &str, behavior: Behavior, listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("backend addr");
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (thread_stats, thread_stop, thread_name) = (stats.clone(), stop.clone(), name.to_owned());
+        let (thread_stats, thread_stop, thread_name) =
+            (stats.clone(), stop.clone(), name.to_owned());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if thread_stop.load(Ordering::Acquire) {
@@ -69,13 +86,19 @@ impl Backend {
                 }
                 let Ok(stream) = stream else { continue };
                 thread_stats.connections.fetch_add(1, Ordering::Relaxed);
-                let (stats, name, behavior) = (thread_stats.clone(), thread_name.clone(), behavior.clone());
+                let (stats, name, behavior) =
+                    (thread_stats.clone(), thread_name.clone(), behavior.clone());
                 std::thread::spawn(move || {
                     let _ = serve(stream, &name, &behavior, &stats);
                 });
             }
         });
-        Self { addr, name: name.to_owned(), stats, stop }
+        Self {
+            addr,
+            name: name.to_owned(),
+            stats,
+            stop,
+        }
     }
 
     /// Connections accepted so far.
@@ -99,7 +122,9 @@ impl Drop for Backend {
 
 /// FNV-1a, to let tests compare large bodies without keeping them.
 pub fn checksum(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(hash, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Initial value for [`checksum`].
@@ -154,7 +179,10 @@ impl Conn {
 
 fn serve(stream: TcpStream, name: &str, behavior: &Behavior, stats: &Stats) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut conn = Conn { stream, buf: Vec::new() };
+    let mut conn = Conn {
+        stream,
+        buf: Vec::new(),
+    };
     loop {
         let head_end = loop {
             if let Some(i) = conn.buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -168,14 +196,29 @@ fn serve(stream: TcpStream, name: &str, behavior: &Behavior, stats: &Stats) -> s
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         if req.parse(&head).is_err() {
-            conn.stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
+            conn.stream.write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )?;
             return Ok(());
         }
         let method = req.method.unwrap_or("").to_owned();
         let target = req.path.unwrap_or("").to_owned();
-        let header_list: Vec<(String, String)> =
-            req.headers.iter().map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned())).collect();
-        let find = |n: &str| header_list.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let header_list: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let find = |n: &str| {
+            header_list
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
         let close = find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let mut hash = CHECKSUM_SEED;
         let mut body_len = 0u64;
@@ -185,8 +228,15 @@ fn serve(stream: TcpStream, name: &str, behavior: &Behavior, stats: &Stats) -> s
         } else if find("transfer-encoding").is_some() {
             loop {
                 let line = conn.line()?;
-                let size = u64::from_str_radix(String::from_utf8_lossy(&line).split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| std::io::Error::other("bad chunk size"))?;
+                let size = u64::from_str_radix(
+                    String::from_utf8_lossy(&line)
+                        .split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim(),
+                    16,
+                )
+                .map_err(|_| std::io::Error::other("bad chunk size"))?;
                 if size == 0 {
                     while !conn.line()?.is_empty() {}
                     break;
@@ -209,8 +259,12 @@ fn serve(stream: TcpStream, name: &str, behavior: &Behavior, stats: &Stats) -> s
         match verb {
             "bytes" | "chunked" | "close" => {
                 let head = match verb {
-                    "bytes" => format!("HTTP/1.1 200 OK\r\ncontent-length: {number}\r\n{connection}\r\n"),
-                    "chunked" => format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n{connection}\r\n"),
+                    "bytes" => {
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {number}\r\n{connection}\r\n")
+                    }
+                    "chunked" => {
+                        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n{connection}\r\n")
+                    }
                     _ => "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_owned(),
                 };
                 conn.stream.write_all(head.as_bytes())?;

@@ -17,7 +17,10 @@ pub struct Response {
 impl Response {
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as UTF-8 text.
@@ -27,14 +30,17 @@ impl Response {
 
     /// The body parsed as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 }
 
 /// Connects with test-friendly timeouts.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     stream.set_nodelay(true).expect("nodelay");
     stream
 }
@@ -64,7 +70,10 @@ pub fn request(addr: SocketAddr, request: &str) -> Response {
 
 /// `GET path` with `Host: host` on a new connection.
 pub fn get(addr: SocketAddr, host: &str, path: &str) -> Response {
-    request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"))
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    )
 }
 
 /// Reads exactly one response (strictly framed) from `stream`.
@@ -76,7 +85,11 @@ pub fn read_response(stream: &mut impl Read, head_request: bool) -> Response {
             break i + 4;
         }
         let n = stream.read(&mut chunk).expect("read response head");
-        assert!(n > 0, "connection closed before a response head; got {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed before a response head; got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let mut headers = [httparse::EMPTY_HEADER; 128];
@@ -86,10 +99,20 @@ pub fn read_response(stream: &mut impl Read, head_request: bool) -> Response {
     let headers: Vec<(String, String)> = res
         .headers
         .iter()
-        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
     let mut rest = buf[head_end..].to_vec();
-    let find = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
     let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
         Vec::new()
     } else if let Some(len) = find("content-length") {
@@ -99,7 +122,11 @@ pub fn read_response(stream: &mut impl Read, head_request: bool) -> Response {
             assert!(n > 0, "connection closed mid-body");
             rest.extend_from_slice(&chunk[..n]);
         }
-        assert_eq!(rest.len(), len, "bytes after the body on a non-pipelined exchange");
+        assert_eq!(
+            rest.len(),
+            len,
+            "bytes after the body on a non-pipelined exchange"
+        );
         rest
     } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         decode_chunked(stream, rest)
@@ -112,7 +139,11 @@ pub fn read_response(stream: &mut impl Read, head_request: bool) -> Response {
             }
         }
     };
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn decode_chunked(stream: &mut impl Read, mut buf: Vec<u8>) -> Vec<u8> {
@@ -144,7 +175,11 @@ fn decode_chunked(stream: &mut impl Read, mut buf: Vec<u8>) -> Vec<u8> {
             fill(&mut buf);
         }
         body.extend_from_slice(&buf[..size]);
-        assert_eq!(&buf[size..size + 2], b"\r\n", "chunk data not followed by CRLF");
+        assert_eq!(
+            &buf[size..size + 2],
+            b"\r\n",
+            "chunk data not followed by CRLF"
+        );
         buf.drain(..size + 2);
     }
 }

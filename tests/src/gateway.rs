@@ -30,7 +30,10 @@ pub fn gateway_bin() -> PathBuf {
 
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// A running gateway; killed on drop if still running.
@@ -45,7 +48,8 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `gateway run` on `config` and waits until every listener is up.
     pub fn start(config: &str) -> Self {
-        Self::try_start(config).unwrap_or_else(|log| panic!("gateway did not start; its log:\n{log}"))
+        Self::try_start(config)
+            .unwrap_or_else(|log| panic!("gateway did not start; its log:\n{log}"))
     }
 
     /// Like [`Gateway::start`], returning the log on failure.
@@ -55,7 +59,10 @@ impl Gateway {
         let mut child = Command::new(gateway_bin())
             .args(["run", "--config"])
             .arg(file.path())
-            .env("RUST_LOG", std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -80,7 +87,12 @@ impl Gateway {
                 .filter_map(|a| a.split_whitespace().next()?.parse().ok())
                 .collect();
             if addrs.len() == listeners && text.contains("starting workers") {
-                return Ok(Self { child, addrs, log, _config: file });
+                return Ok(Self {
+                    child,
+                    addrs,
+                    log,
+                    _config: file,
+                });
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -159,13 +171,23 @@ impl Drop for Gateway {
 
 /// Writes `config` to a temporary `.toml` file.
 pub fn write_config(config: &str) -> tempfile::NamedTempFile {
-    let file = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp config");
+    let file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp config");
     std::fs::write(file.path(), config).expect("write config");
     file
 }
 
 /// Runs `gateway <args>` to completion: (exit status, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(gateway_bin()).args(args).output().expect("run gateway");
-    (out.status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(gateway_bin())
+        .args(args)
+        .output()
+        .expect("run gateway");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }

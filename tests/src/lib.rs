@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod client;
 pub mod gateway;
+pub mod netns;
 
 pub use backend::{Backend, Behavior};
 pub use client::{Response, raw_exchange, read_response};

@@ -36,7 +36,10 @@ upstream = "u"
 /// Status line of the first response in `raw`, and whether the gateway closed after it.
 fn status_of(raw: &[u8]) -> u16 {
     let text = String::from_utf8_lossy(raw);
-    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {text:?}"))
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
 }
 
 #[test]
@@ -44,8 +47,14 @@ fn bad_requests_get_their_status_and_the_worker_keeps_serving() {
     let backend = Backend::start("echo");
     let gw = gateway(&backend);
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(600));
-    let many_headers = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", (0..25).map(|i| format!("X-{i}: v\r\n")).collect::<String>());
-    let huge_head = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "v".repeat(5000));
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        (0..25).map(|i| format!("X-{i}: v\r\n")).collect::<String>()
+    );
+    let huge_head = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "v".repeat(5000)
+    );
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("CL and TE", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
         ("differing CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(), 400),
@@ -79,14 +88,32 @@ fn bad_requests_get_their_status_and_the_worker_keeps_serving() {
     ];
     for (name, bytes, expected) in cases {
         let raw = client::raw_exchange(gw.addr(), &bytes, Duration::from_secs(5));
-        assert_eq!(status_of(&raw), expected, "case {name:?}: {}", String::from_utf8_lossy(&raw));
+        assert_eq!(
+            status_of(&raw),
+            expected,
+            "case {name:?}: {}",
+            String::from_utf8_lossy(&raw)
+        );
         let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
-        assert!(text.contains("connection: close"), "case {name:?} must close the connection: {text}");
-        assert!(text.contains("\"code\""), "case {name:?} must carry a JSON error: {text}");
+        assert!(
+            text.contains("connection: close"),
+            "case {name:?} must close the connection: {text}"
+        );
+        assert!(
+            text.contains("\"code\""),
+            "case {name:?} must carry a JSON error: {text}"
+        );
         let ok = client::get(gw.addr(), "a", "/after");
-        assert_eq!(ok.status, 200, "the worker stopped serving after case {name:?}");
+        assert_eq!(
+            ok.status, 200,
+            "the worker stopped serving after case {name:?}"
+        );
     }
-    assert_eq!(backend.requests(), 20 + 9, "no bad request may reach the backend");
+    assert_eq!(
+        backend.requests(),
+        20 + 9,
+        "no bad request may reach the backend"
+    );
 }
 
 #[test]
@@ -100,15 +127,27 @@ fn nothing_after_an_error_is_processed() {
         Duration::from_secs(3),
     );
     let text = String::from_utf8_lossy(&raw);
-    assert_eq!(text.matches("HTTP/1.1").count(), 1, "exactly one response: {text}");
-    assert_eq!(backend.requests(), 0, "the smuggled request reached the backend");
+    assert_eq!(
+        text.matches("HTTP/1.1").count(),
+        1,
+        "exactly one response: {text}"
+    );
+    assert_eq!(
+        backend.requests(),
+        0,
+        "the smuggled request reached the backend"
+    );
 }
 
 #[test]
 fn stalled_head_gets_408() {
     let backend = Backend::start("echo");
     let gw = gateway(&backend);
-    let raw = client::raw_exchange(gw.addr(), b"GET / HTTP/1.1\r\nHost: a\r\n", Duration::from_secs(5));
+    let raw = client::raw_exchange(
+        gw.addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\n",
+        Duration::from_secs(5),
+    );
     assert_eq!(status_of(&raw), 408, "{}", String::from_utf8_lossy(&raw));
     // A slowloris trickle is cut at the same deadline, not extended by each byte.
     let mut stream = client::connect(gw.addr());
@@ -126,7 +165,10 @@ fn stalled_head_gets_408() {
     }
     let mut rest = Vec::new();
     let _ = std::io::Read::read_to_end(&mut stream, &mut rest);
-    assert!(closed || String::from_utf8_lossy(&rest).contains(" 408 "), "a trickled head must end in 408");
+    assert!(
+        closed || String::from_utf8_lossy(&rest).contains(" 408 "),
+        "a trickled head must end in 408"
+    );
     assert_eq!(client::get(gw.addr(), "a", "/").status, 200);
 }
 
@@ -142,5 +184,8 @@ fn chunked_request_with_trailers_is_forwarded_without_them() {
     let echo = res.json();
     assert_eq!(echo["body_len"], 9);
     let headers = echo["headers"].to_string().to_ascii_lowercase();
-    assert!(!headers.contains("x-trailer"), "a trailer became a header: {headers}");
+    assert!(
+        !headers.contains("x-trailer"),
+        "a trailer became a header: {headers}"
+    );
 }

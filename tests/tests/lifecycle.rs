@@ -36,8 +36,16 @@ fn check_reports_every_problem_with_file_line_and_key() {
     let path = file.path().to_str().expect("utf8 path");
     let (status, _, stderr) = run_cli(&["check", "--config", path]);
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("{path}:15: routes[0].upstream: unknown upstream \"api\"")), "{stderr}");
-    assert!(stderr.contains(&format!("{path}:19: routes[1].path:")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{path}:15: routes[0].upstream: unknown upstream \"api\""
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{path}:19: routes[1].path:")),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 problem(s)"), "{stderr}");
 }
 
@@ -52,16 +60,35 @@ fn run_refuses_a_bad_config() {
 #[test]
 fn unknown_keys_and_bad_units_are_refused_with_their_line() {
     for (text, line, needle) in [
-        ("[gateway]\nworkers = 1\nwrokers = 2\n", 3, "unknown field `wrokers`"),
-        ("[limits]\nheader_read_timeout = \"ten seconds\"\n", 2, "limits.header_read_timeout"),
-        ("[limits]\nmax_body_size = \"12 parsecs\"\n", 2, "limits.max_body_size"),
-        ("[[listeners]]\nname = \"x\"\nbind = \"nowhere\"\n", 3, "listeners[0].bind"),
+        (
+            "[gateway]\nworkers = 1\nwrokers = 2\n",
+            3,
+            "unknown field `wrokers`",
+        ),
+        (
+            "[limits]\nheader_read_timeout = \"ten seconds\"\n",
+            2,
+            "limits.header_read_timeout",
+        ),
+        (
+            "[limits]\nmax_body_size = \"12 parsecs\"\n",
+            2,
+            "limits.max_body_size",
+        ),
+        (
+            "[[listeners]]\nname = \"x\"\nbind = \"nowhere\"\n",
+            3,
+            "listeners[0].bind",
+        ),
     ] {
         let file = write_config(text);
         let path = file.path().to_str().expect("utf8");
         let (status, _, stderr) = run_cli(&["check", "--config", path]);
         assert_eq!(status.code(), Some(1), "{text}");
-        assert!(stderr.contains(&format!("{path}:{line}:")), "expected line {line} for {text:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{path}:{line}:")),
+            "expected line {line} for {text:?}: {stderr}"
+        );
         assert!(stderr.contains(needle), "expected {needle:?}: {stderr}");
     }
 }
@@ -73,13 +100,17 @@ fn every_shipped_config_passes_check() {
     for entry in std::fs::read_dir(&conf).expect("conf/ exists") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let (status, stdout, stderr) = run_cli(&["check", "--config", path.to_str().expect("utf8")]);
+            let (status, stdout, stderr) =
+                run_cli(&["check", "--config", path.to_str().expect("utf8")]);
             assert!(status.success(), "{}: {stderr}", path.display());
             assert!(stdout.contains(": ok"), "{stdout}");
             checked += 1;
         }
     }
-    assert!(checked >= 2, "expected the demo and example configs, found {checked}");
+    assert!(
+        checked >= 2,
+        "expected the demo and example configs, found {checked}"
+    );
 }
 
 #[test]
@@ -104,7 +135,8 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let addr = gw.addr();
     // One idle keep-alive connection, and three requests in flight.
     let mut idle = client::connect(addr);
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").expect("send");
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("send");
     assert_eq!(client::read_response(&mut idle, false).status, 200);
     let in_flight: Vec<_> = (0..3)
         .map(|_| std::thread::spawn(move || client::get(addr, "a", "/delay/1000")))
@@ -113,14 +145,30 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
     gw.signal(libc::SIGTERM);
     for handle in in_flight {
         let res = handle.join().expect("client thread");
-        assert_eq!(res.status, 200, "an in-flight request was dropped by the drain");
-        assert_eq!(res.header("connection"), Some("close"), "a draining gateway closes after the response");
+        assert_eq!(
+            res.status, 200,
+            "an in-flight request was dropped by the drain"
+        );
+        assert_eq!(
+            res.header("connection"),
+            Some("close"),
+            "a draining gateway closes after the response"
+        );
     }
-    let status = gw.wait_exit(Duration::from_secs(5)).expect("gateway exits after draining");
+    let status = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("gateway exits after draining");
     assert_eq!(status.code(), Some(0), "{}", gw.log());
     // The idle connection was closed by the drain.
     let mut rest = Vec::new();
-    idle.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-    assert_eq!(std::io::Read::read_to_end(&mut idle, &mut rest).ok(), Some(0));
-    assert!(std::net::TcpStream::connect(addr).is_err(), "still accepting after exit");
+    idle.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    assert_eq!(
+        std::io::Read::read_to_end(&mut idle, &mut rest).ok(),
+        Some(0)
+    );
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after exit"
+    );
 }

@@ -18,7 +18,9 @@ enum Segment<'p> {
 fn segments(path: &str) -> Vec<Segment<'_>> {
     let mut out = Vec::new();
     for part in path.split('.') {
-        let (key, rest) = part.find('[').map_or((part, ""), |i| (&part[..i], &part[i..]));
+        let (key, rest) = part
+            .find('[')
+            .map_or((part, ""), |i| (&part[..i], &part[i..]));
         if !key.is_empty() {
             out.push(Segment::Key(key));
         }
@@ -34,7 +36,10 @@ fn segments(path: &str) -> Vec<Segment<'_>> {
 impl<'a> Locator<'a> {
     /// Parses `text`; a file that does not parse as TOML locates nothing.
     pub fn new(text: &'a str) -> Self {
-        Self { text, doc: Document::parse(text).ok() }
+        Self {
+            text,
+            doc: Document::parse(text).ok(),
+        }
     }
 
     /// 1-based line of the deepest part of `path` that exists in the file.
@@ -46,7 +51,11 @@ impl<'a> Locator<'a> {
     /// 1-based line of a byte offset.
     pub fn line_at(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 }
 

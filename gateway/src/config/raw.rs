@@ -30,7 +30,10 @@ pub struct RawGateway {
     #[serde(default)]
     pub workers: usize,
     pub log_level: Option<String>,
-    #[serde(default = "defaults::drain_timeout", deserialize_with = "human_duration")]
+    #[serde(
+        default = "defaults::drain_timeout",
+        deserialize_with = "human_duration"
+    )]
     pub drain_timeout: Duration,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -62,13 +65,25 @@ pub struct RawLimits {
     pub max_uri_length: u64,
     #[serde(default = "defaults::max_body_size", deserialize_with = "human_size")]
     pub max_body_size: u64,
-    #[serde(default = "defaults::header_read_timeout", deserialize_with = "human_duration")]
+    #[serde(
+        default = "defaults::header_read_timeout",
+        deserialize_with = "human_duration"
+    )]
     pub header_read_timeout: Duration,
-    #[serde(default = "defaults::idle_timeout", deserialize_with = "human_duration")]
+    #[serde(
+        default = "defaults::idle_timeout",
+        deserialize_with = "human_duration"
+    )]
     pub idle_timeout: Duration,
-    #[serde(default = "defaults::body_read_timeout", deserialize_with = "human_duration")]
+    #[serde(
+        default = "defaults::body_read_timeout",
+        deserialize_with = "human_duration"
+    )]
     pub body_read_timeout: Duration,
-    #[serde(default = "defaults::discard_body_max", deserialize_with = "human_size")]
+    #[serde(
+        default = "defaults::discard_body_max",
+        deserialize_with = "human_size"
+    )]
     pub discard_body_max: u64,
 }
 
@@ -119,15 +134,27 @@ pub struct RawUpstream {
     pub hash_key: Option<String>,
     #[serde(default)]
     pub targets: Vec<RawTarget>,
-    #[serde(default = "defaults::connect_timeout", deserialize_with = "human_duration")]
+    #[serde(
+        default = "defaults::connect_timeout",
+        deserialize_with = "human_duration"
+    )]
     pub connect_timeout: Duration,
-    #[serde(default = "defaults::upstream_read_timeout", deserialize_with = "human_duration")]
+    #[serde(
+        default = "defaults::upstream_read_timeout",
+        deserialize_with = "human_duration"
+    )]
     pub read_timeout: Duration,
-    #[serde(default = "defaults::upstream_write_timeout", deserialize_with = "human_duration")]
+    #[serde(
+        default = "defaults::upstream_write_timeout",
+        deserialize_with = "human_duration"
+    )]
     pub write_timeout: Duration,
     #[serde(default = "defaults::max_idle_per_target")]
     pub max_idle_per_target: usize,
-    #[serde(default = "defaults::pool_idle_timeout", deserialize_with = "human_duration")]
+    #[serde(
+        default = "defaults::pool_idle_timeout",
+        deserialize_with = "human_duration"
+    )]
     pub idle_timeout: Duration,
 }
 
@@ -191,7 +218,9 @@ pub struct RawXdp {
 fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. \"250ms\" or \"10s\""))
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}); write e.g. \"250ms\" or \"10s\""
+        ))
     })
 }
 
@@ -205,9 +234,14 @@ fn human_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
     match Size::deserialize(d)? {
         Size::Bytes(n) => Ok(n),
-        Size::Text(text) => text.parse::<bytesize::ByteSize>().map(|s| s.as_u64()).map_err(|e| {
-            serde::de::Error::custom(format!("invalid size {text:?} ({e}); write e.g. \"16KiB\" or \"10MiB\""))
-        }),
+        Size::Text(text) => text
+            .parse::<bytesize::ByteSize>()
+            .map(|s| s.as_u64())
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid size {text:?} ({e}); write e.g. \"16KiB\" or \"10MiB\""
+                ))
+            }),
     }
 }
 

@@ -30,8 +30,15 @@ pub(super) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<
     let raw = match parse_raw(text) {
         Ok(raw) => raw,
         Err((key, message, offset)) => {
-            let line = offset.map(|o| locator.line_at(o)).or_else(|| locator.line_of(&key));
-            return Err(vec![Problem { file: path.to_owned(), line, key, message }]);
+            let line = offset
+                .map(|o| locator.line_at(o))
+                .or_else(|| locator.line_of(&key));
+            return Err(vec![Problem {
+                file: path.to_owned(),
+                line,
+                key,
+                message,
+            }]);
         }
     };
     let mut problems = Problems::default();
@@ -54,8 +61,13 @@ pub(super) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<
 
 /// Deserializes with the key path of the first error, its message and byte offset.
 fn parse_raw(text: &str) -> Result<RawConfig, (String, String, Option<usize>)> {
-    let deserializer = toml::Deserializer::parse(text)
-        .map_err(|e| (String::new(), e.message().to_owned(), e.span().map(|s| s.start)))?;
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+        (
+            String::new(),
+            e.message().to_owned(),
+            e.span().map(|s| s.start),
+        )
+    })?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." { String::new() } else { key };
@@ -79,18 +91,28 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
     for (i, l) in raw.listeners.iter().enumerate() {
         let key = format!("listeners[{i}]");
         if !listener_names.insert(l.name.as_str()) {
-            problems.push(format!("{key}.name"), format!("duplicate listener name {:?}", l.name));
+            problems.push(
+                format!("{key}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            );
         }
         match l.bind.parse::<SocketAddr>() {
             Ok(bind) => {
                 if bind.port() != 0 && !binds.insert(bind) {
                     problems.push(format!("{key}.bind"), format!("{bind} is bound twice"));
                 }
-                listeners.push(ListenerConfig { name: l.name.clone(), bind, backlog: l.backlog });
+                listeners.push(ListenerConfig {
+                    name: l.name.clone(),
+                    bind,
+                    backlog: l.backlog,
+                });
             }
             Err(_) => problems.push(
                 format!("{key}.bind"),
-                format!("invalid address {:?}; write e.g. \"0.0.0.0:8080\" or \"[::]:8080\"", l.bind),
+                format!(
+                    "invalid address {:?}; write e.g. \"0.0.0.0:8080\" or \"[::]:8080\"",
+                    l.bind
+                ),
             ),
         }
     }
@@ -99,7 +121,10 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
     let mut upstreams = Vec::new();
     for (i, u) in raw.upstreams.iter().enumerate() {
         if upstream_index.insert(u.name.as_str(), i).is_some() {
-            problems.push(format!("upstreams[{i}].name"), format!("duplicate upstream name {:?}", u.name));
+            problems.push(
+                format!("upstreams[{i}].name"),
+                format!("duplicate upstream name {:?}", u.name),
+            );
         }
         upstreams.push(validate_upstream(i, u, problems));
     }
@@ -108,7 +133,10 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
         if !route_names.insert(r.name.as_str()) {
-            problems.push(format!("routes[{i}].name"), format!("duplicate route name {:?}", r.name));
+            problems.push(
+                format!("routes[{i}].name"),
+                format!("duplicate route name {:?}", r.name),
+            );
         }
         if let Some(route) = validate_route(i, r, &upstream_index, problems) {
             routes.push(route);
@@ -116,7 +144,10 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
     }
 
     let xdp = raw.xdp.as_ref().map(|x| {
-        if x.interface.as_deref().is_some_and(|s| s.is_empty() || s.len() >= 16) {
+        if x.interface
+            .as_deref()
+            .is_some_and(|s| s.is_empty() || s.len() >= 16)
+        {
             problems.push("xdp.interface", "an interface name has 1 to 15 characters");
         }
         XdpConfig {
@@ -128,7 +159,15 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
         }
     });
 
-    Config { source: path.to_owned(), gateway, limits, listeners, upstreams, routes, xdp }
+    Config {
+        source: path.to_owned(),
+        gateway,
+        limits,
+        listeners,
+        upstreams,
+        routes,
+        xdp,
+    }
 }
 
 fn validate_gateway(raw: &RawConfig, problems: &mut Problems) -> GatewaySettings {
@@ -160,9 +199,11 @@ fn validate_gateway(raw: &RawConfig, problems: &mut Problems) -> GatewaySettings
 
 /// Accepts `10.0.0.0/8` or a bare address (a /32 or /128).
 fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
-    text.parse::<ipnet::IpNet>()
-        .ok()
-        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 fn validate_limits(raw: &RawConfig, problems: &mut Problems) -> Limits {
@@ -177,7 +218,10 @@ fn validate_limits(raw: &RawConfig, problems: &mut Problems) -> Limits {
         problems.push("limits.max_head_size", "must be between 1KiB and 1MiB");
     }
     if l.max_uri_length < 16 || l.max_uri_length > l.max_head_size {
-        problems.push("limits.max_uri_length", "must be at least 16 bytes and at most max_head_size");
+        problems.push(
+            "limits.max_uri_length",
+            "must be at least 16 bytes and at most max_head_size",
+        );
     }
     for (key, value) in [
         ("limits.header_read_timeout", l.header_read_timeout),
@@ -212,10 +256,16 @@ fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Problems) -> Upst
             problems.push(format!("{tkey}.weight"), "must be between 1 and 10000");
         }
         match target.addr.parse::<SocketAddr>() {
-            Ok(addr) if addr.port() != 0 => targets.push(TargetConfig { addr, weight: target.weight }),
+            Ok(addr) if addr.port() != 0 => targets.push(TargetConfig {
+                addr,
+                weight: target.weight,
+            }),
             _ => problems.push(
                 format!("{tkey}.addr"),
-                format!("invalid address {:?}; write IP:PORT such as \"10.0.0.5:8080\"", target.addr),
+                format!(
+                    "invalid address {:?}; write IP:PORT such as \"10.0.0.5:8080\"",
+                    target.addr
+                ),
             ),
         }
     }
@@ -231,11 +281,17 @@ fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Problems) -> Upst
             }
         },
         (RawBalance::ConsistentHash, None) => {
-            problems.push(format!("{key}.hash_key"), "consistent_hash needs a hash_key");
+            problems.push(
+                format!("{key}.hash_key"),
+                "consistent_hash needs a hash_key",
+            );
             Balance::RoundRobin
         }
         (_, Some(_)) => {
-            problems.push(format!("{key}.hash_key"), "hash_key only applies to balance = \"consistent_hash\"");
+            problems.push(
+                format!("{key}.hash_key"),
+                "hash_key only applies to balance = \"consistent_hash\"",
+            );
             Balance::RoundRobin
         }
         (RawBalance::RoundRobin | RawBalance::Weighted, None) => Balance::RoundRobin,
@@ -259,7 +315,9 @@ fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Problems) -> Upst
 
 fn parse_hash_key(text: &str) -> Option<HashKey> {
     match text.split_once(':') {
-        Some(("header", name)) if is_token(name) => Some(HashKey::Header(name.to_ascii_lowercase())),
+        Some(("header", name)) if is_token(name) => {
+            Some(HashKey::Header(name.to_ascii_lowercase()))
+        }
         Some(("cookie", name)) if is_token(name) => Some(HashKey::Cookie(name.to_owned())),
         None if text == "client_ip" => Some(HashKey::ClientIp),
         _ => None,
@@ -276,7 +334,10 @@ fn validate_route(
     let before = problems.0.len();
     let upstream = upstreams.get(r.upstream.as_str()).copied();
     if upstream.is_none() {
-        problems.push(format!("{key}.upstream"), format!("unknown upstream {:?}", r.upstream));
+        problems.push(
+            format!("{key}.upstream"),
+            format!("unknown upstream {:?}", r.upstream),
+        );
     }
     let host = r.host.as_deref().and_then(|h| {
         let h = h.to_ascii_lowercase();
@@ -286,32 +347,60 @@ fn validate_route(
         };
         let valid = !bare.is_empty()
             && bare.split('.').all(|label| {
-                !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             });
         if !valid {
-            problems.push(format!("{key}.host"), format!("invalid host {h:?}; write \"api.example.com\" or \"*.example.com\""));
+            problems.push(
+                format!("{key}.host"),
+                format!("invalid host {h:?}; write \"api.example.com\" or \"*.example.com\""),
+            );
             return None;
         }
-        Some(if suffix { HostMatch::Suffix(format!(".{bare}")) } else { HostMatch::Exact(bare) })
+        Some(if suffix {
+            HostMatch::Suffix(format!(".{bare}"))
+        } else {
+            HostMatch::Exact(bare)
+        })
     });
 
-    let path_kinds = [r.path.is_some(), r.path_prefix.is_some(), r.path_regex.is_some()];
+    let path_kinds = [
+        r.path.is_some(),
+        r.path_prefix.is_some(),
+        r.path_regex.is_some(),
+    ];
     let path = match (&r.path, &r.path_prefix, &r.path_regex) {
         _ if path_kinds.iter().filter(|k| **k).count() > 1 => {
-            problems.push(format!("{key}.path"), "set only one of path, path_prefix and path_regex");
+            problems.push(
+                format!("{key}.path"),
+                "set only one of path, path_prefix and path_regex",
+            );
             None
         }
-        (Some(p), _, _) => check_path(&format!("{key}.path"), p, problems).then(|| PathMatch::Exact(p.clone())),
+        (Some(p), _, _) => {
+            check_path(&format!("{key}.path"), p, problems).then(|| PathMatch::Exact(p.clone()))
+        }
         (_, Some(p), _) => check_path(&format!("{key}.path_prefix"), p, problems)
             .then(|| PathMatch::Prefix(p.clone())),
-        (_, _, Some(re)) => compile_regex(&format!("{key}.path_regex"), re, problems).map(PathMatch::Regex),
+        (_, _, Some(re)) => {
+            compile_regex(&format!("{key}.path_regex"), re, problems).map(PathMatch::Regex)
+        }
         (None, None, None) => Some(PathMatch::Prefix("/".to_owned())),
     };
 
     let mut methods = Vec::new();
     for (m, method) in r.methods.iter().flatten().enumerate() {
-        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
-            problems.push(format!("{key}.methods[{m}]"), format!("invalid method {method:?}; write it upper-case, e.g. \"GET\""));
+        if method.is_empty()
+            || !method
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+        {
+            problems.push(
+                format!("{key}.methods[{m}]"),
+                format!("invalid method {method:?}; write it upper-case, e.g. \"GET\""),
+            );
         } else {
             methods.push(method.clone());
         }
@@ -320,10 +409,16 @@ fn validate_route(
     let query = validate_matchers(&format!("{key}.query"), &r.query, false, problems);
 
     if r.strip_prefix && r.path_prefix.is_none() {
-        problems.push(format!("{key}.strip_prefix"), "strip_prefix needs path_prefix");
+        problems.push(
+            format!("{key}.strip_prefix"),
+            "strip_prefix needs path_prefix",
+        );
     }
     if r.strip_prefix && r.rewrite.is_some() {
-        problems.push(format!("{key}.rewrite"), "set either rewrite or strip_prefix, not both");
+        problems.push(
+            format!("{key}.rewrite"),
+            "set either rewrite or strip_prefix, not both",
+        );
     }
     if let Some(rewrite) = &r.rewrite {
         check_path(&format!("{key}.rewrite"), rewrite, problems);
@@ -351,7 +446,9 @@ fn check_path(key: &str, path: &str, problems: &mut Problems) -> bool {
     if !ok {
         problems.push(
             key,
-            format!("{path:?} must start with '/' and be normalized (no dot segments, no '//', no %2F)"),
+            format!(
+                "{path:?} must start with '/' and be normalized (no dot segments, no '//', no %2F)"
+            ),
         );
     }
     ok
@@ -364,7 +461,12 @@ fn compile_regex(key: &str, pattern: &str, problems: &mut Problems) -> Option<Re
         .ok()
 }
 
-fn validate_matchers(key: &str, raw: &[RawMatcher], header: bool, problems: &mut Problems) -> Vec<ValueMatch> {
+fn validate_matchers(
+    key: &str,
+    raw: &[RawMatcher],
+    header: bool,
+    problems: &mut Problems,
+) -> Vec<ValueMatch> {
     let mut out = Vec::new();
     for (i, m) in raw.iter().enumerate() {
         let mkey = format!("{key}[{i}]");
@@ -384,7 +486,11 @@ fn validate_matchers(key: &str, raw: &[RawMatcher], header: bool, problems: &mut
                 continue;
             }
         };
-        let name = if header { m.name.to_ascii_lowercase() } else { m.name.clone() };
+        let name = if header {
+            m.name.to_ascii_lowercase()
+        } else {
+            m.name.clone()
+        };
         out.push(ValueMatch { name, condition });
     }
     out

@@ -78,7 +78,14 @@ const BAD_TRAILER: FramingError = FramingError::Malformed("invalid trailer secti
 impl ChunkedDecoder {
     /// A decoder at the start of a body.
     pub fn new() -> Self {
-        Self { state: State::Size, size: 0, digits: 0, extension_len: 0, trailer_len: 0, body_len: 0 }
+        Self {
+            state: State::Size,
+            size: 0,
+            digits: 0,
+            extension_len: 0,
+            trailer_len: 0,
+            body_len: 0,
+        }
     }
 
     /// Whether the final chunk and trailers have been read.
@@ -95,13 +102,17 @@ impl ChunkedDecoder {
             let b = input[i];
             match self.state {
                 State::Data => {
-                    let take = (input.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                    let take =
+                        (input.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
                     self.size -= take as u64;
                     self.body_len += take as u64;
                     if self.size == 0 {
                         self.state = State::DataCr;
                     }
-                    return Ok(Decoded::Data { start: i, end: i + take });
+                    return Ok(Decoded::Data {
+                        start: i,
+                        end: i + take,
+                    });
                 }
                 State::Size => match hex_value(b) {
                     Some(v) => {
@@ -131,7 +142,11 @@ impl ChunkedDecoder {
                     if b != b'\n' {
                         return Err(BAD_SIZE);
                     }
-                    self.state = if self.size == 0 { State::TrailerStart } else { State::Data };
+                    self.state = if self.size == 0 {
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    };
                 }
                 State::DataCr => {
                     if b != b'\r' {
@@ -269,29 +284,43 @@ mod tests {
     fn decodes_valid_bodies() {
         let body = b"5\r\nhello\r\n6;name=\"v\"\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
         for piece in [1, 2, 3, 7, 100] {
-            assert_eq!(decode(body, piece), Ok((b"hello world".to_vec(), body.len() - 4)), "piece {piece}");
+            assert_eq!(
+                decode(body, piece),
+                Ok((b"hello world".to_vec(), body.len() - 4)),
+                "piece {piece}"
+            );
         }
-        assert_eq!(decode(b"A\r\n0123456789\r\n0\r\n\r\n", 4).map(|r| r.0), Ok(b"0123456789".to_vec()));
-        assert_eq!(decode(b"5 ;x\r\nhello\r\n0\r\n\r\n", 4).map(|r| r.0), Ok(b"hello".to_vec()));
+        assert_eq!(
+            decode(b"A\r\n0123456789\r\n0\r\n\r\n", 4).map(|r| r.0),
+            Ok(b"0123456789".to_vec())
+        );
+        assert_eq!(
+            decode(b"5 ;x\r\nhello\r\n0\r\n\r\n", 4).map(|r| r.0),
+            Ok(b"hello".to_vec())
+        );
     }
 
     #[test]
     fn rejects_malformed_framing() {
         for body in [
-            &b"\r\nhello\r\n0\r\n\r\n"[..],           // empty size
-            b"-5\r\nhello\r\n0\r\n\r\n",              // signed size
-            b"0x5\r\nhello\r\n0\r\n\r\n",             // prefixed size
-            b"5\nhello\r\n0\r\n\r\n",                 // bare LF after size
-            b"5\r\nhelloXX0\r\n\r\n",                 // data longer than size
-            b"5\r\nhello\n0\r\n\r\n",                 // bare LF after data
-            b"5;a\nb\r\nhello\r\n0\r\n\r\n",          // bare LF inside extension
-            b"5;\x00\r\nhello\r\n0\r\n\r\n",          // control byte in extension
-            b"10000000000000000\r\n",                 // 17 digits
-            b"0\r\nbad trailer\n\r\n",               // bare LF in trailer
-            b"0\r\n: x\r\n\r\n",                      // trailer without a name
-            b"5\r\nhello\r\n0\r\n\r",                 // truncated
+            &b"\r\nhello\r\n0\r\n\r\n"[..],  // empty size
+            b"-5\r\nhello\r\n0\r\n\r\n",     // signed size
+            b"0x5\r\nhello\r\n0\r\n\r\n",    // prefixed size
+            b"5\nhello\r\n0\r\n\r\n",        // bare LF after size
+            b"5\r\nhelloXX0\r\n\r\n",        // data longer than size
+            b"5\r\nhello\n0\r\n\r\n",        // bare LF after data
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n", // bare LF inside extension
+            b"5;\x00\r\nhello\r\n0\r\n\r\n", // control byte in extension
+            b"10000000000000000\r\n",        // 17 digits
+            b"0\r\nbad trailer\n\r\n",       // bare LF in trailer
+            b"0\r\n: x\r\n\r\n",             // trailer without a name
+            b"5\r\nhello\r\n0\r\n\r",        // truncated
         ] {
-            assert!(decode(body, 3).is_err(), "must reject {:?}", String::from_utf8_lossy(body));
+            assert!(
+                decode(body, 3).is_err(),
+                "must reject {:?}",
+                String::from_utf8_lossy(body)
+            );
         }
         let long_ext = format!("1;{}\r\na\r\n0\r\n\r\n", "x".repeat(5000));
         assert!(decode(long_ext.as_bytes(), 64).is_err());

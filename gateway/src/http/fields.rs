@@ -74,12 +74,16 @@ impl Fields {
 
     /// First value of the header `name` (ASCII case-insensitive).
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        (0..self.len()).find(|&i| self.name(i).eq_ignore_ascii_case(name)).map(|i| self.value(i))
+        (0..self.len())
+            .find(|&i| self.name(i).eq_ignore_ascii_case(name))
+            .map(|i| self.value(i))
     }
 
     /// Every value of the header `name`.
     pub fn get_all<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        (0..self.len()).filter(move |&i| self.name(i).eq_ignore_ascii_case(name)).map(|i| self.value(i))
+        (0..self.len())
+            .filter(move |&i| self.name(i).eq_ignore_ascii_case(name))
+            .map(|i| self.value(i))
     }
 
     /// Drops every field named in the Connection header (hop-by-hop by declaration) and
@@ -115,7 +119,10 @@ impl Fields {
         }
         for &(s, e) in &named[..count] {
             for i in 0..self.len() {
-                if self.name(i).eq_ignore_ascii_case(&self.raw[s as usize..e as usize]) {
+                if self
+                    .name(i)
+                    .eq_ignore_ascii_case(&self.raw[s as usize..e as usize])
+                {
                     self.fields[i].forward = false;
                 }
             }

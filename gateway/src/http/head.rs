@@ -26,7 +26,11 @@ pub enum Scan {
 impl HeadScanner {
     /// Starts a scan at `start` (after skipped empty lines).
     pub fn new(start: usize) -> Self {
-        Self { pos: start, line_start: start, first_line_end: None }
+        Self {
+            pos: start,
+            line_start: start,
+            first_line_end: None,
+        }
     }
 
     /// Length of the first line, once it is complete.
@@ -82,8 +86,14 @@ mod tests {
 
     #[test]
     fn finds_head_end_and_rejects_bare_line_ends() {
-        assert_eq!(scan_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY"), Ok(Scan::Complete(27)));
-        assert_eq!(scan_all(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(Scan::Partial));
+        assert_eq!(
+            scan_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY"),
+            Ok(Scan::Complete(27))
+        );
+        assert_eq!(
+            scan_all(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            Ok(Scan::Partial)
+        );
         assert_eq!(scan_all(b"GET / HTTP/1.1\r\nHost: a\r"), Ok(Scan::Partial));
         assert!(scan_all(b"GET / HTTP/1.1\nHost: a\r\n\r\n").is_err());
         assert!(scan_all(b"GET / HTTP/1.1\r\nHost: a\n\n").is_err());
@@ -95,8 +105,16 @@ mod tests {
         let msg = b"GET /x HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\n";
         for split in 1..msg.len() {
             let mut scanner = HeadScanner::new(0);
-            assert_eq!(scanner.scan(&msg[..split]), Ok(Scan::Partial), "split {split}");
-            assert_eq!(scanner.scan(msg), Ok(Scan::Complete(msg.len())), "split {split}");
+            assert_eq!(
+                scanner.scan(&msg[..split]),
+                Ok(Scan::Partial),
+                "split {split}"
+            );
+            assert_eq!(
+                scanner.scan(msg),
+                Ok(Scan::Complete(msg.len())),
+                "split {split}"
+            );
         }
     }
 

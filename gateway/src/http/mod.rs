@@ -54,7 +54,9 @@ pub fn parse_content_length(value: &[u8]) -> Option<u64> {
         if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let n = part.iter().fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'));
+        let n = part
+            .iter()
+            .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'));
         match result {
             Some(prev) if prev != n => return None,
             _ => result = Some(n),
@@ -119,7 +121,12 @@ mod tests {
             (b"99999999999999999999", None),
             (b"4 2", None),
         ] {
-            assert_eq!(parse_content_length(input), expected, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                parse_content_length(input),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 }

@@ -11,8 +11,9 @@ use super::{
 };
 
 /// How the request body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RequestBody {
+    #[default]
     None,
     Length(u64),
     Chunked,
@@ -41,12 +42,6 @@ pub struct RequestHead {
     pub target_len: usize,
 }
 
-impl Default for RequestBody {
-    fn default() -> Self {
-        Self::None
-    }
-}
-
 /// Limits the parser enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct ParseLimits {
@@ -63,12 +58,17 @@ impl RequestHead {
         let mut req = httparse::Request::new(&mut []);
         match req.parse_with_uninit_headers(raw, headers) {
             Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(FramingError::Malformed("incomplete head")),
+            Ok(httparse::Status::Partial) => {
+                return Err(FramingError::Malformed("incomplete head"));
+            }
             Err(httparse::Error::TooManyHeaders) => return Err(FramingError::TooManyHeaders),
-            Err(httparse::Error::Version) => return Err(FramingError::Malformed("unsupported HTTP version")),
+            Err(httparse::Error::Version) => {
+                return Err(FramingError::Malformed("unsupported HTTP version"));
+            }
             Err(_) => return Err(FramingError::Malformed("invalid request line or header")),
         }
-        let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version)
+        else {
             return Err(FramingError::Malformed("incomplete request line"));
         };
         let base = raw.as_ptr() as usize;
@@ -93,7 +93,8 @@ impl RequestHead {
 
     /// The raw query string (without `?`), if any.
     pub fn query(&self) -> Option<&[u8]> {
-        self.query.map(|(s, e)| &self.fields.raw[s as usize..e as usize])
+        self.query
+            .map(|(s, e)| &self.fields.raw[s as usize..e as usize])
     }
 
     /// The authority as sent (Host value or absolute-form authority).
@@ -108,7 +109,10 @@ impl RequestHead {
 
     /// Methods that may be retried on another target (RFC 9110 §9.2.2).
     pub fn is_idempotent(&self) -> bool {
-        matches!(self.method(), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
+        matches!(
+            self.method(),
+            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+        )
     }
 
     /// Header classification and body framing (RFC 9112 §6.3), in one pass.
@@ -146,7 +150,10 @@ impl RequestHead {
                 self.fields.drop_field(i);
             } else if name.eq_ignore_ascii_case(b"x-request-id") {
                 let v = self.fields.value(i);
-                if self.request_id.is_none() && (1..=128).contains(&v.len()) && v.iter().all(|b| b.is_ascii_graphic()) {
+                if self.request_id.is_none()
+                    && (1..=128).contains(&v.len())
+                    && v.iter().all(|b| b.is_ascii_graphic())
+                {
                     self.request_id = Some(i);
                 }
                 self.fields.drop_field(i);
@@ -165,8 +172,14 @@ impl RequestHead {
         self.body = match (transfer_encodings, content_length) {
             (0, None) => RequestBody::None,
             (0, Some(n)) => RequestBody::Length(n),
-            (_, Some(_)) => return Err(FramingError::Malformed("both Content-Length and Transfer-Encoding")),
-            _ if self.version_minor == 0 => return Err(FramingError::Malformed("Transfer-Encoding in HTTP/1.0")),
+            (_, Some(_)) => {
+                return Err(FramingError::Malformed(
+                    "both Content-Length and Transfer-Encoding",
+                ));
+            }
+            _ if self.version_minor == 0 => {
+                return Err(FramingError::Malformed("Transfer-Encoding in HTTP/1.0"));
+            }
             (1, None) if chunked => RequestBody::Chunked,
             _ => return Err(FramingError::Malformed("unsupported Transfer-Encoding")),
         };
@@ -197,7 +210,9 @@ impl RequestHead {
         let mut path_start = start;
         if target == b"*" {
             if method != b"OPTIONS" {
-                return Err(FramingError::Malformed("asterisk-form target outside OPTIONS"));
+                return Err(FramingError::Malformed(
+                    "asterisk-form target outside OPTIONS",
+                ));
             }
             self.path.clear();
             self.path.push(b'*');
@@ -205,19 +220,31 @@ impl RequestHead {
             return self.resolve_host();
         }
         if target.first() != Some(&b'/') {
-            let rest = strip_scheme(target).ok_or(FramingError::Malformed("invalid request target"))?;
+            let rest =
+                strip_scheme(target).ok_or(FramingError::Malformed("invalid request target"))?;
             let authority_start = start + (len - rest.len());
-            let authority_len = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
+            let authority_len = rest
+                .iter()
+                .position(|&b| b == b'/' || b == b'?')
+                .unwrap_or(rest.len());
             if authority_len == 0 {
-                return Err(FramingError::Malformed("absolute-form target without authority"));
+                return Err(FramingError::Malformed(
+                    "absolute-form target without authority",
+                ));
             }
-            self.authority = (authority_start as u32, (authority_start + authority_len) as u32);
+            self.authority = (
+                authority_start as u32,
+                (authority_start + authority_len) as u32,
+            );
             path_start = authority_start + authority_len;
         }
         let end = start + len;
         let target = &self.fields.raw[path_start..end];
         let (path, query) = match memchr::memchr(b'?', target) {
-            Some(q) => (&target[..q], Some(((path_start + q + 1) as u32, end as u32))),
+            Some(q) => (
+                &target[..q],
+                Some(((path_start + q + 1) as u32, end as u32)),
+            ),
             None => (target, None),
         };
         let path = if path.is_empty() { &b"/"[..] } else { path };
@@ -237,9 +264,14 @@ impl RequestHead {
 }
 
 fn is_forwarding_header(name: &[u8]) -> bool {
-    [&b"x-forwarded-for"[..], b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"]
-        .iter()
-        .any(|n| n.eq_ignore_ascii_case(name))
+    [
+        &b"x-forwarded-for"[..],
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+    ]
+    .iter()
+    .any(|n| n.eq_ignore_ascii_case(name))
 }
 
 fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
@@ -262,7 +294,11 @@ pub fn split_host_port(authority: &[u8]) -> Option<&[u8]> {
     let (host, port) = if authority[0] == b'[' {
         let close = authority.iter().position(|&b| b == b']')?;
         let inner = &authority[1..close];
-        if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
             return None;
         }
         let rest = &authority[close + 1..];
@@ -278,16 +314,18 @@ pub fn split_host_port(authority: &[u8]) -> Option<&[u8]> {
             None => (authority, None),
         };
         if host.is_empty()
-            || !host.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+            || !host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
         {
             return None;
         }
         (host, port)
     };
-    if let Some(port) = port {
-        if port.is_empty() || port.len() > 5 || !port.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
+    if let Some(port) = port
+        && (port.is_empty() || port.len() > 5 || !port.iter().all(u8::is_ascii_digit))
+    {
+        return None;
     }
     Some(host)
 }
@@ -296,7 +334,10 @@ pub fn split_host_port(authority: &[u8]) -> Option<&[u8]> {
 mod tests {
     use super::*;
 
-    const LIMITS: ParseLimits = ParseLimits { max_headers: 100, max_uri_length: 8192 };
+    const LIMITS: ParseLimits = ParseLimits {
+        max_headers: 100,
+        max_uri_length: 8192,
+    };
 
     fn parse(raw: &str) -> Result<RequestHead, FramingError> {
         let mut head = RequestHead::default();
@@ -305,7 +346,9 @@ mod tests {
 
     #[test]
     fn parses_a_plain_request() {
-        let head = parse("GET /a/../b?x=1 HTTP/1.1\r\nHost: API.Example.com:8080\r\nAccept: */*\r\n\r\n").expect("valid");
+        let head =
+            parse("GET /a/../b?x=1 HTTP/1.1\r\nHost: API.Example.com:8080\r\nAccept: */*\r\n\r\n")
+                .expect("valid");
         assert_eq!(head.method(), b"GET");
         assert_eq!(head.path, b"/b");
         assert_eq!(head.query(), Some(&b"x=1"[..]));
@@ -317,9 +360,20 @@ mod tests {
 
     #[test]
     fn frames_bodies() {
-        assert_eq!(parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").map(|h| h.body), Ok(RequestBody::Length(5)));
-        assert_eq!(parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n").map(|h| h.body), Ok(RequestBody::Chunked));
-        assert_eq!(parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n").map(|h| h.body), Ok(RequestBody::Length(5)));
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").map(|h| h.body),
+            Ok(RequestBody::Length(5))
+        );
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n")
+                .map(|h| h.body),
+            Ok(RequestBody::Chunked)
+        );
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+                .map(|h| h.body),
+            Ok(RequestBody::Length(5))
+        );
     }
 
     /// Every request smuggling vector the gateway closes, each rejected outright.
@@ -358,16 +412,30 @@ mod tests {
     #[test]
     fn maps_limits_and_methods_to_their_errors() {
         let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
-        assert_eq!(parse(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")).err(), Some(FramingError::TooManyHeaders));
+        assert_eq!(
+            parse(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")).err(),
+            Some(FramingError::TooManyHeaders)
+        );
         let long = "a".repeat(9000);
-        assert_eq!(parse(&format!("GET /{long} HTTP/1.1\r\nHost: a\r\n\r\n")).err(), Some(FramingError::UriTooLong));
-        assert_eq!(parse("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").err(), Some(FramingError::MethodNotImplemented));
-        assert_eq!(parse("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n").err(), Some(FramingError::ExpectationFailed));
+        assert_eq!(
+            parse(&format!("GET /{long} HTTP/1.1\r\nHost: a\r\n\r\n")).err(),
+            Some(FramingError::UriTooLong)
+        );
+        assert_eq!(
+            parse("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").err(),
+            Some(FramingError::MethodNotImplemented)
+        );
+        assert_eq!(
+            parse("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n").err(),
+            Some(FramingError::ExpectationFailed)
+        );
     }
 
     #[test]
     fn absolute_form_routes_by_its_authority() {
-        let head = parse("GET http://Other.example:81/p?q HTTP/1.1\r\nHost: ignored.example\r\n\r\n").expect("valid");
+        let head =
+            parse("GET http://Other.example:81/p?q HTTP/1.1\r\nHost: ignored.example\r\n\r\n")
+                .expect("valid");
         assert_eq!(head.host, b"other.example");
         assert_eq!(head.authority(), b"Other.example:81");
         assert_eq!(head.path, b"/p");
@@ -377,7 +445,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_forwarding_headers_are_not_forwarded() {
         let head = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\nX-Keep: y\r\n\r\n").expect("valid");
-        let forwarded: Vec<&[u8]> = (0..head.fields.len()).filter(|&i| head.fields.forwarded(i)).map(|i| head.fields.name(i)).collect();
+        let forwarded: Vec<&[u8]> = (0..head.fields.len())
+            .filter(|&i| head.fields.forwarded(i))
+            .map(|i| head.fields.name(i))
+            .collect();
         assert_eq!(forwarded, vec![&b"X-Keep"[..]]);
         assert!(!head.keep_alive);
     }
@@ -385,6 +456,10 @@ mod tests {
     #[test]
     fn http10_keep_alive_is_opt_in() {
         assert!(!parse("GET / HTTP/1.0\r\n\r\n").expect("valid").keep_alive);
-        assert!(parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").expect("valid").keep_alive);
+        assert!(
+            parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .expect("valid")
+                .keep_alive
+        );
     }
 }

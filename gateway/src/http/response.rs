@@ -40,18 +40,32 @@ impl ResponseHead {
         let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS_CEILING] =
             [const { MaybeUninit::uninit() }; MAX_HEADERS_CEILING];
         let mut res = httparse::Response::new(&mut []);
-        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, raw, &mut storage) {
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            raw,
+            &mut storage,
+        ) {
             Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(FramingError::Malformed("incomplete response head")),
+            Ok(httparse::Status::Partial) => {
+                return Err(FramingError::Malformed("incomplete response head"));
+            }
             Err(httparse::Error::TooManyHeaders) => return Err(FramingError::TooManyHeaders),
-            Err(_) => return Err(FramingError::Malformed("invalid response status line or header")),
+            Err(_) => {
+                return Err(FramingError::Malformed(
+                    "invalid response status line or header",
+                ));
+            }
         }
         let (Some(status), Some(version)) = (res.code, res.version) else {
             return Err(FramingError::Malformed("incomplete status line"));
         };
         let reason = res.reason.unwrap_or("");
         let base = raw.as_ptr() as usize;
-        let reason_start = if reason.is_empty() { 0 } else { reason.as_ptr() as usize - base };
+        let reason_start = if reason.is_empty() {
+            0
+        } else {
+            reason.as_ptr() as usize - base
+        };
         self.fields.fill(raw, res.headers);
         self.status = status;
         self.version_minor = version;
@@ -79,7 +93,9 @@ impl ResponseHead {
                 let n = parse_content_length(self.fields.value(i))
                     .ok_or(FramingError::Malformed("invalid upstream Content-Length"))?;
                 if content_length.is_some_and(|prev| prev != n) {
-                    return Err(FramingError::Malformed("conflicting upstream Content-Length"));
+                    return Err(FramingError::Malformed(
+                        "conflicting upstream Content-Length",
+                    ));
                 }
                 content_length = Some(n);
                 self.fields.drop_field(i);
@@ -93,7 +109,9 @@ impl ResponseHead {
         }
         let tokens = self.fields.apply_connection_tokens();
         if tokens.too_many {
-            return Err(FramingError::Malformed("too many upstream Connection options"));
+            return Err(FramingError::Malformed(
+                "too many upstream Connection options",
+            ));
         }
         self.reusable = match self.version_minor {
             0 => tokens.keep_alive && !tokens.close,
@@ -113,12 +131,16 @@ impl ResponseHead {
             (1, None) if chunked && self.version_minor == 1 => ResponseBody::Chunked,
             _ => return Err(FramingError::Malformed("ambiguous upstream framing")),
         };
-        self.body = Some(if request_was_head || self.status == 204 || self.status == 304 {
-            ResponseBody::None
-        } else {
-            framing
-        });
-        if framing == ResponseBody::UntilClose && !(request_was_head || self.status == 204 || self.status == 304) {
+        self.body = Some(
+            if request_was_head || self.status == 204 || self.status == 304 {
+                ResponseBody::None
+            } else {
+                framing
+            },
+        );
+        if framing == ResponseBody::UntilClose
+            && !(request_was_head || self.status == 204 || self.status == 304)
+        {
             self.reusable = false;
         }
         Ok(())
@@ -137,14 +159,28 @@ mod tests {
     #[test]
     fn frames_responses() {
         let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false).expect("valid");
-        assert_eq!((r.status, r.body, r.reusable), (200, Some(ResponseBody::Length(3)), true));
-        let r = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).expect("valid");
+        assert_eq!(
+            (r.status, r.body, r.reusable),
+            (200, Some(ResponseBody::Length(3)), true)
+        );
+        let r = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .expect("valid");
         assert_eq!(r.body, Some(ResponseBody::Chunked));
         let r = parse("HTTP/1.1 200 OK\r\n\r\n", false).expect("valid");
-        assert_eq!((r.body, r.reusable), (Some(ResponseBody::UntilClose), false));
+        assert_eq!(
+            (r.body, r.reusable),
+            (Some(ResponseBody::UntilClose), false)
+        );
         let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true).expect("valid");
         assert_eq!(r.body, Some(ResponseBody::None));
-        let r = parse("HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n", false).expect("valid");
+        let r = parse(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n",
+            false,
+        )
+        .expect("valid");
         assert_eq!(r.body, Some(ResponseBody::None));
         let r = parse("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n", false).expect("valid");
         assert!(!r.reusable);

@@ -87,7 +87,11 @@ fn decode_segment(segment: &[u8], out: &mut Vec<u8>) -> Result<(), FramingError>
                 match decoded {
                     b'/' | b'\\' | 0 => return Err(AMBIGUOUS),
                     c if is_unreserved(c) => out.push(c),
-                    c => out.extend_from_slice(&[b'%', HEX_UPPER[(c >> 4) as usize], HEX_UPPER[(c & 15) as usize]]),
+                    c => out.extend_from_slice(&[
+                        b'%',
+                        HEX_UPPER[(c >> 4) as usize],
+                        HEX_UPPER[(c & 15) as usize],
+                    ]),
                 }
                 i += 3;
             }
@@ -152,7 +156,10 @@ mod tests {
 
     #[test]
     fn rejects_ambiguous_and_broken_paths() {
-        for input in ["", "a/b", "/a%2Fb", "/a%2fb", "/a%5Cb", "/a%00", "/a\\b", "/%", "/%4", "/%zz", "/a#b", "/a b"] {
+        for input in [
+            "", "a/b", "/a%2Fb", "/a%2fb", "/a%5Cb", "/a%00", "/a\\b", "/%", "/%4", "/%zz", "/a#b",
+            "/a b",
+        ] {
             assert!(norm(input).is_err(), "input {input:?} must be rejected");
         }
     }

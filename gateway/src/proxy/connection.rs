@@ -53,7 +53,11 @@ pub(super) struct Connection<S> {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(worker: Rc<Worker>, stream: S, peer: SocketAddr) {
+pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
+    worker: Rc<Worker>,
+    stream: S,
+    peer: SocketAddr,
+) {
     let mut conn = Connection {
         stream,
         peer,
@@ -106,8 +110,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 first_byte_at.get_or_insert_with(Instant::now);
                 match scan.scan(self.rbuf.data())? {
                     Scan::Complete(end) => {
-                        let parse_limits =
-                            ParseLimits { max_headers: limits.max_headers, max_uri_length: limits.max_uri_length };
+                        let parse_limits = ParseLimits {
+                            max_headers: limits.max_headers,
+                            max_uri_length: limits.max_uri_length,
+                        };
                         if end > limits.max_head_size {
                             return Err(FramingError::HeadTooLarge.into());
                         }
@@ -117,7 +123,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     }
                     Scan::Partial => {
                         let buffered = self.rbuf.len();
-                        if scan.first_line_len(0).is_none() && buffered > limits.max_uri_length + 64 {
+                        if scan.first_line_len(0).is_none() && buffered > limits.max_uri_length + 64
+                        {
                             return Err(FramingError::UriTooLong.into());
                         }
                         if buffered > limits.max_head_size {
@@ -132,7 +139,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     if worker.drain.is_draining() {
                         return Ok(false);
                     }
-                    let fill = self.rbuf.fill_within(&mut self.stream, CLIENT_BUFFER, limits.idle_timeout);
+                    let fill =
+                        self.rbuf
+                            .fill_within(&mut self.stream, CLIENT_BUFFER, limits.idle_timeout);
                     monoio::select! {
                         read = fill => match read {
                             Ok(n) => n,
@@ -143,7 +152,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 }
                 Some(start) => {
                     let left = limits.header_read_timeout.saturating_sub(start.elapsed());
-                    match self.rbuf.fill_within(&mut self.stream, CLIENT_BUFFER, left).await {
+                    match self
+                        .rbuf
+                        .fill_within(&mut self.stream, CLIENT_BUFFER, left)
+                        .await
+                    {
                         Ok(n) => n,
                         Err(IoFailure::Timeout) => return Err(ProxyError::HeadTimeout),
                         Err(IoFailure::Io(e)) => return Err(ProxyError::Downstream(e)),
@@ -196,7 +209,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 } else {
                     tracing::debug!(peer = %self.peer, %error, "request refused");
                 }
-                let close = error.closes_connection() || !self.head.keep_alive || worker.drain.is_draining();
+                let close = error.closes_connection()
+                    || !self.head.keep_alive
+                    || worker.drain.is_draining();
                 self.answer_error(&error, close, limits).await
             }
         }
@@ -205,8 +220,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Answers `error` locally. A pending request body is read and discarded when small
     /// enough, otherwise the connection closes: the body is never parsed as a request.
     /// Returns whether the connection stays open.
-    pub(super) async fn answer_error(&mut self, error: &ProxyError, close: bool, limits: &Limits) -> bool {
-        let Some(answer) = error.answer() else { return false };
+    pub(super) async fn answer_error(
+        &mut self,
+        error: &ProxyError,
+        close: bool,
+        limits: &Limits,
+    ) -> bool {
+        let Some(answer) = error.answer() else {
+            return false;
+        };
         let pending = match self.body {
             BodyState::Done => 0,
             BodyState::Length(n) => n,
@@ -217,15 +239,27 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             return false;
         }
         self.out.clear();
-        write_error_response(&mut self.out, answer, &error.to_string(), &self.request_id, close);
-        let sent = write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout).await.is_ok();
+        write_error_response(
+            &mut self.out,
+            answer,
+            &error.to_string(),
+            &self.request_id,
+            close,
+        );
+        let sent = write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout)
+            .await
+            .is_ok();
         sent && !close
     }
 
     async fn discard_body(&mut self, mut remaining: u64, limits: &Limits) -> bool {
         while remaining > 0 {
             if self.rbuf.is_empty() {
-                match self.rbuf.fill_within(&mut self.stream, BODY_READ, limits.body_read_timeout).await {
+                match self
+                    .rbuf
+                    .fill_within(&mut self.stream, BODY_READ, limits.body_read_timeout)
+                    .await
+                {
                     Ok(n) if n > 0 => {}
                     _ => return false,
                 }

@@ -20,7 +20,12 @@ impl Drain {
     /// Starts draining and wakes every waiter.
     pub fn start(&self) {
         self.draining.set(true);
-        for waker in self.waiters.borrow_mut().iter_mut().filter_map(Option::take) {
+        for waker in self
+            .waiters
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(Option::take)
+        {
             waker.wake();
         }
     }
@@ -32,7 +37,10 @@ impl Drain {
 
     /// Resolves once draining starts.
     pub fn wait(&self) -> DrainWait<'_> {
-        DrainWait { drain: self, slot: None }
+        DrainWait {
+            drain: self,
+            slot: None,
+        }
     }
 }
 
@@ -52,13 +60,10 @@ impl Future for DrainWait<'_> {
         let mut waiters = self.drain.waiters.borrow_mut();
         let slot = match self.slot {
             Some(slot) => slot,
-            None => {
-                let slot = self.drain.free.borrow_mut().pop().unwrap_or_else(|| {
-                    waiters.push(None);
-                    waiters.len() - 1
-                });
-                slot
-            }
+            None => self.drain.free.borrow_mut().pop().unwrap_or_else(|| {
+                waiters.push(None);
+                waiters.len() - 1
+            }),
         };
         waiters[slot] = Some(cx.waker().clone());
         drop(waiters);

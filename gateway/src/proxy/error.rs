@@ -69,13 +69,27 @@ impl ProxyError {
 
     /// Whether the connection to the client must close after answering.
     pub fn closes_connection(&self) -> bool {
-        !matches!(self, Self::NoRoute | Self::NoTarget | Self::Connect(_) | Self::UpstreamTimeout
-            | Self::UpstreamIo(_) | Self::UpstreamClosed | Self::UpstreamFraming(_))
+        !matches!(
+            self,
+            Self::NoRoute
+                | Self::NoTarget
+                | Self::Connect(_)
+                | Self::UpstreamTimeout
+                | Self::UpstreamIo(_)
+                | Self::UpstreamClosed
+                | Self::UpstreamFraming(_)
+        )
     }
 }
 
 /// Appends a complete JSON error response to `out`.
-pub fn write_error_response(out: &mut Vec<u8>, answer: ErrorAnswer, message: &str, request_id: &[u8], close: bool) {
+pub fn write_error_response(
+    out: &mut Vec<u8>,
+    answer: ErrorAnswer,
+    message: &str,
+    request_id: &[u8],
+    close: bool,
+) {
     use std::io::Write as _;
     #[derive(serde::Serialize)]
     struct Body<'a> {
@@ -83,7 +97,11 @@ pub fn write_error_response(out: &mut Vec<u8>, answer: ErrorAnswer, message: &st
         message: &'a str,
     }
     // Serializing two strings cannot fail.
-    let body = serde_json::to_vec(&Body { code: answer.code, message }).unwrap_or_default();
+    let body = serde_json::to_vec(&Body {
+        code: answer.code,
+        message,
+    })
+    .unwrap_or_default();
     let _ = write!(
         out,
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
@@ -110,7 +128,10 @@ mod tests {
     #[test]
     fn error_bodies_are_valid_json_with_exact_length() {
         let mut out = Vec::new();
-        let answer = ErrorAnswer { status: 502, code: "upstream_connect_failed" };
+        let answer = ErrorAnswer {
+            status: 502,
+            code: "upstream_connect_failed",
+        };
         write_error_response(&mut out, answer, "connect to \"x\"\n failed", b"abc", true);
         let text = String::from_utf8(out).expect("utf8");
         let (head, body) = text.split_once("\r\n\r\n").expect("head and body");

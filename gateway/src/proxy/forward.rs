@@ -39,7 +39,10 @@ const FLUSH_AT: usize = 32 * 1024;
 enum Exchange {
     /// Completed; the flags say whether the upstream connection and the client
     /// connection may be reused.
-    Done { upstream_reusable: bool, keep_alive: bool },
+    Done {
+        upstream_reusable: bool,
+        keep_alive: bool,
+    },
 }
 
 /// An exchange failure, with whether retrying on a fresh connection is safe: the
@@ -51,7 +54,10 @@ struct ExchangeError {
 
 impl From<ProxyError> for ExchangeError {
     fn from(error: ProxyError) -> Self {
-        Self { error, retry_fresh: false }
+        Self {
+            error,
+            retry_fresh: false,
+        }
     }
 }
 
@@ -81,13 +87,23 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     ) -> Result<bool, ProxyError> {
         let config = &upstream.config;
         let key_hash = self.hash_key(config);
-        let upstream_index = snapshot.upstreams.entries.iter().position(|e| std::ptr::eq(e, upstream)).unwrap_or(0);
+        let upstream_index = snapshot
+            .upstreams
+            .entries
+            .iter()
+            .position(|e| std::ptr::eq(e, upstream))
+            .unwrap_or(0);
         let mut excluded = None;
         let mut fresh_only = false;
         loop {
             let target = {
                 let mut state = worker.upstreams.borrow_mut();
-                state.balancers[upstream_index].pick(config, upstream.maglev.as_ref(), key_hash, excluded)
+                state.balancers[upstream_index].pick(
+                    config,
+                    upstream.maglev.as_ref(),
+                    key_hash,
+                    excluded,
+                )
             }
             .ok_or(ProxyError::NoTarget)?;
             let global = upstream.first_target + target;
@@ -95,7 +111,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             let pooled = if fresh_only {
                 None
             } else {
-                worker.upstreams.borrow_mut().pool.take(global, config.idle_timeout)
+                worker
+                    .upstreams
+                    .borrow_mut()
+                    .pool
+                    .take(global, config.idle_timeout)
             };
             let reused = pooled.is_some();
             let mut stream = match pooled {
@@ -106,7 +126,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         stream
                     }
                     Err(error) => {
-                        let can_retry = excluded.is_none() && config.targets.len() > 1 && self.head.is_idempotent();
+                        let can_retry = excluded.is_none()
+                            && config.targets.len() > 1
+                            && self.head.is_idempotent();
                         if can_retry && matches!(self.body, BodyState::Done) {
                             tracing::warn!(%error, "connect failed; retrying on another target");
                             excluded = Some(target);
@@ -118,13 +140,22 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             };
             worker.upstreams.borrow_mut().balancers[upstream_index].started(target);
             let started = Instant::now();
-            let result = self.exchange(&mut stream, snapshot, config, limits, worker).await;
+            let result = self
+                .exchange(&mut stream, snapshot, config, limits, worker)
+                .await;
             let latency = result.is_ok().then(|| started.elapsed());
             worker.upstreams.borrow_mut().balancers[upstream_index].finished(target, latency);
             match result {
-                Ok(Exchange::Done { upstream_reusable, keep_alive }) => {
+                Ok(Exchange::Done {
+                    upstream_reusable,
+                    keep_alive,
+                }) => {
                     if upstream_reusable {
-                        worker.upstreams.borrow_mut().pool.put(global, stream, config.max_idle_per_target);
+                        worker.upstreams.borrow_mut().pool.put(
+                            global,
+                            stream,
+                            config.max_idle_per_target,
+                        );
                     }
                     return Ok(keep_alive);
                 }
@@ -145,7 +176,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
     /// The consistent-hash key of the request, if the upstream hashes.
     fn hash_key(&self, config: &UpstreamConfig) -> Option<u64> {
-        let crate::config::Balance::ConsistentHash(key) = &config.balance else { return None };
+        let crate::config::Balance::ConsistentHash(key) = &config.balance else {
+            return None;
+        };
         match key {
             HashKey::ClientIp => Some(match super::canonical_ip(self.peer.ip()) {
                 std::net::IpAddr::V4(v4) => fnv1a(0, &v4.octets()),
@@ -180,7 +213,13 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             request_id: &self.request_id,
         };
         self.out.clear();
-        serialize::request_head(&mut self.out, &self.head, &self.path, self.head.body, &forwarding);
+        serialize::request_head(
+            &mut self.out,
+            &self.head,
+            &self.path,
+            self.head.body,
+            &forwarding,
+        );
 
         if self.head.expect_continue && !matches!(self.body, BodyState::Done) {
             let mut interim = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
@@ -207,7 +246,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         };
         match self.head.body {
             RequestBody::None | RequestBody::Length(0) => {
-                write_all_within(upstream, &mut self.out, config.write_timeout).await.map_err(stale)?;
+                write_all_within(upstream, &mut self.out, config.write_timeout)
+                    .await
+                    .map_err(stale)?;
             }
             RequestBody::Length(total) => {
                 let mut remaining = total;
@@ -215,10 +256,17 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 if buffered <= COALESCE_LIMIT {
                     self.out.extend_from_slice(&self.rbuf.data()[..buffered]);
                     self.rbuf.consume(buffered);
-                    write_all_within(upstream, &mut self.out, config.write_timeout).await.map_err(stale)?;
+                    write_all_within(upstream, &mut self.out, config.write_timeout)
+                        .await
+                        .map_err(stale)?;
                 } else {
-                    write_all_within(upstream, &mut self.out, config.write_timeout).await.map_err(stale)?;
-                    self.rbuf.write_prefix_to(upstream, buffered, config.write_timeout).await.map_err(upstream_io)?;
+                    write_all_within(upstream, &mut self.out, config.write_timeout)
+                        .await
+                        .map_err(stale)?;
+                    self.rbuf
+                        .write_prefix_to(upstream, buffered, config.write_timeout)
+                        .await
+                        .map_err(upstream_io)?;
                 }
                 remaining -= buffered as u64;
                 self.body = BodyState::Length(remaining);
@@ -232,7 +280,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         return Err(ProxyError::DownstreamClosed.into());
                     }
                     let take = (self.rbuf.len() as u64).min(remaining) as usize;
-                    self.rbuf.write_prefix_to(upstream, take, config.write_timeout).await.map_err(upstream_io)?;
+                    self.rbuf
+                        .write_prefix_to(upstream, take, config.write_timeout)
+                        .await
+                        .map_err(upstream_io)?;
                     remaining -= take as u64;
                     self.body = BodyState::Length(remaining);
                 }
@@ -243,9 +294,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 let BodyState::Chunked(decoder) = &mut self.body else {
                     return Err(ProxyError::Request(FramingError::Malformed("body state")).into());
                 };
-                write_all_within(upstream, &mut self.out, config.write_timeout).await.map_err(stale)?;
+                write_all_within(upstream, &mut self.out, config.write_timeout)
+                    .await
+                    .map_err(stale)?;
                 loop {
-                    match decoder.step(self.rbuf.data()).map_err(ProxyError::Request)? {
+                    match decoder
+                        .step(self.rbuf.data())
+                        .map_err(ProxyError::Request)?
+                    {
                         Decoded::Data { start, end } => {
                             encode_chunk(&self.rbuf.data()[start..end], &mut self.out);
                             self.rbuf.consume(end);
@@ -280,7 +336,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         }
                     }
                     if self.out.len() >= FLUSH_AT {
-                        write_all_within(upstream, &mut self.out, config.write_timeout).await.map_err(upstream_io)?;
+                        write_all_within(upstream, &mut self.out, config.write_timeout)
+                            .await
+                            .map_err(upstream_io)?;
                     }
                 }
             }
@@ -290,7 +348,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     }
 
     /// Reads the final response head into `self.response`, skipping interim 1xx.
-    async fn read_response_head(&mut self, upstream: &mut TcpStream, config: &UpstreamConfig) -> Result<(), ExchangeError> {
+    async fn read_response_head(
+        &mut self,
+        upstream: &mut TcpStream,
+        config: &UpstreamConfig,
+    ) -> Result<(), ExchangeError> {
         let request_was_head = self.head.is_head();
         let mut received_any = false;
         loop {
@@ -298,7 +360,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             loop {
                 if !self.upstream_buf.is_empty() {
                     received_any = true;
-                    match scanner.scan(self.upstream_buf.data()).map_err(ProxyError::UpstreamFraming)? {
+                    match scanner
+                        .scan(self.upstream_buf.data())
+                        .map_err(ProxyError::UpstreamFraming)?
+                    {
                         Scan::Complete(end) => {
                             self.response
                                 .parse(&self.upstream_buf.data()[..end], request_was_head)
@@ -307,18 +372,30 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                             break;
                         }
                         Scan::Partial if self.upstream_buf.len() > MAX_RESPONSE_HEAD => {
-                            return Err(ProxyError::UpstreamFraming(FramingError::HeadTooLarge).into());
+                            return Err(
+                                ProxyError::UpstreamFraming(FramingError::HeadTooLarge).into()
+                            );
                         }
                         Scan::Partial => {}
                     }
                 }
-                match self.upstream_buf.fill_within(upstream, 16 * 1024, config.read_timeout).await {
+                match self
+                    .upstream_buf
+                    .fill_within(upstream, 16 * 1024, config.read_timeout)
+                    .await
+                {
                     Ok(0) => {
-                        return Err(ExchangeError { error: ProxyError::UpstreamClosed, retry_fresh: !received_any });
+                        return Err(ExchangeError {
+                            error: ProxyError::UpstreamClosed,
+                            retry_fresh: !received_any,
+                        });
                     }
                     Ok(_) => {}
                     Err(IoFailure::Io(e)) => {
-                        return Err(ExchangeError { error: ProxyError::UpstreamIo(e), retry_fresh: !received_any });
+                        return Err(ExchangeError {
+                            error: ProxyError::UpstreamIo(e),
+                            retry_fresh: !received_any,
+                        });
                     }
                     Err(IoFailure::Timeout) => return Err(ProxyError::UpstreamTimeout.into()),
                 }
@@ -339,7 +416,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     ) -> Result<Exchange, ExchangeError> {
         let client_minor = self.head.version_minor;
         let framing = serialize::response_framing(&self.response, client_minor);
-        let keep_alive = self.head.keep_alive && !worker.drain.is_draining() && framing != OutFraming::Close;
+        let keep_alive =
+            self.head.keep_alive && !worker.drain.is_draining() && framing != OutFraming::Close;
         self.out.clear();
         serialize::response_head(
             &mut self.out,
@@ -355,18 +433,25 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         match body {
             ResponseBody::None => {
                 self.response_started = true;
-                write_all_within(&mut self.stream, &mut self.out, send_timeout).await.map_err(downstream_io)?;
+                write_all_within(&mut self.stream, &mut self.out, send_timeout)
+                    .await
+                    .map_err(downstream_io)?;
             }
             ResponseBody::Length(total) => {
                 let mut remaining = total;
                 let buffered = (self.upstream_buf.len() as u64).min(remaining) as usize;
                 self.response_started = true;
                 if buffered <= COALESCE_LIMIT {
-                    self.out.extend_from_slice(&self.upstream_buf.data()[..buffered]);
+                    self.out
+                        .extend_from_slice(&self.upstream_buf.data()[..buffered]);
                     self.upstream_buf.consume(buffered);
-                    write_all_within(&mut self.stream, &mut self.out, send_timeout).await.map_err(downstream_io)?;
+                    write_all_within(&mut self.stream, &mut self.out, send_timeout)
+                        .await
+                        .map_err(downstream_io)?;
                 } else {
-                    write_all_within(&mut self.stream, &mut self.out, send_timeout).await.map_err(downstream_io)?;
+                    write_all_within(&mut self.stream, &mut self.out, send_timeout)
+                        .await
+                        .map_err(downstream_io)?;
                     self.upstream_buf
                         .write_prefix_to(&mut self.stream, buffered, send_timeout)
                         .await
@@ -394,7 +479,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 self.response_started = true;
                 let mut decoder = crate::http::chunked::ChunkedDecoder::new();
                 loop {
-                    match decoder.step(self.upstream_buf.data()).map_err(ProxyError::UpstreamFraming)? {
+                    match decoder
+                        .step(self.upstream_buf.data())
+                        .map_err(ProxyError::UpstreamFraming)?
+                    {
                         Decoded::Data { start, end } => {
                             let data = &self.upstream_buf.data()[start..end];
                             if framing == OutFraming::Chunked {
@@ -433,7 +521,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         }
                     }
                     if self.out.len() >= FLUSH_AT {
-                        write_all_within(&mut self.stream, &mut self.out, send_timeout).await.map_err(downstream_io)?;
+                        write_all_within(&mut self.stream, &mut self.out, send_timeout)
+                            .await
+                            .map_err(downstream_io)?;
                     }
                 }
             }
@@ -451,7 +541,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         self.upstream_buf.consume(all);
                     }
                     if !self.out.is_empty() {
-                        write_all_within(&mut self.stream, &mut self.out, send_timeout).await.map_err(downstream_io)?;
+                        write_all_within(&mut self.stream, &mut self.out, send_timeout)
+                            .await
+                            .map_err(downstream_io)?;
                     }
                     let n = self
                         .upstream_buf
@@ -464,7 +556,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 }
                 if framing == OutFraming::Chunked {
                     self.out.extend_from_slice(LAST_CHUNK);
-                    write_all_within(&mut self.stream, &mut self.out, send_timeout).await.map_err(downstream_io)?;
+                    write_all_within(&mut self.stream, &mut self.out, send_timeout)
+                        .await
+                        .map_err(downstream_io)?;
                 }
             }
         }
@@ -474,6 +568,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             let all = self.upstream_buf.len();
             self.upstream_buf.consume(all);
         }
-        Ok(Exchange::Done { upstream_reusable, keep_alive })
+        Ok(Exchange::Done {
+            upstream_reusable,
+            keep_alive,
+        })
     }
 }

@@ -30,7 +30,10 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 impl ReadBuf {
     /// An empty buffer with `capacity` bytes reserved.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self { buf: Vec::with_capacity(capacity), pos: 0 }
+        Self {
+            buf: Vec::with_capacity(capacity),
+            pos: 0,
+        }
     }
 
     /// The unconsumed bytes.
@@ -67,7 +70,11 @@ impl ReadBuf {
 
     /// Reads more bytes from `stream`, appending; `Ok(0)` is end of stream. Makes room
     /// for at least `min_spare` bytes first.
-    pub async fn fill<S: AsyncReadRent>(&mut self, stream: &mut S, min_spare: usize) -> io::Result<usize> {
+    pub async fn fill<S: AsyncReadRent>(
+        &mut self,
+        stream: &mut S,
+        min_spare: usize,
+    ) -> io::Result<usize> {
         if self.pos > 0 && self.buf.capacity() - self.buf.len() < min_spare {
             self.buf.drain(..self.pos);
             self.pos = 0;
@@ -119,7 +126,10 @@ impl ReadBuf {
 }
 
 /// Runs an I/O future with a deadline.
-pub async fn within<T>(timeout: Duration, fut: impl Future<Output = io::Result<T>>) -> Result<T, IoFailure> {
+pub async fn within<T>(
+    timeout: Duration,
+    fut: impl Future<Output = io::Result<T>>,
+) -> Result<T, IoFailure> {
     match monoio::time::timeout(timeout, fut).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(IoFailure::Timeout),

@@ -41,13 +41,21 @@ impl Snapshot {
     pub fn new(config: Config) -> Self {
         let router = Router::new(&config);
         let upstreams = Upstreams::new(&config);
-        Self { config, router, upstreams }
+        Self {
+            config,
+            router,
+            upstreams,
+        }
     }
 
     /// Whether `peer` is a trusted proxy whose forwarding headers are believed.
     pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
         let peer = canonical_ip(peer);
-        self.config.gateway.trusted_proxies.iter().any(|net| net.contains(&peer))
+        self.config
+            .gateway
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer))
     }
 }
 
@@ -74,7 +82,13 @@ impl Worker {
     /// State for worker `id` on `snapshot`.
     pub fn new(id: usize, snapshot: Arc<Snapshot>) -> Self {
         let upstreams = RefCell::new(WorkerUpstreams::new(&snapshot.upstreams, id));
-        Self { id, snapshot, upstreams, drain: Drain::default(), rng: RefCell::new(fastrand::Rng::new()) }
+        Self {
+            id,
+            snapshot,
+            upstreams,
+            drain: Drain::default(),
+            rng: RefCell::new(fastrand::Rng::new()),
+        }
     }
 
     /// Appends a fresh 128-bit request id as 32 lower-case hex digits.

@@ -45,7 +45,13 @@ fn forwarded_fields(out: &mut Vec<u8>, fields: &Fields) {
 }
 
 /// Appends the upstream request head for `req`, with `path` as the forwarded path.
-pub fn request_head(out: &mut Vec<u8>, req: &RequestHead, path: &[u8], body: RequestBody, fwd: &Forwarding<'_>) {
+pub fn request_head(
+    out: &mut Vec<u8>,
+    req: &RequestHead,
+    path: &[u8],
+    body: RequestBody,
+    fwd: &Forwarding<'_>,
+) {
     out.extend_from_slice(req.method());
     out.push(b' ');
     out.extend_from_slice(path);
@@ -60,11 +66,9 @@ pub fn request_head(out: &mut Vec<u8>, req: &RequestHead, path: &[u8], body: Req
     forwarded_fields(out, &req.fields);
 
     out.extend_from_slice(b"x-forwarded-for: ");
-    if fwd.trusted {
-        if let Some(prior) = req.fields.get(b"x-forwarded-for") {
-            out.extend_from_slice(prior);
-            out.extend_from_slice(b", ");
-        }
+    if let Some(prior) = req.fields.get(b"x-forwarded-for").filter(|_| fwd.trusted) {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
     }
     let _ = write!(out, "{}\r\n", fwd.client);
     let proto = match req.fields.get(b"x-forwarded-proto") {
@@ -95,7 +99,9 @@ pub fn request_head(out: &mut Vec<u8>, req: &RequestHead, path: &[u8], body: Req
 pub fn response_framing(res: &ResponseHead, client_minor: u8) -> OutFraming {
     match res.body {
         Some(ResponseBody::Length(n)) => OutFraming::Length(n),
-        Some(ResponseBody::Chunked | ResponseBody::UntilClose) if client_minor >= 1 => OutFraming::Chunked,
+        Some(ResponseBody::Chunked | ResponseBody::UntilClose) if client_minor >= 1 => {
+            OutFraming::Chunked
+        }
         Some(ResponseBody::Chunked | ResponseBody::UntilClose) => OutFraming::Close,
         Some(ResponseBody::None) | None => OutFraming::None,
     }

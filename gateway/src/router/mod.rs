@@ -48,9 +48,14 @@ impl Router {
         let mut any_host = PathTable::default();
         for (index, route) in routes.iter().enumerate() {
             let table = match &route.host {
-                Some(HostMatch::Exact(host)) => exact_hosts.entry(host.as_bytes().to_vec()).or_default(),
+                Some(HostMatch::Exact(host)) => {
+                    exact_hosts.entry(host.as_bytes().to_vec()).or_default()
+                }
                 Some(HostMatch::Suffix(suffix)) => {
-                    match wildcard_hosts.iter().position(|(s, _)| s == suffix.as_bytes()) {
+                    match wildcard_hosts
+                        .iter()
+                        .position(|(s, _)| s == suffix.as_bytes())
+                    {
                         Some(i) => &mut wildcard_hosts[i].1,
                         None => {
                             wildcard_hosts.push((suffix.as_bytes().to_vec(), PathTable::default()));
@@ -61,11 +66,17 @@ impl Router {
                 None => &mut any_host,
             };
             match &route.path {
-                PathMatch::Exact(p) => table.exact.entry(p.as_bytes().to_vec()).or_default().push(index),
+                PathMatch::Exact(p) => table
+                    .exact
+                    .entry(p.as_bytes().to_vec())
+                    .or_default()
+                    .push(index),
                 PathMatch::Prefix(p) if p == "/" => table.root_prefix.push(index),
-                PathMatch::Prefix(p) => {
-                    table.prefix.entry(first_segment(p.as_bytes()).to_vec()).or_default().push(index)
-                }
+                PathMatch::Prefix(p) => table
+                    .prefix
+                    .entry(first_segment(p.as_bytes()).to_vec())
+                    .or_default()
+                    .push(index),
                 PathMatch::Regex(_) => table.regex.push(index),
             }
         }
@@ -75,7 +86,11 @@ impl Router {
                     PathMatch::Prefix(p) => p.len(),
                     _ => 0,
                 };
-                (std::cmp::Reverse(prefix_len), std::cmp::Reverse(condition_count(&routes[i])), i)
+                (
+                    std::cmp::Reverse(prefix_len),
+                    std::cmp::Reverse(condition_count(&routes[i])),
+                    i,
+                )
             });
         };
         let tables = exact_hosts
@@ -90,24 +105,27 @@ impl Router {
             }
         }
         wildcard_hosts.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
-        Self { routes, exact_hosts, wildcard_hosts, any_host }
+        Self {
+            routes,
+            exact_hosts,
+            wildcard_hosts,
+            any_host,
+        }
     }
 
     /// The route for `req`, as an index into [`Router::routes`].
     pub fn find(&self, req: &RequestHead) -> Option<usize> {
-        if let Some(table) = self.exact_hosts.get(req.host.as_slice()) {
-            if let Some(i) = self.find_in(table, req) {
-                return Some(i);
-            }
-        }
-        for (suffix, table) in &self.wildcard_hosts {
-            if req.host.len() > suffix.len() && req.host.ends_with(suffix) {
-                if let Some(i) = self.find_in(table, req) {
-                    return Some(i);
-                }
-            }
-        }
-        self.find_in(&self.any_host, req)
+        let exact = self.exact_hosts.get(req.host.as_slice());
+        let wildcards = self
+            .wildcard_hosts
+            .iter()
+            .filter(|(suffix, _)| req.host.len() > suffix.len() && req.host.ends_with(suffix))
+            .map(|(_, table)| table);
+        exact
+            .into_iter()
+            .chain(wildcards)
+            .chain(std::iter::once(&self.any_host))
+            .find_map(|table| self.find_in(table, req))
     }
 
     /// The compiled routes, in declaration order.
@@ -117,7 +135,11 @@ impl Router {
 
     fn find_in(&self, table: &PathTable, req: &RequestHead) -> Option<usize> {
         let exact = table.exact.get(req.path.as_slice()).into_iter().flatten();
-        let bucket = table.prefix.get(first_segment(&req.path)).into_iter().flatten();
+        let bucket = table
+            .prefix
+            .get(first_segment(&req.path))
+            .into_iter()
+            .flatten();
         let prefix = bucket.filter(|&&i| match &self.routes[i].path {
             PathMatch::Prefix(p) => prefix_matches(p.as_bytes(), &req.path),
             _ => false,
@@ -127,7 +149,12 @@ impl Router {
             _ => false,
         });
         let root = table.root_prefix.iter();
-        exact.chain(prefix).chain(regex).chain(root).copied().find(|&i| conditions_hold(&self.routes[i], req))
+        exact
+            .chain(prefix)
+            .chain(regex)
+            .chain(root)
+            .copied()
+            .find(|&i| conditions_hold(&self.routes[i], req))
     }
 
     /// Writes the path to forward for `route` into `out`: the normalized path after the
@@ -145,7 +172,11 @@ impl Router {
             (PathMatch::Prefix(prefix), Some(rewrite), _) => {
                 let rest = &path[prefix.trim_end_matches('/').len().min(path.len())..];
                 out.extend_from_slice(rewrite.as_bytes());
-                let rest = if rewrite.ends_with('/') { rest.strip_prefix(b"/").unwrap_or(rest) } else { rest };
+                let rest = if rewrite.ends_with('/') {
+                    rest.strip_prefix(b"/").unwrap_or(rest)
+                } else {
+                    rest
+                };
                 out.extend_from_slice(rest);
             }
             (PathMatch::Exact(_), Some(rewrite), _) => out.extend_from_slice(rewrite.as_bytes()),
@@ -176,7 +207,10 @@ pub fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
 fn conditions_hold(route: &RouteConfig, req: &RequestHead) -> bool {
     (route.methods.is_empty() || route.methods.iter().any(|m| m.as_bytes() == req.method()))
         && route.headers.iter().all(|m| header_holds(m, req))
-        && route.query.iter().all(|m| query_holds(m, req.query().unwrap_or_default()))
+        && route
+            .query
+            .iter()
+            .all(|m| query_holds(m, req.query().unwrap_or_default()))
 }
 
 fn header_holds(matcher: &ValueMatch, req: &RequestHead) -> bool {
@@ -211,7 +245,10 @@ fn percent_decode(input: &[u8]) -> Vec<u8> {
         match input[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < input.len() => {
-                match std::str::from_utf8(&input[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&input[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(v) => {
                         out.push(v);
                         i += 2;

@@ -88,8 +88,18 @@ fn router() -> Router {
 
 fn route_name(router: &Router, head: &str) -> String {
     let mut req = RequestHead::default();
-    req.parse(head.as_bytes(), ParseLimits { max_headers: 64, max_uri_length: 4096 }).expect("valid request");
-    router.find(&req).map(|i| router.routes()[i].name.clone()).unwrap_or_default()
+    req.parse(
+        head.as_bytes(),
+        ParseLimits {
+            max_headers: 64,
+            max_uri_length: 4096,
+        },
+    )
+    .expect("valid request");
+    router
+        .find(&req)
+        .map(|i| router.routes()[i].name.clone())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -100,19 +110,46 @@ fn most_specific_route_wins() {
         ("GET /apix HTTP/1.1\r\nHost: x\r\n\r\n", "catch-all"),
         ("GET /api HTTP/1.1\r\nHost: x\r\n\r\n", "api-prefix"),
         ("GET /api/users HTTP/1.1\r\nHost: x\r\n\r\n", "api-prefix"),
-        ("GET /api/v2/users HTTP/1.1\r\nHost: x\r\n\r\n", "api-v2-prefix"),
+        (
+            "GET /api/v2/users HTTP/1.1\r\nHost: x\r\n\r\n",
+            "api-v2-prefix",
+        ),
         ("GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n", "api-exact"),
-        ("POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", "api-post"),
-        ("GET /api/users HTTP/1.1\r\nHost: x\r\nX-Beta: 1\r\n\r\n", "api-beta"),
-        ("GET /api/users HTTP/1.1\r\nHost: x\r\nX-Beta: 2\r\n\r\n", "api-prefix"),
-        ("GET /api/users?debug HTTP/1.1\r\nHost: x\r\n\r\n", "api-debug"),
+        (
+            "POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            "api-post",
+        ),
+        (
+            "GET /api/users HTTP/1.1\r\nHost: x\r\nX-Beta: 1\r\n\r\n",
+            "api-beta",
+        ),
+        (
+            "GET /api/users HTTP/1.1\r\nHost: x\r\nX-Beta: 2\r\n\r\n",
+            "api-prefix",
+        ),
+        (
+            "GET /api/users?debug HTTP/1.1\r\nHost: x\r\n\r\n",
+            "api-debug",
+        ),
         ("GET /items/42 HTTP/1.1\r\nHost: x\r\n\r\n", "regex"),
         ("GET /items/42x HTTP/1.1\r\nHost: x\r\n\r\n", "catch-all"),
         ("GET /api HTTP/1.1\r\nHost: www.example.com\r\n\r\n", "wild"),
-        ("GET /api HTTP/1.1\r\nHost: example.com\r\n\r\n", "api-prefix"),
-        ("GET /api HTTP/1.1\r\nHost: API.example.com:443\r\n\r\n", "exact-host"),
-        ("GET /users/1 HTTP/1.1\r\nHost: api.example.com\r\n\r\n", "exact-host-users"),
-        ("GET /x/../api/%2e%2e/api//users HTTP/1.1\r\nHost: x\r\n\r\n", "api-prefix"),
+        (
+            "GET /api HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            "api-prefix",
+        ),
+        (
+            "GET /api HTTP/1.1\r\nHost: API.example.com:443\r\n\r\n",
+            "exact-host",
+        ),
+        (
+            "GET /users/1 HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+            "exact-host-users",
+        ),
+        (
+            "GET /x/../api/%2e%2e/api//users HTTP/1.1\r\nHost: x\r\n\r\n",
+            "api-prefix",
+        ),
     ] {
         assert_eq!(route_name(&r, head), expected, "request {head:?}");
     }
@@ -121,7 +158,12 @@ fn most_specific_route_wins() {
 #[test]
 fn rewrites_the_forwarded_path() {
     let r = router();
-    let find = |name: &str| r.routes().iter().find(|route| route.name == name).expect("route exists");
+    let find = |name: &str| {
+        r.routes()
+            .iter()
+            .find(|route| route.name == name)
+            .expect("route exists")
+    };
     let mut out = Vec::new();
     for (route, path, expected) in [
         ("exact-host-users", "/users", "/"),
@@ -137,13 +179,23 @@ fn rewrites_the_forwarded_path() {
 
 #[test]
 fn matching_hundreds_of_routes_finds_the_right_one() {
-    let mut text = String::from("[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"u\"\ntargets = [ { addr = \"127.0.0.1:9\" } ]\n");
+    let mut text = String::from(
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"u\"\ntargets = [ { addr = \"127.0.0.1:9\" } ]\n",
+    );
     for i in 0..500 {
-        text.push_str(&format!("[[routes]]\nname = \"r{i}\"\npath_prefix = \"/svc{i}\"\nupstream = \"u\"\n"));
+        text.push_str(&format!(
+            "[[routes]]\nname = \"r{i}\"\npath_prefix = \"/svc{i}\"\nupstream = \"u\"\n"
+        ));
     }
     let r = Router::new(&Config::parse(Path::new("many.toml"), &text).expect("valid"));
     for i in [0, 7, 123, 499] {
-        assert_eq!(route_name(&r, &format!("GET /svc{i}/x HTTP/1.1\r\nHost: h\r\n\r\n")), format!("r{i}"));
+        assert_eq!(
+            route_name(&r, &format!("GET /svc{i}/x HTTP/1.1\r\nHost: h\r\n\r\n")),
+            format!("r{i}")
+        );
     }
-    assert_eq!(route_name(&r, "GET /svc500 HTTP/1.1\r\nHost: h\r\n\r\n"), "");
+    assert_eq!(
+        route_name(&r, "GET /svc500 HTTP/1.1\r\nHost: h\r\n\r\n"),
+        ""
+    );
 }

@@ -24,9 +24,16 @@ pub fn bind_all(config: &Config, workers: usize) -> Result<BoundListeners, Runti
     for l in &config.listeners {
         let mut addr = l.bind;
         for sockets in &mut per_worker {
-            let socket = bind_one(addr, l.backlog)
-                .map_err(|source| RuntimeError::Bind { name: l.name.clone(), addr, source })?;
-            addr = socket.local_addr().map_err(|source| RuntimeError::Bind { name: l.name.clone(), addr, source })?;
+            let socket = bind_one(addr, l.backlog).map_err(|source| RuntimeError::Bind {
+                name: l.name.clone(),
+                addr,
+                source,
+            })?;
+            addr = socket.local_addr().map_err(|source| RuntimeError::Bind {
+                name: l.name.clone(),
+                addr,
+                source,
+            })?;
             sockets.push(socket);
         }
         addrs.push(addr);

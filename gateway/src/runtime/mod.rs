@@ -34,13 +34,23 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("listener {name:?}: cannot bind {addr}: {source}")]
-    Bind { name: String, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start worker {worker}: {source}")]
-    Spawn { worker: usize, source: std::io::Error },
+    Spawn {
+        worker: usize,
+        source: std::io::Error,
+    },
     #[error("XDP on {interface}: {source}")]
-    Xdp { interface: String, source: crate::xdp::XdpError },
+    Xdp {
+        interface: String,
+        source: Box<crate::xdp::XdpError>,
+    },
 }
 
 /// Runs the appliance until SIGTERM or SIGINT, then drains and returns.
@@ -54,7 +64,10 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     if monoio::utils::detect_uring() {
         tracing::info!(workers, "starting workers on io_uring");
     } else {
-        tracing::warn!(workers, "io_uring unavailable; starting workers on the legacy epoll driver");
+        tracing::warn!(
+            workers,
+            "io_uring unavailable; starting workers on the legacy epoll driver"
+        );
     }
 
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(RuntimeError::Signals)?;
@@ -76,7 +89,9 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
 
     for signal in signals.forever() {
         match signal {
-            SIGHUP => tracing::warn!("SIGHUP: live reload is not available in this build; restart to apply a new config"),
+            SIGHUP => tracing::warn!(
+                "SIGHUP: live reload is not available in this build; restart to apply a new config"
+            ),
             _ => {
                 tracing::info!(signal, "shutting down: draining in-flight requests");
                 break;
@@ -105,8 +120,14 @@ fn start_xdp(config: &Config) -> Result<Option<XdpProgram>, RuntimeError> {
         tracing::info!("no [xdp] interface configured: running L7-only");
         return Ok(None);
     };
-    let mut program = XdpProgram::load().map_err(|source| RuntimeError::Xdp { interface: interface.clone(), source })?;
-    program.attach(xdp).map_err(|source| RuntimeError::Xdp { interface: interface.clone(), source })?;
+    let mut program = XdpProgram::load().map_err(|source| RuntimeError::Xdp {
+        interface: interface.clone(),
+        source: Box::new(source),
+    })?;
+    program.attach(xdp).map_err(|source| RuntimeError::Xdp {
+        interface: interface.clone(),
+        source: Box::new(source),
+    })?;
     tracing::info!(%interface, mode = ?xdp.mode, "XDP program attached");
     Ok(Some(program))
 }
@@ -118,12 +139,19 @@ fn worker_main(
     sockets: Vec<std::net::TcpListener>,
     shutdown: &Shutdown,
 ) {
-    if let Some(core) = core {
-        if !core_affinity::set_for_current(core) {
-            tracing::warn!(worker = id, core = core.id, "could not pin worker to its core");
-        }
+    if let Some(core) = core
+        && !core_affinity::set_for_current(core)
+    {
+        tracing::warn!(
+            worker = id,
+            core = core.id,
+            "could not pin worker to its core"
+        );
     }
-    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().with_entries(1024).build();
+    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(1024)
+        .build();
     let mut runtime = match runtime {
         Ok(rt) => rt,
         Err(error) => {
@@ -150,7 +178,11 @@ fn worker_main(
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
         if active.get() > 0 {
-            tracing::warn!(worker = id, connections = active.get(), "drain timeout: closing remaining connections");
+            tracing::warn!(
+                worker = id,
+                connections = active.get(),
+                "drain timeout: closing remaining connections"
+            );
         }
     });
 }
@@ -164,7 +196,11 @@ impl Drop for ActiveGuard {
     }
 }
 
-async fn accept_loop(listener: monoio::net::TcpListener, worker: Rc<Worker>, active: Rc<Cell<usize>>) {
+async fn accept_loop(
+    listener: monoio::net::TcpListener,
+    worker: Rc<Worker>,
+    active: Rc<Cell<usize>>,
+) {
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,
@@ -179,7 +215,10 @@ async fn accept_loop(listener: monoio::net::TcpListener, worker: Rc<Worker>, act
                 let worker = worker.clone();
                 monoio::spawn(async move {
                     // A bug in one connection's handling must not take the worker down.
-                    if CatchUnwind(Box::pin(serve_connection(worker, stream, peer))).await.is_err() {
+                    if CatchUnwind(Box::pin(serve_connection(worker, stream, peer)))
+                        .await
+                        .is_err()
+                    {
                         tracing::error!(%peer, "connection handler panicked; connection dropped");
                     }
                     drop(guard);
@@ -200,7 +239,10 @@ struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
 impl<F: std::future::Future<Output = ()>> std::future::Future for CatchUnwind<F> {
     type Output = Result<(), ()>;
 
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         let inner = self.0.as_mut();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(std::task::Poll::Ready(())) => std::task::Poll::Ready(Ok(())),

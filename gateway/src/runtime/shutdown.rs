@@ -45,6 +45,10 @@ impl Future for ShutdownWait<'_> {
         }
         *self.0.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
         // Re-check: a trigger between the load and the store would otherwise be missed.
-        if self.0.triggered.load(Ordering::Acquire) { Poll::Ready(()) } else { Poll::Pending }
+        if self.0.triggered.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }

@@ -70,12 +70,17 @@ impl BalancerState {
             Balance::LeastConn => {
                 self.rotation = self.rotation.wrapping_add(1);
                 let start = self.rotation % n;
-                (0..n).map(|k| (start + k) % n).filter(|&i| allowed(i)).min_by(|&a, &b| {
-                    // in_flight[a] / weight[a] < in_flight[b] / weight[b], without division.
-                    let lhs = u64::from(self.in_flight[a]) * u64::from(upstream.targets[b].weight);
-                    let rhs = u64::from(self.in_flight[b]) * u64::from(upstream.targets[a].weight);
-                    lhs.cmp(&rhs)
-                })
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|&i| allowed(i))
+                    .min_by(|&a, &b| {
+                        // in_flight[a] / weight[a] < in_flight[b] / weight[b], without division.
+                        let lhs =
+                            u64::from(self.in_flight[a]) * u64::from(upstream.targets[b].weight);
+                        let rhs =
+                            u64::from(self.in_flight[b]) * u64::from(upstream.targets[a].weight);
+                        lhs.cmp(&rhs)
+                    })
             }
             Balance::P2cEwma => {
                 let a = self.random_except(n, exclude, None)?;
@@ -100,7 +105,12 @@ impl BalancerState {
     }
 
     /// A uniformly random index in `0..n` other than `skip_a` and `skip_b`.
-    fn random_except(&mut self, n: usize, skip_a: Option<usize>, skip_b: Option<usize>) -> Option<usize> {
+    fn random_except(
+        &mut self,
+        n: usize,
+        skip_a: Option<usize>,
+        skip_b: Option<usize>,
+    ) -> Option<usize> {
         let (low, high) = match (skip_a, skip_b) {
             (Some(x), Some(y)) if x != y => (Some(x.min(y)), Some(x.max(y))),
             (Some(x), _) | (None, Some(x)) => (Some(x), None),
@@ -128,7 +138,11 @@ impl BalancerState {
         if let Some(latency) = latency {
             let sample = latency.as_secs_f64() * 1e6;
             let ewma = &mut self.ewma_micros[target];
-            *ewma = if *ewma == 0.0 { sample } else { *ewma + EWMA_ALPHA * (sample - *ewma) };
+            *ewma = if *ewma == 0.0 {
+                sample
+            } else {
+                *ewma + EWMA_ALPHA * (sample - *ewma)
+            };
         }
     }
 }
@@ -147,7 +161,10 @@ mod tests {
             targets: weights
                 .iter()
                 .enumerate()
-                .map(|(i, &weight)| TargetConfig { addr: format!("127.0.0.1:{}", 1000 + i).parse().expect("addr"), weight })
+                .map(|(i, &weight)| TargetConfig {
+                    addr: format!("127.0.0.1:{}", 1000 + i).parse().expect("addr"),
+                    weight,
+                })
                 .collect(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
@@ -163,7 +180,10 @@ mod tests {
         for (i, (&c, &w)) in counts.iter().zip(weights).enumerate() {
             let share = c as f64 / total as f64;
             let expected = f64::from(w) / f64::from(weight_sum);
-            assert!((share - expected).abs() <= tolerance, "target {i}: share {share:.3}, expected {expected:.3} ({counts:?})");
+            assert!(
+                (share - expected).abs() <= tolerance,
+                "target {i}: share {share:.3}, expected {expected:.3} ({counts:?})"
+            );
         }
     }
 
@@ -178,8 +198,15 @@ mod tests {
         }
         assert_shares(&counts, &weights, 0.001);
         // Smooth: the heavy target never runs more than its weight in a row.
-        let picks: Vec<usize> = (0..20).map(|_| state.pick(&up, None, None, None).expect("target")).collect();
-        assert!(picks.windows(3).all(|w| !(w[0] == 0 && w[1] == 0 && w[2] == 0)), "{picks:?}");
+        let picks: Vec<usize> = (0..20)
+            .map(|_| state.pick(&up, None, None, None).expect("target"))
+            .collect();
+        assert!(
+            picks
+                .windows(3)
+                .all(|w| !(w[0] == 0 && w[1] == 0 && w[2] == 0)),
+            "{picks:?}"
+        );
     }
 
     #[test]
@@ -215,13 +242,23 @@ mod tests {
 
     #[test]
     fn exclusion_is_honoured_by_every_algorithm() {
-        for balance in [Balance::RoundRobin, Balance::LeastConn, Balance::P2cEwma, Balance::ConsistentHash(HashKey::ClientIp)] {
+        for balance in [
+            Balance::RoundRobin,
+            Balance::LeastConn,
+            Balance::P2cEwma,
+            Balance::ConsistentHash(HashKey::ClientIp),
+        ] {
             let up = upstream(balance.clone(), &[1, 1, 1]);
             let names: Vec<String> = up.targets.iter().map(|t| t.addr.to_string()).collect();
             let maglev = Maglev::build(&names, &[1, 1, 1], &[true; 3]);
             let mut state = BalancerState::new(3, 3);
             for k in 0..1000u64 {
-                let t = state.pick(&up, Some(&maglev), Some(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)), Some(1));
+                let t = state.pick(
+                    &up,
+                    Some(&maglev),
+                    Some(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                    Some(1),
+                );
                 assert_ne!(t, Some(1), "{balance:?}");
                 assert!(t.is_some(), "{balance:?}");
             }

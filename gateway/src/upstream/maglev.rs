@@ -30,7 +30,9 @@ impl Maglev {
     /// `ip:port`) with `weights`; `alive[i] == false` leaves target `i` out.
     pub fn build(names: &[String], weights: &[u32], alive: &[bool]) -> Self {
         let size = table_size(names.len());
-        let live: Vec<usize> = (0..names.len()).filter(|&i| alive[i] && weights[i] > 0).collect();
+        let live: Vec<usize> = (0..names.len())
+            .filter(|&i| alive[i] && weights[i] > 0)
+            .collect();
         if live.is_empty() {
             return Self { table: Vec::new() };
         }
@@ -38,7 +40,8 @@ impl Maglev {
             .iter()
             .map(|&i| {
                 let offset = fnv1a(0x6d61_676c_6576_3031, names[i].as_bytes()) % size as u64;
-                let skip = fnv1a(0x6d61_676c_6576_3032, names[i].as_bytes()) % (size as u64 - 1) + 1;
+                let skip =
+                    fnv1a(0x6d61_676c_6576_3032, names[i].as_bytes()) % (size as u64 - 1) + 1;
                 (offset, skip)
             })
             .collect();
@@ -101,7 +104,10 @@ fn table_size(targets: usize) -> usize {
 }
 
 fn is_prime(n: usize) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 #[cfg(test)]
@@ -123,7 +129,10 @@ mod tests {
         for (i, &w) in weights.iter().enumerate() {
             let share = counts[i] as f64 / table.table.len() as f64;
             let expected = f64::from(w) / 10.0;
-            assert!((share - expected).abs() < 0.01, "target {i}: share {share}, expected {expected}");
+            assert!(
+                (share - expected).abs() < 0.01,
+                "target {i}: share {share}, expected {expected}"
+            );
         }
     }
 
@@ -140,10 +149,18 @@ mod tests {
                 a != b && a != Some(2)
             })
             .count();
-        let owned_by_removed = (0..keys).filter(|k| before.lookup(fnv1a(0, &k.to_le_bytes())) == Some(2)).count();
-        assert!((1500..2500).contains(&owned_by_removed), "removed target owned {owned_by_removed}");
+        let owned_by_removed = (0..keys)
+            .filter(|k| before.lookup(fnv1a(0, &k.to_le_bytes())) == Some(2))
+            .count();
+        assert!(
+            (1500..2500).contains(&owned_by_removed),
+            "removed target owned {owned_by_removed}"
+        );
         // Keys of surviving targets barely move (Maglev's bound is a few percent).
-        assert!(moved < keys as usize / 50, "{moved} keys of live targets moved");
+        assert!(
+            moved < keys as usize / 50,
+            "{moved} keys of live targets moved"
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub enum UpstreamError {
     #[error("connect to {addr} timed out")]
     ConnectTimeout { addr: SocketAddr },
     #[error("connect to {addr} failed: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// One upstream, shared by all workers.
@@ -53,12 +56,19 @@ impl Upstreams {
                     let weights: Vec<u32> = u.targets.iter().map(|t| t.weight).collect();
                     Maglev::build(&names, &weights, &vec![true; names.len()])
                 });
-                let entry = UpstreamEntry { config: u.clone(), maglev, first_target };
+                let entry = UpstreamEntry {
+                    config: u.clone(),
+                    maglev,
+                    first_target,
+                };
                 first_target += u.targets.len();
                 entry
             })
             .collect();
-        Self { entries, target_count: first_target }
+        Self {
+            entries,
+            target_count: first_target,
+        }
     }
 }
 
@@ -76,9 +86,14 @@ impl WorkerUpstreams {
             .entries
             .iter()
             .enumerate()
-            .map(|(i, e)| BalancerState::new(e.config.targets.len(), (worker as u64) << 32 | i as u64))
+            .map(|(i, e)| {
+                BalancerState::new(e.config.targets.len(), (worker as u64) << 32 | i as u64)
+            })
             .collect();
-        Self { balancers, pool: Pool::new(upstreams.target_count) }
+        Self {
+            balancers,
+            pool: Pool::new(upstreams.target_count),
+        }
     }
 }
 

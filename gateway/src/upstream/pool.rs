@@ -17,7 +17,11 @@ pub struct Pool<C> {
 impl<C> Pool<C> {
     /// A pool for `targets` targets (flattened across upstreams).
     pub fn new(targets: usize) -> Self {
-        Self { idle: (0..targets).map(|_| Vec::new()).collect(), opened: 0, reused: 0 }
+        Self {
+            idle: (0..targets).map(|_| Vec::new()).collect(),
+            opened: 0,
+            reused: 0,
+        }
     }
 
     /// The most recently parked connection to `target` younger than `max_idle`.
@@ -35,7 +39,9 @@ impl<C> Pool<C> {
 
     /// Parks `conn` for reuse; dropped (closed) when the target already has `max` idle.
     pub fn put(&mut self, target: usize, conn: C, max: usize) {
-        let Some(idle) = self.idle.get_mut(target) else { return };
+        let Some(idle) = self.idle.get_mut(target) else {
+            return;
+        };
         if idle.len() < max {
             idle.push((conn, Instant::now()));
         } else if let Some(oldest) = idle.first_mut() {

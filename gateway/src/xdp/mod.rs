@@ -26,9 +26,15 @@ pub enum XdpError {
     #[error("the XDP object has no program {XDP_PROGRAM:?}")]
     MissingProgram,
     #[error("XDP program {action} failed: {source}")]
-    Program { action: &'static str, source: ProgramError },
+    Program {
+        action: &'static str,
+        source: ProgramError,
+    },
     #[error("XDP map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
 }
 
 /// Whether the embedded object is the empty placeholder.
@@ -50,7 +56,9 @@ pub struct XdpProgram {
 
 impl std::fmt::Debug for XdpProgram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("XdpProgram").field("interface", &self.interface).finish_non_exhaustive()
+        f.debug_struct("XdpProgram")
+            .field("interface", &self.interface)
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,14 +78,26 @@ impl XdpProgram {
             .program_mut(XDP_PROGRAM)
             .ok_or(XdpError::MissingProgram)?
             .try_into()
-            .map_err(|source| XdpError::Program { action: "lookup", source })?;
-        program.load().map_err(|source| XdpError::Program { action: "load", source })?;
-        Ok(Self { ebpf, link: None, interface: None })
+            .map_err(|source| XdpError::Program {
+                action: "lookup",
+                source,
+            })?;
+        program.load().map_err(|source| XdpError::Program {
+            action: "load",
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            link: None,
+            interface: None,
+        })
     }
 
     /// Attaches to `config.interface` in the configured mode.
     pub fn attach(&mut self, config: &XdpConfig) -> Result<(), XdpError> {
-        let Some(interface) = config.interface.as_deref() else { return Ok(()) };
+        let Some(interface) = config.interface.as_deref() else {
+            return Ok(());
+        };
         let mode = match config.mode {
             XdpMode::Driver => AyaXdpMode::Driver,
             XdpMode::Skb => AyaXdpMode::Skb,
@@ -85,7 +105,10 @@ impl XdpProgram {
         let link = self
             .program_mut()?
             .attach(interface, mode)
-            .map_err(|source| XdpError::Program { action: "attach", source })?;
+            .map_err(|source| XdpError::Program {
+                action: "attach",
+                source,
+            })?;
         self.link = Some(link);
         self.interface = Some(interface.to_owned());
         Ok(())
@@ -97,25 +120,40 @@ impl XdpProgram {
             .program_mut(XDP_PROGRAM)
             .ok_or(XdpError::MissingProgram)?
             .try_into()
-            .map_err(|source| XdpError::Program { action: "lookup", source })
+            .map_err(|source| XdpError::Program {
+                action: "lookup",
+                source,
+            })
     }
 
     /// Protocol counters summed over CPUs, in [`ProtoCounter::ALL`] order.
     pub fn protocol_counters(&self) -> Result<Vec<(ProtoCounter, PacketCounter)>, XdpError> {
-        let map = self
-            .ebpf
-            .map(PROTO_STATS_MAP)
-            .ok_or(XdpError::Map { name: PROTO_STATS_MAP, source: aya::maps::MapError::InvalidName { name: PROTO_STATS_MAP.into() } })?;
-        let array = PerCpuArray::<_, PacketCounter>::try_from(map)
-            .map_err(|source| XdpError::Map { name: PROTO_STATS_MAP, source })?;
+        let map = self.ebpf.map(PROTO_STATS_MAP).ok_or(XdpError::Map {
+            name: PROTO_STATS_MAP,
+            source: aya::maps::MapError::InvalidName {
+                name: PROTO_STATS_MAP.into(),
+            },
+        })?;
+        let array =
+            PerCpuArray::<_, PacketCounter>::try_from(map).map_err(|source| XdpError::Map {
+                name: PROTO_STATS_MAP,
+                source,
+            })?;
         ProtoCounter::ALL
             .iter()
             .map(|&slot| {
-                let per_cpu = array.get(&(slot as u32), 0).map_err(|source| XdpError::Map { name: PROTO_STATS_MAP, source })?;
-                let total = per_cpu.iter().fold(PacketCounter::default(), |acc, c| PacketCounter {
-                    packets: acc.packets + c.packets,
-                    bytes: acc.bytes + c.bytes,
-                });
+                let per_cpu = array
+                    .get(&(slot as u32), 0)
+                    .map_err(|source| XdpError::Map {
+                        name: PROTO_STATS_MAP,
+                        source,
+                    })?;
+                let total = per_cpu
+                    .iter()
+                    .fold(PacketCounter::default(), |acc, c| PacketCounter {
+                        packets: acc.packets + c.packets,
+                        bytes: acc.bytes + c.bytes,
+                    });
                 Ok((slot, total))
             })
             .collect()
