@@ -1,9 +1,524 @@
-//! `cargo xtask bench`: placeholder replaced below.
-use anyhow::Result;
+//! `cargo xtask bench`: the gateway side by side with nginx and haproxy, following
+//! BENCH.md. Each proxy runs one worker pinned to CPU 0; the backend (nginx serving
+//! fixed bodies) and wrk share CPU 1. The primary figure is proxy CPU time per request
+//! (utime+stime of the proxy's processes over the run / requests served). Contenders
+//! are interleaved (A B C A B C …) and each figure is the median of the runs, with
+//! min–max. The table goes to stdout and `bench-results/`.
 
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cargo, ebpf, root, run_checked, setup};
+
+/// Options of a bench run.
 #[derive(clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Runs per contender and scenario (interleaved).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// wrk connections for keep-alive scenarios.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Only these scenarios (S1, S2-4k, S2-64k, S5); all when empty.
+    #[arg(long)]
+    only: Vec<String>,
+}
 
-pub fn bench(_args: &BenchArgs) -> Result<()> {
-    anyhow::bail!("not yet")
+struct Scenario {
+    id: &'static str,
+    what: &'static str,
+    path: &'static str,
+    close: bool,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        id: "S1",
+        what: "keep-alive, 64 B body, 100 routes",
+        path: "/b/64",
+        close: false,
+    },
+    Scenario {
+        id: "S2-4k",
+        what: "keep-alive, 4 KB body",
+        path: "/b/4k",
+        close: false,
+    },
+    Scenario {
+        id: "S2-64k",
+        what: "keep-alive, 64 KB body",
+        path: "/b/64k",
+        close: false,
+    },
+    Scenario {
+        id: "S5",
+        what: "new connection per request",
+        path: "/b/64",
+        close: true,
+    },
+];
+
+const CONTENDERS: &[&str] = &["gateway", "nginx", "haproxy"];
+const DUMMY_ROUTES: usize = 99;
+
+/// One measured run.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    cpu_us_per_request: f64,
+    requests_per_sec: f64,
+    mb_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    setup::setup()?;
+    for tool in ["nginx", "haproxy", "wrk", "taskset"] {
+        if !Path::new("/usr/sbin").join(tool).exists() && !Path::new("/usr/bin").join(tool).exists()
+        {
+            bail!("{tool} is missing; `cargo xtask setup` installs it as root");
+        }
+    }
+    let object = ebpf::build()?;
+    run_checked(cargo(&object).args(["build", "--release", "-p", "gateway"]))?;
+    let work = tempfile::tempdir()?;
+    let backend_port = free_port()?;
+    let _backend = start_backend(work.path(), backend_port)?;
+    wait_http(backend_port, "/b/64")?;
+
+    let scenarios: Vec<&Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.id))
+        .collect();
+    let mut results: Vec<(&Scenario, &str, Vec<Sample>)> = Vec::new();
+    for scenario in &scenarios {
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); CONTENDERS.len()];
+        for run in 0..args.runs {
+            for (c, contender) in CONTENDERS.iter().enumerate() {
+                let port = free_port()?;
+                let proxy = start_proxy(contender, work.path(), port, backend_port)?;
+                wait_http(port, scenario.path)?;
+                if run == 0 {
+                    wrk(port, scenario, args.connections, 1)?; // warm-up
+                }
+                let before = tree_cpu_ticks(proxy.id())?;
+                let result = wrk(port, scenario, args.connections, args.duration)?;
+                let after = tree_cpu_ticks(proxy.id())?;
+                stop(proxy);
+                if result.errors > 0 {
+                    bail!(
+                        "{contender} {}: {} errors (non-2xx or socket errors): the run does not count",
+                        scenario.id,
+                        result.errors
+                    );
+                }
+                let cpu_us = (after - before) as f64 * 1e6 / clock_ticks_per_sec();
+                let sample = Sample {
+                    cpu_us_per_request: cpu_us / result.requests as f64,
+                    requests_per_sec: result.requests_per_sec,
+                    mb_per_sec: result.bytes_per_sec / 1e6,
+                    p50_ms: result.p50_ms,
+                    p99_ms: result.p99_ms,
+                };
+                eprintln!(
+                    "{} run {}/{} {contender:8} {:7.2} µs/req {:9.0} req/s p50 {:.2} ms p99 {:.2} ms",
+                    scenario.id,
+                    run + 1,
+                    args.runs,
+                    sample.cpu_us_per_request,
+                    sample.requests_per_sec,
+                    sample.p50_ms,
+                    sample.p99_ms
+                );
+                samples[c].push(sample);
+            }
+        }
+        for (c, contender) in CONTENDERS.iter().enumerate() {
+            results.push((scenario, contender, samples[c].clone()));
+        }
+    }
+    let table = render(&results, args)?;
+    println!("{table}");
+    let dir = root().join("bench-results");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("latest.md");
+    std::fs::write(&file, &table)?;
+    eprintln!("written to {}", file.display());
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(|a, b| a.total_cmp(b));
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
+}
+
+fn render(results: &[(&Scenario, &str, Vec<Sample>)], args: &BenchArgs) -> Result<String> {
+    let mut out = String::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "### Benchmark ({} runs × {} s, interleaved; median, min–max)\n",
+        args.runs, args.duration
+    )?;
+    writeln!(
+        out,
+        "Machine: {cpu}, {} CPUs; proxies pinned to CPU 0 with one worker; backend (nginx) and wrk on CPU 1.\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    )?;
+    writeln!(
+        out,
+        "| scenario | proxy | CPU µs/request | requests/s | MB/s | p50 ms | p99 ms | CPU ratio (best peer ÷ gateway) |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|")?;
+    for chunk in results.chunks(CONTENDERS.len()) {
+        let cpu_of = |i: usize| median(chunk[i].2.iter().map(|s| s.cpu_us_per_request).collect()).0;
+        let gateway_cpu = cpu_of(0);
+        let best_peer = (1..chunk.len()).map(cpu_of).fold(f64::INFINITY, f64::min);
+        for (i, (scenario, contender, samples)) in chunk.iter().enumerate() {
+            let (c, cmin, cmax) = median(samples.iter().map(|s| s.cpu_us_per_request).collect());
+            let (r, ..) = median(samples.iter().map(|s| s.requests_per_sec).collect());
+            let (mb, ..) = median(samples.iter().map(|s| s.mb_per_sec).collect());
+            let (p50, ..) = median(samples.iter().map(|s| s.p50_ms).collect());
+            let (p99, p99min, p99max) = median(samples.iter().map(|s| s.p99_ms).collect());
+            let ratio = if i == 0 {
+                format!("**{:.2}**", best_peer / gateway_cpu)
+            } else {
+                format!("{:.2}", c / gateway_cpu)
+            };
+            writeln!(
+                out,
+                "| {} {} | {contender} | {c:.2} ({cmin:.2}–{cmax:.2}) | {r:.0} | {mb:.1} | {p50:.2} | {p99:.2} ({p99min:.2}–{p99max:.2}) | {ratio} |",
+                scenario.id, scenario.what
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "\nRatio ≥ 1.0 means the gateway spends no more CPU per request than the best peer (peer rows: that peer ÷ gateway)."
+    )?;
+    writeln!(
+        out,
+        "Reproduce: `cargo xtask bench --runs {} --duration {}` (load: `taskset -c 1 wrk -t1 -c{} -d{}s --latency URL`, plus `-H 'Connection: close'` for S5).",
+        args.runs, args.duration, args.connections, args.duration
+    )?;
+    Ok(out)
+}
+
+struct WrkResult {
+    requests: u64,
+    requests_per_sec: f64,
+    bytes_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn wrk(port: u16, scenario: &Scenario, connections: usize, seconds: u64) -> Result<WrkResult> {
+    let connections = if scenario.close {
+        connections.min(16)
+    } else {
+        connections
+    };
+    let mut command = Command::new("taskset");
+    command.args([
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if scenario.close {
+        command.args(["-H", "Connection: close"]);
+    }
+    command.arg(format!("http://127.0.0.1:{port}{}", scenario.path));
+    let out = command.output().context("run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&text)
+}
+
+fn parse_wrk(text: &str) -> Result<WrkResult> {
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .map(|l| l[prefix.len()..].trim().to_owned())
+    };
+    let duration_ms = |v: &str| -> f64 {
+        let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+        let n: f64 = num.parse().unwrap_or(f64::NAN);
+        match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            "m" => n * 60_000.0,
+            _ => f64::NAN,
+        }
+    };
+    let size = |v: &str| -> f64 {
+        let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+        let n: f64 = num.parse().unwrap_or(0.0);
+        n * match unit {
+            "KB" => 1024.0,
+            "MB" => 1024.0 * 1024.0,
+            "GB" => 1024.0 * 1024.0 * 1024.0,
+            _ => 1.0,
+        }
+    };
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("wrk output without a request count")?;
+    let non_2xx: u64 = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let socket_errors: u64 = field("Socket errors:")
+        .map(|v| {
+            v.split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Ok(WrkResult {
+        requests,
+        requests_per_sec: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        bytes_per_sec: field("Transfer/sec:").map(|v| size(&v)).unwrap_or(0.0),
+        p50_ms: field("50%").map(|v| duration_ms(&v)).unwrap_or(f64::NAN),
+        p99_ms: field("99%").map(|v| duration_ms(&v)).unwrap_or(f64::NAN),
+        errors: non_2xx + socket_errors,
+    })
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// utime+stime of `pid` and its direct children (nginx's workers), in clock ticks.
+fn tree_cpu_ticks(pid: u32) -> Result<u64> {
+    let mut total = process_ticks(pid)?;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if child != pid && parent_of(child) == Some(pid) {
+            total += process_ticks(child).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+fn process_ticks(pid: u32) -> Result<u64> {
+    let fields = stat_fields(pid).with_context(|| format!("/proc/{pid}/stat"))?;
+    // After the name: state(0) ppid(1) … utime(11) stime(12).
+    let utime: u64 = fields[11].parse()?;
+    let stime: u64 = fields[12].parse()?;
+    Ok(utime + stime)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_http(port: u16, path: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    for _ in 0..200 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            if buf.starts_with(b"HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing answered 200 on port {port} for {path}")
+}
+
+/// Stops a contender and waits for it (SIGTERM, then SIGKILL).
+fn stop(mut child: Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    for _ in 0..100 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A child process that is stopped on drop.
+struct Guard(Option<Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.take() {
+            stop(child);
+        }
+    }
+}
+
+fn spawn_pinned(cpu: &str, program: &str, args: &[&str]) -> Result<Child> {
+    Command::new("taskset")
+        .args(["-c", cpu, program])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {program}"))
+}
+
+fn start_backend(dir: &Path, port: u16) -> Result<Guard> {
+    let docroot = dir.join("docroot/b");
+    std::fs::create_dir_all(&docroot)?;
+    for (name, len) in [("64", 64), ("4k", 4096), ("64k", 65536)] {
+        std::fs::write(docroot.join(name), vec![b'x'; len])?;
+    }
+    let conf = dir.join("backend.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {dir}/backend.pid;\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  default_type application/octet-stream;\n  sendfile on;\n  keepalive_requests 10000000;\n  open_file_cache max=16;\n  client_body_temp_path {dir}/b_body;\n  proxy_temp_path {dir}/b_proxy;\n  fastcgi_temp_path {dir}/b_fcgi;\n  uwsgi_temp_path {dir}/b_uwsgi;\n  scgi_temp_path {dir}/b_scgi;\n  server {{ listen 127.0.0.1:{port}; root {dir}/docroot; }}\n}}\n",
+            dir = dir.display()
+        ),
+    )?;
+    Ok(Guard(Some(spawn_pinned(
+        "1",
+        "nginx",
+        &["-c", conf.to_str().context("utf8 path")?],
+    )?)))
+}
+
+fn start_proxy(name: &str, dir: &Path, port: u16, backend: u16) -> Result<Child> {
+    match name {
+        "gateway" => {
+            let mut routes = String::new();
+            for i in 0..DUMMY_ROUTES {
+                writeln!(
+                    routes,
+                    "[[routes]]\nname = \"dummy{i}\"\npath_prefix = \"/dummy{i}\"\nupstream = \"dummy\"\n"
+                )?;
+            }
+            let conf = dir.join("gateway.toml");
+            std::fs::write(
+                &conf,
+                format!(
+                    "[gateway]\nworkers = 1\nlog_level = \"warn\"\n\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n\n[[upstreams]]\nname = \"backend\"\ntargets = [ {{ addr = \"127.0.0.1:{backend}\" }} ]\nmax_idle_per_target = 128\n\n[[upstreams]]\nname = \"dummy\"\ntargets = [ {{ addr = \"127.0.0.1:9\" }} ]\n\n{routes}[[routes]]\nname = \"bench\"\npath_prefix = \"/b\"\nupstream = \"backend\"\n"
+                ),
+            )?;
+            let bin = root().join("target/release/gateway");
+            spawn_pinned(
+                "0",
+                bin.to_str().context("utf8")?,
+                &["run", "--config", conf.to_str().context("utf8")?],
+            )
+        }
+        "nginx" => {
+            let mut locations = String::new();
+            for i in 0..DUMMY_ROUTES {
+                writeln!(locations, "    location /dummy{i} {{ return 404; }}")?;
+            }
+            let conf = dir.join("nginx-proxy.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "worker_processes 1;\ndaemon off;\npid {dir}/proxy.pid;\nerror_log stderr error;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {dir}/p_body;\n  proxy_temp_path {dir}/p_proxy;\n  fastcgi_temp_path {dir}/p_fcgi;\n  uwsgi_temp_path {dir}/p_uwsgi;\n  scgi_temp_path {dir}/p_scgi;\n  upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{port};\n{locations}    location /b {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
+                    dir = dir.display()
+                ),
+            )?;
+            spawn_pinned("0", "nginx", &["-c", conf.to_str().context("utf8")?])
+        }
+        "haproxy" => {
+            let maxconn = haproxy_maxconn();
+            let mut acls = String::new();
+            for i in 0..DUMMY_ROUTES {
+                writeln!(
+                    acls,
+                    "  acl dummy{i} path_beg /dummy{i}\n  use_backend dummy if dummy{i}"
+                )?;
+            }
+            let conf = dir.join("haproxy.cfg");
+            std::fs::write(
+                &conf,
+                format!(
+                    "global\n  nbthread 1\n  maxconn {maxconn}\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\nfrontend fe\n  bind 127.0.0.1:{port}\n{acls}  default_backend be\n\nbackend be\n  server s1 127.0.0.1:{backend}\n\nbackend dummy\n  http-request return status 404\n"
+                ),
+            )?;
+            spawn_pinned(
+                "0",
+                "haproxy",
+                &["-db", "-f", conf.to_str().context("utf8")?],
+            )
+        }
+        other => bail!("unknown contender {other}"),
+    }
+}
+
+/// haproxy needs two descriptors per connection plus a margin: size maxconn to the
+/// descriptor limit, as BENCH.md prescribes.
+fn haproxy_maxconn() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if ok {
+        (limit.rlim_cur.saturating_sub(100) / 2).max(256)
+    } else {
+        4096
+    }
 }
