@@ -139,11 +139,13 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 },
             };
             worker.upstreams.borrow_mut().balancers[upstream_index].started(target);
-            let started = Instant::now();
+            // Only the latency-aware balancer pays for reading the clock.
+            let started =
+                matches!(config.balance, crate::config::Balance::P2cEwma).then(Instant::now);
             let result = self
                 .exchange(&mut stream, snapshot, config, limits, worker)
                 .await;
-            let latency = result.is_ok().then(|| started.elapsed());
+            let latency = started.filter(|_| result.is_ok()).map(|s| s.elapsed());
             worker.upstreams.borrow_mut().balancers[upstream_index].finished(target, latency);
             match result {
                 Ok(Exchange::Done {

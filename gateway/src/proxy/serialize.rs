@@ -36,6 +36,12 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+fn content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 fn forwarded_fields(out: &mut Vec<u8>, fields: &Fields) {
     for i in 0..fields.len() {
         if fields.forwarded(i) {
@@ -88,7 +94,7 @@ pub fn request_head(
     match body {
         RequestBody::None => {}
         RequestBody::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            content_length(out, n);
         }
         RequestBody::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -117,7 +123,9 @@ pub fn response_head(
     keep_alive: bool,
     client_minor: u8,
 ) {
-    let _ = write!(out, "HTTP/1.1 {} ", res.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(res.status).as_bytes());
+    out.push(b' ');
     out.extend_from_slice(res.reason());
     out.extend_from_slice(b"\r\n");
     forwarded_fields(out, &res.fields);
@@ -125,12 +133,12 @@ pub fn response_head(
     header(out, b"x-request-id", request_id);
     match framing {
         OutFraming::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            content_length(out, n);
         }
         OutFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         OutFraming::None if res.status != 204 && !res.is_interim() => {
             if let Some(n) = res.declared_length {
-                let _ = write!(out, "content-length: {n}\r\n");
+                content_length(out, n);
             }
         }
         OutFraming::None | OutFraming::Close => {}

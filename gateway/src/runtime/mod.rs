@@ -191,10 +191,16 @@ const RING_ENTRIES: u32 = 1024;
 /// IPIs, which on this workload is most of the kernel's overhead. Kernels without those
 /// flags get a plain ring; without io_uring, monoio falls back to epoll.
 fn build_runtime() -> std::io::Result<
-    monoio::FusionRuntime<monoio::time::TimeDriver<monoio::IoUringDriver>, monoio::time::TimeDriver<monoio::LegacyDriver>>,
+    monoio::FusionRuntime<
+        monoio::time::TimeDriver<monoio::IoUringDriver>,
+        monoio::time::TimeDriver<monoio::LegacyDriver>,
+    >,
 > {
     let mut tuned = io_uring::IoUring::builder();
-    tuned.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
+    tuned
+        .setup_coop_taskrun()
+        .setup_single_issuer()
+        .setup_defer_taskrun();
     let built = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .with_entries(RING_ENTRIES)
@@ -202,7 +208,10 @@ fn build_runtime() -> std::io::Result<
         .build();
     built.or_else(|error| {
         tracing::warn!(%error, "tuned io_uring setup refused; using a default ring");
-        monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().with_entries(RING_ENTRIES).build()
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .with_entries(RING_ENTRIES)
+            .build()
     })
 }
 
@@ -227,8 +236,6 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                // Best effort: without it small responses wait for delayed ACKs.
-                let _ = stream.set_nodelay(true);
                 active.set(active.get() + 1);
                 let guard = ActiveGuard(active.clone());
                 let worker = worker.clone();
