@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 
-use super::FramingError;
+use super::{FramingError, hex_value};
 
 /// Longest chunk-size line extension the decoder accepts, per chunk.
 const MAX_EXTENSION_LEN: usize = 4096;
@@ -221,15 +221,6 @@ impl ChunkedDecoder {
             return Err(BAD_TRAILER);
         }
         Ok(())
-    }
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 

@@ -131,6 +131,41 @@ impl Fields {
     }
 }
 
+/// Content-Length and Transfer-Encoding as seen across a head's fields; the body
+/// framing of requests and responses is decided from it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FramingFields {
+    /// The agreed Content-Length, when any was sent.
+    pub content_length: Option<u64>,
+    /// How many Transfer-Encoding fields were sent.
+    pub transfer_encodings: u32,
+    /// Whether the (last) Transfer-Encoding was exactly `chunked`.
+    pub chunked: bool,
+}
+
+impl FramingFields {
+    /// Takes in field `i` if it is a framing field (which is then not forwarded: the
+    /// gateway writes its own framing). Returns whether it was one.
+    pub fn observe(&mut self, fields: &mut Fields, i: usize) -> Result<bool, super::FramingError> {
+        let name = fields.name(i);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = super::parse_content_length(fields.value(i))
+                .ok_or(super::FramingError::Malformed("invalid Content-Length"))?;
+            if self.content_length.is_some_and(|prev| prev != n) {
+                return Err(super::FramingError::Malformed("conflicting Content-Length"));
+            }
+            self.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encodings += 1;
+            self.chunked = fields.value(i).eq_ignore_ascii_case(b"chunked");
+        } else {
+            return Ok(false);
+        }
+        fields.drop_field(i);
+        Ok(true)
+    }
+}
+
 /// What the Connection header said.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ConnectionTokens {

@@ -37,6 +37,17 @@ pub enum FramingError {
     Malformed(&'static str),
 }
 
+/// Value of one hex digit.
+#[inline]
+pub fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// RFC 9110 `tchar`.
 #[inline]
 pub fn is_tchar(b: u8) -> bool {

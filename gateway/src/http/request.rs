@@ -5,8 +5,7 @@ use std::mem::MaybeUninit;
 
 use super::{
     FramingError, MAX_HEADERS_CEILING,
-    fields::{Fields, is_hop_by_hop},
-    parse_content_length,
+    fields::{Fields, FramingFields, is_hop_by_hop},
     target::normalize_path_into,
 };
 
@@ -117,28 +116,17 @@ impl RequestHead {
 
     /// Header classification and body framing (RFC 9112 §6.3), in one pass.
     fn classify_and_frame(&mut self) -> Result<(), FramingError> {
-        let mut content_length: Option<u64> = None;
-        let mut transfer_encodings = 0;
-        let mut chunked = false;
+        let mut framing = FramingFields::default();
         let mut hosts = 0;
         let mut host_index = None;
         self.expect_continue = false;
         self.request_id = None;
         for i in 0..self.fields.len() {
+            if framing.observe(&mut self.fields, i)? {
+                continue;
+            }
             let name = self.fields.name(i);
-            if name.eq_ignore_ascii_case(b"content-length") {
-                let n = parse_content_length(self.fields.value(i))
-                    .ok_or(FramingError::Malformed("invalid Content-Length"))?;
-                if content_length.is_some_and(|prev| prev != n) {
-                    return Err(FramingError::Malformed("conflicting Content-Length"));
-                }
-                content_length = Some(n);
-                self.fields.drop_field(i);
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                transfer_encodings += 1;
-                chunked = self.fields.value(i).eq_ignore_ascii_case(b"chunked");
-                self.fields.drop_field(i);
-            } else if name.eq_ignore_ascii_case(b"host") {
+            if name.eq_ignore_ascii_case(b"host") {
                 hosts += 1;
                 host_index = Some(i);
                 self.fields.drop_field(i);
@@ -169,7 +157,7 @@ impl RequestHead {
             0 => tokens.keep_alive && !tokens.close,
             _ => !tokens.close,
         };
-        self.body = match (transfer_encodings, content_length) {
+        self.body = match (framing.transfer_encodings, framing.content_length) {
             (0, None) => RequestBody::None,
             (0, Some(n)) => RequestBody::Length(n),
             (_, Some(_)) => {
@@ -180,7 +168,7 @@ impl RequestHead {
             _ if self.version_minor == 0 => {
                 return Err(FramingError::Malformed("Transfer-Encoding in HTTP/1.0"));
             }
-            (1, None) if chunked => RequestBody::Chunked,
+            (1, None) if framing.chunked => RequestBody::Chunked,
             _ => return Err(FramingError::Malformed("unsupported Transfer-Encoding")),
         };
         match (hosts, host_index) {

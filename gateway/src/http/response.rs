@@ -6,8 +6,7 @@ use std::mem::MaybeUninit;
 
 use super::{
     FramingError, MAX_HEADERS_CEILING,
-    fields::{Fields, is_hop_by_hop},
-    parse_content_length,
+    fields::{Fields, FramingFields, is_hop_by_hop},
 };
 
 /// How the response body is delimited.
@@ -84,26 +83,13 @@ impl ResponseHead {
     }
 
     fn frame(&mut self, request_was_head: bool) -> Result<(), FramingError> {
-        let mut content_length = None;
-        let mut transfer_encodings = 0;
-        let mut chunked = false;
+        let mut framing = FramingFields::default();
         for i in 0..self.fields.len() {
+            if framing.observe(&mut self.fields, i)? {
+                continue;
+            }
             let name = self.fields.name(i);
-            if name.eq_ignore_ascii_case(b"content-length") {
-                let n = parse_content_length(self.fields.value(i))
-                    .ok_or(FramingError::Malformed("invalid upstream Content-Length"))?;
-                if content_length.is_some_and(|prev| prev != n) {
-                    return Err(FramingError::Malformed(
-                        "conflicting upstream Content-Length",
-                    ));
-                }
-                content_length = Some(n);
-                self.fields.drop_field(i);
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                transfer_encodings += 1;
-                chunked = self.fields.value(i).eq_ignore_ascii_case(b"chunked");
-                self.fields.drop_field(i);
-            } else if is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"x-request-id") {
+            if is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"x-request-id") {
                 self.fields.drop_field(i);
             }
         }
@@ -124,6 +110,11 @@ impl ResponseHead {
             self.body = Some(ResponseBody::None);
             return Ok(());
         }
+        let FramingFields {
+            content_length,
+            transfer_encodings,
+            chunked,
+        } = framing;
         self.declared_length = content_length;
         let framing = match (transfer_encodings, content_length) {
             (0, None) => ResponseBody::UntilClose,

@@ -11,7 +11,7 @@
 //! 4. Empty segments (`//`) are merged, `.` and `..` segments removed as RFC 3986
 //!    §5.2.4 does (`..` never climbs above `/`); a trailing `/` is kept.
 
-use super::FramingError;
+use super::{FramingError, hex_value};
 
 const AMBIGUOUS: FramingError = FramingError::Malformed("ambiguous percent-encoding in path");
 const BAD_ESCAPE: FramingError = FramingError::Malformed("invalid percent-encoding in path");
@@ -106,15 +106,6 @@ fn decode_segment(segment: &[u8], out: &mut Vec<u8>) -> Result<(), FramingError>
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')

@@ -10,12 +10,12 @@ use super::{
     Worker,
     error::{ProxyError, write_error_response},
     io::{IoFailure, ReadBuf, write_all_within},
+    relay::BODY_READ,
 };
 use crate::{
     config::Limits,
     http::{
         FramingError,
-        chunked::ChunkedDecoder,
         head::{HeadScanner, Scan, leading_empty_lines},
         request::{ParseLimits, RequestBody, RequestHead},
         response::ResponseHead,
@@ -25,15 +25,16 @@ use crate::{
 
 /// Initial read buffer of a client connection; grows for large heads and bodies.
 const CLIENT_BUFFER: usize = 4096;
-/// Read size while streaming bodies.
-pub(super) const BODY_READ: usize = 64 * 1024;
 
 /// Where the current request's body stands on the client side.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum BodyState {
+    /// Read completely (or there is none).
     Done,
+    /// Not started; exactly this many bytes follow.
     Length(u64),
-    Chunked(ChunkedDecoder),
+    /// Chunked and not read, or interrupted midway: its end is unknown.
+    Unframed,
 }
 
 /// Per-connection state, reused across its requests.
@@ -181,7 +182,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             RequestBody::None => BodyState::Done,
             RequestBody::Length(0) => BodyState::Done,
             RequestBody::Length(n) => BodyState::Length(n),
-            RequestBody::Chunked => BodyState::Chunked(ChunkedDecoder::new()),
+            RequestBody::Chunked => BodyState::Unframed,
         };
         self.response_started = false;
         let snapshot = worker.snapshot.clone();
@@ -232,7 +233,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let pending = match self.body {
             BodyState::Done => 0,
             BodyState::Length(n) => n,
-            BodyState::Chunked(_) => u64::MAX,
+            BodyState::Unframed => u64::MAX,
         };
         let close = close || pending > limits.discard_body_max;
         if !close && pending > 0 && !self.discard_body(pending, limits).await {
@@ -250,6 +251,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             .await
             .is_ok();
         sent && !close
+    }
+
+    /// Whether no byte of the request body has been consumed yet.
+    pub(super) fn body_untouched(&self) -> bool {
+        match self.head.body {
+            RequestBody::None | RequestBody::Length(0) => true,
+            RequestBody::Length(n) => self.body == BodyState::Length(n),
+            RequestBody::Chunked => false,
+        }
     }
 
     async fn discard_body(&mut self, mut remaining: u64, limits: &Limits) -> bool {

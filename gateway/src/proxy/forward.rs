@@ -11,16 +11,16 @@ use monoio::{
 
 use super::{
     Snapshot, Worker,
-    connection::{BODY_READ, BodyState, Connection},
+    connection::{BodyState, Connection},
     error::ProxyError,
     io::{IoFailure, write_all_within},
+    relay::{Relay, RelayError},
     serialize::{self, Forwarding, OutFraming},
 };
 use crate::{
     config::{HashKey, Limits, UpstreamConfig},
     http::{
         FramingError,
-        chunked::{Decoded, LAST_CHUNK, encode_chunk},
         head::{HeadScanner, Scan},
         request::RequestBody,
         response::ResponseBody,
@@ -30,10 +30,6 @@ use crate::{
 
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Body bytes already buffered are copied behind the head (one write) up to this size.
-const COALESCE_LIMIT: usize = 16 * 1024;
-/// Re-encoded chunked output is flushed once it reaches this size.
-const FLUSH_AT: usize = 32 * 1024;
 
 /// How an exchange with one upstream connection ended.
 enum Exchange {
@@ -129,7 +125,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         let can_retry = excluded.is_none()
                             && config.targets.len() > 1
                             && self.head.is_idempotent();
-                        if can_retry && matches!(self.body, BodyState::Done) {
+                        if can_retry && self.body_untouched() {
                             tracing::warn!(%error, "connect failed; retrying on another target");
                             excluded = Some(target);
                             continue;
@@ -242,109 +238,42 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         config: &UpstreamConfig,
         limits: &Limits,
     ) -> Result<(), ExchangeError> {
-        let stale = |failure: IoFailure| ExchangeError {
-            retry_fresh: matches!(&failure, IoFailure::Io(_)),
-            error: upstream_io(failure),
-        };
-        match self.head.body {
-            RequestBody::None | RequestBody::Length(0) => {
-                write_all_within(upstream, &mut self.out, config.write_timeout)
-                    .await
-                    .map_err(stale)?;
-            }
-            RequestBody::Length(total) => {
-                let mut remaining = total;
-                let buffered = (self.rbuf.len() as u64).min(remaining) as usize;
-                if buffered <= COALESCE_LIMIT {
-                    self.out.extend_from_slice(&self.rbuf.data()[..buffered]);
-                    self.rbuf.consume(buffered);
-                    write_all_within(upstream, &mut self.out, config.write_timeout)
-                        .await
-                        .map_err(stale)?;
-                } else {
-                    write_all_within(upstream, &mut self.out, config.write_timeout)
-                        .await
-                        .map_err(stale)?;
-                    self.rbuf
-                        .write_prefix_to(upstream, buffered, config.write_timeout)
-                        .await
-                        .map_err(upstream_io)?;
-                }
-                remaining -= buffered as u64;
-                self.body = BodyState::Length(remaining);
-                while remaining > 0 {
-                    let n = self
-                        .rbuf
-                        .fill_within(&mut self.stream, BODY_READ, limits.body_read_timeout)
-                        .await
-                        .map_err(downstream_io)?;
-                    if n == 0 {
-                        return Err(ProxyError::DownstreamClosed.into());
-                    }
-                    let take = (self.rbuf.len() as u64).min(remaining) as usize;
-                    self.rbuf
-                        .write_prefix_to(upstream, take, config.write_timeout)
-                        .await
-                        .map_err(upstream_io)?;
-                    remaining -= take as u64;
-                    self.body = BodyState::Length(remaining);
-                }
-            }
-            RequestBody::Chunked => {
-                // The decoder stays in `self.body` until the body ends, so an error on
-                // the way leaves the connection marked as holding an unread body.
-                let BodyState::Chunked(decoder) = &mut self.body else {
-                    return Err(ProxyError::Request(FramingError::Malformed("body state")).into());
-                };
-                write_all_within(upstream, &mut self.out, config.write_timeout)
-                    .await
-                    .map_err(stale)?;
-                loop {
-                    match decoder
-                        .step(self.rbuf.data())
-                        .map_err(ProxyError::Request)?
-                    {
-                        Decoded::Data { start, end } => {
-                            encode_chunk(&self.rbuf.data()[start..end], &mut self.out);
-                            self.rbuf.consume(end);
-                            if decoder.body_len > limits.max_body_size {
-                                return Err(ProxyError::Request(FramingError::BodyTooLarge).into());
-                            }
-                        }
-                        Decoded::Done { consumed } => {
-                            self.rbuf.consume(consumed);
-                            self.out.extend_from_slice(LAST_CHUNK);
-                            write_all_within(upstream, &mut self.out, config.write_timeout)
-                                .await
-                                .map_err(upstream_io)?;
-                            break;
-                        }
-                        Decoded::NeedMore => {
-                            let all = self.rbuf.len();
-                            self.rbuf.consume(all);
-                            if !self.out.is_empty() {
-                                write_all_within(upstream, &mut self.out, config.write_timeout)
-                                    .await
-                                    .map_err(upstream_io)?;
-                            }
-                            let n = self
-                                .rbuf
-                                .fill_within(&mut self.stream, BODY_READ, limits.body_read_timeout)
-                                .await
-                                .map_err(downstream_io)?;
-                            if n == 0 {
-                                return Err(ProxyError::DownstreamClosed.into());
-                            }
-                        }
-                    }
-                    if self.out.len() >= FLUSH_AT {
-                        write_all_within(upstream, &mut self.out, config.write_timeout)
-                            .await
-                            .map_err(upstream_io)?;
-                    }
-                }
-            }
+        let body = self.head.body;
+        if matches!(body, RequestBody::None | RequestBody::Length(0)) {
+            // A write failure on a pooled connection means the upstream closed it
+            // while idle: the request never reached it, so it may be resent.
+            return write_all_within(upstream, &mut self.out, config.write_timeout)
+                .await
+                .map_err(|failure| ExchangeError {
+                    retry_fresh: matches!(&failure, IoFailure::Io(_)),
+                    error: upstream_io(failure),
+                });
         }
+        // From here until the body is through, an interruption leaves an unknown part
+        // of it unread: the connection can only close.
+        self.body = BodyState::Unframed;
+        let mut relay = Relay {
+            src: &mut self.stream,
+            buf: &mut self.rbuf,
+            dst: upstream,
+            out: &mut self.out,
+            read_timeout: limits.body_read_timeout,
+            write_timeout: config.write_timeout,
+        };
+        let result = match body {
+            RequestBody::Length(n) => relay.copy_length(n).await,
+            _ => relay.copy_chunked(true, limits.max_body_size).await,
+        };
+        result.map_err(|error| {
+            ExchangeError::from(match error {
+                RelayError::Read(IoFailure::Timeout) => ProxyError::BodyTimeout,
+                RelayError::Read(IoFailure::Io(e)) => ProxyError::Downstream(e),
+                RelayError::SourceClosed => ProxyError::DownstreamClosed,
+                RelayError::Framing(e) => ProxyError::Request(e),
+                RelayError::TooLarge => ProxyError::Request(FramingError::BodyTooLarge),
+                RelayError::Write(failure) => upstream_io(failure),
+            })
+        })?;
         self.body = BodyState::Done;
         Ok(())
     }
@@ -430,140 +359,29 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             keep_alive,
             client_minor,
         );
-        let send_timeout = limits.idle_timeout;
-        let body = self.response.body.unwrap_or(ResponseBody::None);
-        match body {
-            ResponseBody::None => {
-                self.response_started = true;
-                write_all_within(&mut self.stream, &mut self.out, send_timeout)
-                    .await
-                    .map_err(downstream_io)?;
-            }
-            ResponseBody::Length(total) => {
-                let mut remaining = total;
-                let buffered = (self.upstream_buf.len() as u64).min(remaining) as usize;
-                self.response_started = true;
-                if buffered <= COALESCE_LIMIT {
-                    self.out
-                        .extend_from_slice(&self.upstream_buf.data()[..buffered]);
-                    self.upstream_buf.consume(buffered);
-                    write_all_within(&mut self.stream, &mut self.out, send_timeout)
-                        .await
-                        .map_err(downstream_io)?;
-                } else {
-                    write_all_within(&mut self.stream, &mut self.out, send_timeout)
-                        .await
-                        .map_err(downstream_io)?;
-                    self.upstream_buf
-                        .write_prefix_to(&mut self.stream, buffered, send_timeout)
-                        .await
-                        .map_err(downstream_io)?;
-                }
-                remaining -= buffered as u64;
-                while remaining > 0 {
-                    let n = self
-                        .upstream_buf
-                        .fill_within(upstream, BODY_READ, config.read_timeout)
-                        .await
-                        .map_err(upstream_io)?;
-                    if n == 0 {
-                        return Err(ProxyError::UpstreamClosed.into());
-                    }
-                    let take = (self.upstream_buf.len() as u64).min(remaining) as usize;
-                    self.upstream_buf
-                        .write_prefix_to(&mut self.stream, take, send_timeout)
-                        .await
-                        .map_err(downstream_io)?;
-                    remaining -= take as u64;
-                }
-            }
-            ResponseBody::Chunked => {
-                self.response_started = true;
-                let mut decoder = crate::http::chunked::ChunkedDecoder::new();
-                loop {
-                    match decoder
-                        .step(self.upstream_buf.data())
-                        .map_err(ProxyError::UpstreamFraming)?
-                    {
-                        Decoded::Data { start, end } => {
-                            let data = &self.upstream_buf.data()[start..end];
-                            if framing == OutFraming::Chunked {
-                                encode_chunk(data, &mut self.out);
-                            } else {
-                                self.out.extend_from_slice(data);
-                            }
-                            self.upstream_buf.consume(end);
-                        }
-                        Decoded::Done { consumed } => {
-                            self.upstream_buf.consume(consumed);
-                            if framing == OutFraming::Chunked {
-                                self.out.extend_from_slice(LAST_CHUNK);
-                            }
-                            write_all_within(&mut self.stream, &mut self.out, send_timeout)
-                                .await
-                                .map_err(downstream_io)?;
-                            break;
-                        }
-                        Decoded::NeedMore => {
-                            let all = self.upstream_buf.len();
-                            self.upstream_buf.consume(all);
-                            if !self.out.is_empty() {
-                                write_all_within(&mut self.stream, &mut self.out, send_timeout)
-                                    .await
-                                    .map_err(downstream_io)?;
-                            }
-                            let n = self
-                                .upstream_buf
-                                .fill_within(upstream, BODY_READ, config.read_timeout)
-                                .await
-                                .map_err(upstream_io)?;
-                            if n == 0 {
-                                return Err(ProxyError::UpstreamClosed.into());
-                            }
-                        }
-                    }
-                    if self.out.len() >= FLUSH_AT {
-                        write_all_within(&mut self.stream, &mut self.out, send_timeout)
-                            .await
-                            .map_err(downstream_io)?;
-                    }
-                }
-            }
-            ResponseBody::UntilClose => {
-                self.response_started = true;
-                loop {
-                    if !self.upstream_buf.is_empty() {
-                        let data = self.upstream_buf.data();
-                        if framing == OutFraming::Chunked {
-                            encode_chunk(data, &mut self.out);
-                        } else {
-                            self.out.extend_from_slice(data);
-                        }
-                        let all = self.upstream_buf.len();
-                        self.upstream_buf.consume(all);
-                    }
-                    if !self.out.is_empty() {
-                        write_all_within(&mut self.stream, &mut self.out, send_timeout)
-                            .await
-                            .map_err(downstream_io)?;
-                    }
-                    let n = self
-                        .upstream_buf
-                        .fill_within(upstream, BODY_READ, config.read_timeout)
-                        .await
-                        .map_err(upstream_io)?;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                if framing == OutFraming::Chunked {
-                    self.out.extend_from_slice(LAST_CHUNK);
-                    write_all_within(&mut self.stream, &mut self.out, send_timeout)
-                        .await
-                        .map_err(downstream_io)?;
-                }
-            }
-        }
+        self.response_started = true;
+        let mut relay = Relay {
+            src: upstream,
+            buf: &mut self.upstream_buf,
+            dst: &mut self.stream,
+            out: &mut self.out,
+            read_timeout: config.read_timeout,
+            write_timeout: limits.idle_timeout,
+        };
+        let rechunk = framing == OutFraming::Chunked;
+        let result = match self.response.body.unwrap_or(ResponseBody::None) {
+            ResponseBody::None => relay.flush_head().await,
+            ResponseBody::Length(n) => relay.copy_length(n).await,
+            ResponseBody::Chunked => relay.copy_chunked(rechunk, u64::MAX).await,
+            ResponseBody::UntilClose => relay.copy_until_close(rechunk).await,
+        };
+        result.map_err(|error| match error {
+            RelayError::Read(failure) => upstream_io(failure),
+            RelayError::SourceClosed => ProxyError::UpstreamClosed,
+            RelayError::Framing(e) => ProxyError::UpstreamFraming(e),
+            RelayError::Write(failure) => downstream_io(failure),
+            RelayError::TooLarge => ProxyError::UpstreamFraming(FramingError::BodyTooLarge),
+        })?;
         // Bytes after the response mean the upstream broke framing: never reuse it.
         let upstream_reusable = self.response.reusable && self.upstream_buf.is_empty();
         if !self.upstream_buf.is_empty() {

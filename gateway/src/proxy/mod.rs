@@ -17,6 +17,7 @@ mod drain;
 pub mod error;
 mod forward;
 pub mod io;
+mod relay;
 mod serialize;
 
 use std::{cell::RefCell, net::IpAddr, sync::Arc};

@@ -73,24 +73,19 @@ impl XdpProgram {
         if object.is_empty() {
             return Err(XdpError::NotBuilt);
         }
-        let mut ebpf = Ebpf::load(object)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(XDP_PROGRAM)
-            .ok_or(XdpError::MissingProgram)?
-            .try_into()
-            .map_err(|source| XdpError::Program {
-                action: "lookup",
-                source,
-            })?;
-        program.load().map_err(|source| XdpError::Program {
-            action: "load",
-            source,
-        })?;
-        Ok(Self {
-            ebpf,
+        let mut loaded = Self {
+            ebpf: Ebpf::load(object)?,
             link: None,
             interface: None,
-        })
+        };
+        loaded
+            .program_mut()?
+            .load()
+            .map_err(|source| XdpError::Program {
+                action: "load",
+                source,
+            })?;
+        Ok(loaded)
     }
 
     /// Attaches to `config.interface` in the configured mode.

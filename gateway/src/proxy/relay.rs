@@ -1,0 +1,165 @@
+//! Body relays: move one message body from a source stream to a destination stream,
+//! re-framing it as told, in bounded memory. Used in both directions; the caller maps a
+//! [`RelayError`] to the side that failed.
+
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
+use super::io::{IoFailure, ReadBuf, write_all_within};
+use crate::http::{
+    FramingError,
+    chunked::{ChunkedDecoder, Decoded, LAST_CHUNK, encode_chunk},
+};
+
+/// Read size while streaming bodies.
+pub(super) const BODY_READ: usize = 64 * 1024;
+/// Body bytes already buffered are copied behind a pending head (one write) up to this.
+const COALESCE_LIMIT: usize = 16 * 1024;
+/// Re-encoded output is flushed once it reaches this size.
+const FLUSH_AT: usize = 32 * 1024;
+
+/// Why a relay stopped early.
+#[derive(Debug)]
+pub(super) enum RelayError {
+    /// Reading the source failed or timed out.
+    Read(IoFailure),
+    /// Writing the destination failed or timed out.
+    Write(IoFailure),
+    /// The source closed before the body ended.
+    SourceClosed,
+    /// The source broke chunked framing.
+    Framing(FramingError),
+    /// The body grew past the allowed size.
+    TooLarge,
+}
+
+/// The two ends of a relay and their deadlines. `out` may already hold bytes (a head)
+/// that must go out before the body; it is empty again when a relay returns `Ok`.
+pub(super) struct Relay<'a, R, W> {
+    pub src: &'a mut R,
+    pub buf: &'a mut ReadBuf,
+    pub dst: &'a mut W,
+    pub out: &'a mut Vec<u8>,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
+    /// Sends what `out` holds (a head without a body).
+    pub async fn flush_head(&mut self) -> Result<(), RelayError> {
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> Result<(), RelayError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        write_all_within(self.dst, self.out, self.write_timeout)
+            .await
+            .map_err(RelayError::Write)
+    }
+
+    async fn fill(&mut self) -> Result<(), RelayError> {
+        match self
+            .buf
+            .fill_within(self.src, BODY_READ, self.read_timeout)
+            .await
+        {
+            Ok(0) => Err(RelayError::SourceClosed),
+            Ok(_) => Ok(()),
+            Err(failure) => Err(RelayError::Read(failure)),
+        }
+    }
+
+    /// Copies exactly `remaining` bytes: what the buffer holds first (behind the pending
+    /// head when small), then straight from reads, without copying.
+    pub async fn copy_length(&mut self, mut remaining: u64) -> Result<(), RelayError> {
+        let buffered = (self.buf.len() as u64).min(remaining) as usize;
+        if buffered <= COALESCE_LIMIT {
+            self.out.extend_from_slice(&self.buf.data()[..buffered]);
+            self.buf.consume(buffered);
+            self.flush().await?;
+        } else {
+            self.flush().await?;
+            self.buf
+                .write_prefix_to(self.dst, buffered, self.write_timeout)
+                .await
+                .map_err(RelayError::Write)?;
+        }
+        remaining -= buffered as u64;
+        while remaining > 0 {
+            self.fill().await?;
+            let take = (self.buf.len() as u64).min(remaining) as usize;
+            self.buf
+                .write_prefix_to(self.dst, take, self.write_timeout)
+                .await
+                .map_err(RelayError::Write)?;
+            remaining -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Decodes a chunked body and writes it re-chunked (`rechunk`) or raw, refusing more
+    /// than `max_len` body bytes. Trailers are consumed and dropped.
+    pub async fn copy_chunked(&mut self, rechunk: bool, max_len: u64) -> Result<(), RelayError> {
+        let mut decoder = ChunkedDecoder::new();
+        loop {
+            match decoder.step(self.buf.data()).map_err(RelayError::Framing)? {
+                Decoded::Data { start, end } => {
+                    let data = &self.buf.data()[start..end];
+                    if rechunk {
+                        encode_chunk(data, self.out);
+                    } else {
+                        self.out.extend_from_slice(data);
+                    }
+                    self.buf.consume(end);
+                    if decoder.body_len > max_len {
+                        return Err(RelayError::TooLarge);
+                    }
+                }
+                Decoded::Done { consumed } => {
+                    self.buf.consume(consumed);
+                    if rechunk {
+                        self.out.extend_from_slice(LAST_CHUNK);
+                    }
+                    return self.flush().await;
+                }
+                Decoded::NeedMore => {
+                    let all = self.buf.len();
+                    self.buf.consume(all);
+                    // Whatever is decoded goes out before waiting for more.
+                    self.flush().await?;
+                    self.fill().await?;
+                }
+            }
+            if self.out.len() >= FLUSH_AT {
+                self.flush().await?;
+            }
+        }
+    }
+
+    /// Copies until the source closes, re-chunked (`rechunk`) or raw.
+    pub async fn copy_until_close(&mut self, rechunk: bool) -> Result<(), RelayError> {
+        loop {
+            let data = self.buf.data();
+            if rechunk {
+                encode_chunk(data, self.out);
+            } else {
+                self.out.extend_from_slice(data);
+            }
+            let all = self.buf.len();
+            self.buf.consume(all);
+            self.flush().await?;
+            match self.fill().await {
+                Ok(()) => {}
+                Err(RelayError::SourceClosed) => break,
+                Err(error) => return Err(error),
+            }
+        }
+        if rechunk {
+            self.out.extend_from_slice(LAST_CHUNK);
+        }
+        self.flush().await
+    }
+}
