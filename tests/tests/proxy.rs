@@ -488,3 +488,31 @@ fn broken_upstream_framing_is_502() {
         assert_eq!(res.json()["code"], "upstream_invalid_response");
     }
 }
+
+#[test]
+fn a_pooled_connection_closed_by_the_upstream_is_retried_on_a_fresh_one() {
+    // Answers one request per connection, then closes without saying so: every pooled
+    // connection is stale by the time the next request takes it.
+    let flaky = Backend::raw(
+        "one-shot",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    );
+    let gw = Gateway::start(&config(
+        1,
+        &upstream("u", &[&flaky], ""),
+        "[[routes]]\nname = \"all\"\nupstream = \"u\"\n",
+    ));
+    let mut stream = client::connect(gw.addr());
+    for i in 0..5 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .expect("send");
+        let res = client::read_response(&mut stream, false);
+        assert_eq!(
+            (res.status, res.body.as_slice()),
+            (200, &b"ok"[..]),
+            "request {i}"
+        );
+    }
+    assert_eq!(flaky.requests(), 5);
+}

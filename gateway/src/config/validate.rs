@@ -500,3 +500,208 @@ fn validate_matchers(
 pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(crate::http::is_tchar)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ConfigError};
+
+    const BASE: &str = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [ { addr = \"127.0.0.1:9000\" } ]\n";
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(Path::new("t.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(problems)) => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn the_base_config_is_valid() {
+        assert_eq!(
+            problems(&format!(
+                "{BASE}[[routes]]\nname = \"r\"\nupstream = \"u\"\n"
+            )),
+            Vec::<String>::new()
+        );
+    }
+
+    /// Every validation rule, each with a config that breaks it and the key it must name.
+    #[test]
+    fn every_rule_rejects_with_its_key() {
+        let route =
+            |body: &str| format!("{BASE}[[routes]]\nname = \"r\"\nupstream = \"u\"\n{body}\n");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                "[gateway]\nworkers = 5000\n".to_owned() + BASE,
+                "gateway.workers",
+            ),
+            (
+                "[gateway]\ntrusted_proxies = [\"10.0.0.0/33\"]\n".to_owned() + BASE,
+                "gateway.trusted_proxies[0]",
+            ),
+            (
+                "[gateway]\nvia = \"two words\"\n".to_owned() + BASE,
+                "gateway.via",
+            ),
+            (
+                "[limits]\nmax_headers = 0\n".to_owned() + BASE,
+                "limits.max_headers",
+            ),
+            (
+                "[limits]\nmax_headers = 300\n".to_owned() + BASE,
+                "limits.max_headers",
+            ),
+            (
+                "[limits]\nmax_head_size = 100\n".to_owned() + BASE,
+                "limits.max_head_size",
+            ),
+            (
+                "[limits]\nmax_uri_length = 8\n".to_owned() + BASE,
+                "limits.max_uri_length",
+            ),
+            (
+                "[limits]\nidle_timeout = \"0s\"\n".to_owned() + BASE,
+                "limits.idle_timeout",
+            ),
+            (
+                "[[upstreams]]\nname = \"u\"\ntargets = [ { addr = \"127.0.0.1:1\" } ]\n"
+                    .to_owned(),
+                "listeners",
+            ),
+            (
+                BASE.to_owned() + "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\n",
+                "listeners[1].name",
+            ),
+            (
+                BASE.replace("127.0.0.1:0", "127.0.0.1:80")
+                    + "[[listeners]]\nname = \"m\"\nbind = \"127.0.0.1:80\"\n",
+                "listeners[1].bind",
+            ),
+            (
+                BASE.replace("127.0.0.1:0", "localhost:80"),
+                "listeners[0].bind",
+            ),
+            (
+                BASE.to_owned()
+                    + "[[upstreams]]\nname = \"u\"\ntargets = [ { addr = \"127.0.0.1:1\" } ]\n",
+                "upstreams[1].name",
+            ),
+            (
+                BASE.to_owned() + "[[upstreams]]\nname = \"v\"\n",
+                "upstreams[1].targets",
+            ),
+            (
+                BASE.replace("127.0.0.1:9000\" }", "127.0.0.1:9000\", weight = 0 }"),
+                "upstreams[0].targets[0].weight",
+            ),
+            (
+                BASE.replace("127.0.0.1:9000", "backend:9000"),
+                "upstreams[0].targets[0].addr",
+            ),
+            (
+                BASE.replace("127.0.0.1:9000", "127.0.0.1:0"),
+                "upstreams[0].targets[0].addr",
+            ),
+            (
+                BASE.to_owned() + "balance = \"consistent_hash\"\n",
+                "upstreams[0].hash_key",
+            ),
+            (
+                BASE.to_owned() + "balance = \"consistent_hash\"\nhash_key = \"body\"\n",
+                "upstreams[0].hash_key",
+            ),
+            (
+                BASE.to_owned() + "hash_key = \"client_ip\"\n",
+                "upstreams[0].hash_key",
+            ),
+            (
+                BASE.to_owned() + "connect_timeout = \"0ms\"\n",
+                "upstreams[0]",
+            ),
+            (
+                route("upstream = \"x\"")
+                    .replace("upstream = \"u\"\nupstream = \"x\"", "upstream = \"x\""),
+                "routes[0].upstream",
+            ),
+            (
+                route("") + "[[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+                "routes[1].name",
+            ),
+            (route("host = \"bad host\""), "routes[0].host"),
+            (route("host = \"*.\""), "routes[0].host"),
+            (
+                route("path = \"/a\"\npath_prefix = \"/b\""),
+                "routes[0].path",
+            ),
+            (route("path = \"a\""), "routes[0].path"),
+            (route("path_prefix = \"/a/../b\""), "routes[0].path_prefix"),
+            (route("path_regex = \"(\""), "routes[0].path_regex"),
+            (route("methods = [\"get\"]"), "routes[0].methods[0]"),
+            (
+                route("headers = [ { name = \"x\" } ]"),
+                "routes[0].headers[0]",
+            ),
+            (
+                route("headers = [ { name = \"x\", value = \"1\", present = true } ]"),
+                "routes[0].headers[0]",
+            ),
+            (
+                route("headers = [ { name = \"bad name\", value = \"1\" } ]"),
+                "routes[0].headers[0].name",
+            ),
+            (
+                route("query = [ { name = \"q\", regex = \"[\" } ]"),
+                "routes[0].query[0].regex",
+            ),
+            (route("strip_prefix = true"), "routes[0].strip_prefix"),
+            (
+                route("path_prefix = \"/a\"\nstrip_prefix = true\nrewrite = \"/b\""),
+                "routes[0].rewrite",
+            ),
+            (
+                route("path_prefix = \"/a\"\nrewrite = \"b\""),
+                "routes[0].rewrite",
+            ),
+            (
+                BASE.to_owned() + "[xdp]\ninterface = \"an-interface-name-too-long\"\n",
+                "xdp.interface",
+            ),
+            (BASE.to_owned() + "[xdp]\nmode = \"hardware\"\n", "xdp.mode"),
+            (BASE.to_owned() + "[gateway]\nadmin_typo = 1\n", "gateway"),
+        ];
+        for (text, key) in cases {
+            let found = problems(&text);
+            assert!(
+                found.iter().any(|p| p.contains(&format!(": {key}: "))
+                    || p.contains(&format!(": {key}."))
+                    || (p.contains(&format!(": {key}")) && key == "gateway")),
+                "expected a problem at {key:?} for\n{text}\ngot {found:#?}"
+            );
+            assert!(
+                found.iter().all(|p| p.starts_with("t.toml:")),
+                "every problem names file and line: {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let text = format!(
+            "{BASE}[[routes]]\nname = \"a\"\nupstream = \"nope\"\n\n[[routes]]\nname = \"b\"\nupstream = \"u\"\nmethods = [\"x\"]\n"
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(
+            found[0].starts_with("t.toml:10: routes[0].upstream"),
+            "{found:#?}"
+        );
+        assert!(
+            found[1].starts_with("t.toml:15: routes[1].methods[0]"),
+            "{found:#?}"
+        );
+    }
+}

@@ -199,3 +199,110 @@ fn matching_hundreds_of_routes_finds_the_right_one() {
         ""
     );
 }
+
+mod precedence {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{HostMatch, PathMatch, RouteConfig};
+
+    /// Specificity as the module docs define it; larger sorts first.
+    fn rank(
+        route: &RouteConfig,
+        index: usize,
+    ) -> (u8, usize, u8, usize, usize, std::cmp::Reverse<usize>) {
+        let (host_rank, host_len) = match &route.host {
+            Some(HostMatch::Exact(_)) => (2, 0),
+            Some(HostMatch::Suffix(s)) => (1, s.len()),
+            None => (0, 0),
+        };
+        let (path_rank, prefix_len) = match &route.path {
+            PathMatch::Exact(_) => (3, 0),
+            PathMatch::Prefix(p) if p != "/" => (2, p.len()),
+            PathMatch::Regex(_) => (1, 0),
+            PathMatch::Prefix(_) => (0, 0),
+        };
+        let conditions =
+            usize::from(!route.methods.is_empty()) + route.headers.len() + route.query.len();
+        (
+            host_rank,
+            host_len,
+            path_rank,
+            prefix_len,
+            conditions,
+            std::cmp::Reverse(index),
+        )
+    }
+
+    /// The route a brute-force scan picks: the best-ranked route whose every condition holds.
+    fn reference(router: &Router, req: &RequestHead) -> Option<usize> {
+        router
+            .routes()
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                let host_ok = match &r.host {
+                    Some(HostMatch::Exact(h)) => req.host == h.as_bytes(),
+                    Some(HostMatch::Suffix(s)) => {
+                        req.host.len() > s.len() && req.host.ends_with(s.as_bytes())
+                    }
+                    None => true,
+                };
+                let path_ok = match &r.path {
+                    PathMatch::Exact(p) => req.path == p.as_bytes(),
+                    PathMatch::Prefix(p) => super::super::prefix_matches(p.as_bytes(), &req.path),
+                    PathMatch::Regex(re) => re.is_match(&req.path),
+                };
+                host_ok && path_ok && super::super::conditions_hold(r, req)
+            })
+            .max_by_key(|(i, r)| rank(r, *i))
+            .map(|(i, _)| i)
+    }
+
+    fn route_text(i: usize, host: u8, path: u8, method: bool, header: bool) -> String {
+        let host = match host {
+            0 => String::new(),
+            1 => "host = \"a.example.com\"\n".into(),
+            2 => "host = \"*.example.com\"\n".into(),
+            _ => "host = \"*.a.example.com\"\n".into(),
+        };
+        let path = match path {
+            0 => String::new(),
+            1 => "path = \"/x/y\"\n".into(),
+            2 => "path_prefix = \"/x\"\n".into(),
+            3 => "path_prefix = \"/x/y\"\n".into(),
+            4 => "path_regex = \"/x/[a-z]+\"\n".into(),
+            _ => "path_prefix = \"/\"\n".into(),
+        };
+        let method = if method { "methods = [\"GET\"]\n" } else { "" };
+        let header = if header {
+            "headers = [ { name = \"x-t\", present = true } ]\n"
+        } else {
+            ""
+        };
+        format!("[[routes]]\nname = \"r{i}\"\nupstream = \"u\"\n{host}{path}{method}{header}\n")
+    }
+
+    proptest! {
+        #[test]
+        fn compiled_table_agrees_with_a_brute_force_scan(
+            routes in proptest::collection::vec((0u8..4, 0u8..6, any::<bool>(), any::<bool>()), 1..24),
+            host in prop::sample::select(vec!["a.example.com", "b.a.example.com", "z.example.com", "other"]),
+            path in prop::sample::select(vec!["/", "/x", "/x/y", "/x/yz", "/x/y/z", "/q"]),
+            post in any::<bool>(),
+            header in any::<bool>(),
+        ) {
+            let mut text = String::from("[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"u\"\ntargets = [ { addr = \"127.0.0.1:9\" } ]\n");
+            for (i, (h, p, m, hd)) in routes.iter().enumerate() {
+                text.push_str(&route_text(i, *h, *p, *m, *hd));
+            }
+            let router = Router::new(&Config::parse(Path::new("p.toml"), &text).expect("valid"));
+            let method = if post { "POST" } else { "GET" };
+            let extra = if header { "X-T: 1\r\n" } else { "" };
+            let head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
+            let mut req = RequestHead::default();
+            req.parse(head.as_bytes(), ParseLimits { max_headers: 16, max_uri_length: 64 }).expect("valid request");
+            prop_assert_eq!(router.find(&req), reference(&router, &req));
+        }
+    }
+}
