@@ -86,3 +86,143 @@ const _: () = assert!(core::mem::size_of::<PacketCounter>() == 16);
 // SAFETY: `PacketCounter` is `repr(C)`, `Copy`, made of two `u64`s with no padding.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PacketCounter {}
+
+/// LPM trie of denied IPv4 sources: `Key<[u8; 4]>` (prefix length, address) → entry id.
+pub const DENY_V4_MAP: &str = "DENY_V4";
+/// LPM trie of denied IPv6 sources: `Key<[u8; 16]>` → entry id.
+pub const DENY_V6_MAP: &str = "DENY_V6";
+/// LPM trie of allowed IPv4 sources.
+pub const ALLOW_V4_MAP: &str = "ALLOW_V4";
+/// LPM trie of allowed IPv6 sources.
+pub const ALLOW_V6_MAP: &str = "ALLOW_V6";
+/// Per-CPU hit counters of deny entries, indexed by entry id.
+pub const DENY_HITS_MAP: &str = "DENY_HITS_V1";
+/// Per-CPU hit counters of allow entries, indexed by entry id.
+pub const ALLOW_HITS_MAP: &str = "ALLOW_HITS_V1";
+/// Hash of protected destinations ([`ProtectedPort`] → 1).
+pub const PROTECTED_MAP: &str = "PROTECTED_V1";
+/// One-slot array holding the [`EdgeSettings`].
+pub const SETTINGS_MAP: &str = "EDGE_SETTINGS_V1";
+/// Per-CPU packet/byte counts per [`Verdict`].
+pub const VERDICT_MAP: &str = "VERDICT_STATS_V1";
+/// LRU per-CPU hash of SYN token buckets per source ([`SourceKey`] → [`TokenBucket`]).
+pub const SYN_BUCKETS_MAP: &str = "SYN_BUCKETS_V1";
+
+/// Capacity of each deny/allow list per address family (and of the hit counters).
+pub const MAX_LIST_ENTRIES: u32 = 65_536;
+/// Sources tracked by the SYN guard per CPU; the least recently seen are evicted.
+pub const MAX_SYN_SOURCES: u32 = 65_536;
+
+/// What the edge policy decided for a packet; one slot of [`VERDICT_MAP`] each.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not subject to the lists (not IP, or not to a protected destination).
+    Unprotected = 0,
+    /// To a protected destination and admitted.
+    Admitted = 1,
+    /// Dropped: the source matches the deny list.
+    DeniedByList = 2,
+    /// Dropped: an allow list is active and the source is not in it.
+    NotAllowed = 3,
+    /// Dropped: the source exceeded its budget of new TCP connections.
+    SynBudgetExceeded = 4,
+}
+
+impl Verdict {
+    /// Number of slots in [`VERDICT_MAP`].
+    pub const COUNT: u32 = 5;
+
+    /// Every verdict, in slot order.
+    pub const ALL: [Verdict; Self::COUNT as usize] = [
+        Self::Unprotected,
+        Self::Admitted,
+        Self::DeniedByList,
+        Self::NotAllowed,
+        Self::SynBudgetExceeded,
+    ];
+
+    /// Whether the packet is dropped.
+    pub const fn drops(self) -> bool {
+        matches!(
+            self,
+            Self::DeniedByList | Self::NotAllowed | Self::SynBudgetExceeded
+        )
+    }
+
+    /// Stable lower-case name for logs and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Unprotected => "unprotected",
+            Self::Admitted => "admitted",
+            Self::DeniedByList => "denied_by_list",
+            Self::NotAllowed => "not_allowed",
+            Self::SynBudgetExceeded => "syn_budget_exceeded",
+        }
+    }
+}
+
+/// A protected destination: the lists apply to packets sent to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProtectedPort {
+    /// Destination port, network byte order.
+    pub port_be: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub protocol: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<ProtectedPort>() == 4);
+
+/// [`EdgeSettings::flags`]: an allow list is active.
+pub const EDGE_ALLOW_ACTIVE: u32 = 1;
+/// [`EdgeSettings::flags`]: the lists cover all traffic, not just protected ports.
+pub const EDGE_PROTECT_ALL: u32 = 2;
+/// [`EdgeSettings::flags`]: the SYN guard is on.
+pub const EDGE_SYN_GUARD: u32 = 4;
+
+/// Switches of the edge policy, written by userspace into [`SETTINGS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EdgeSettings {
+    /// `EDGE_*` bits.
+    pub flags: u32,
+    /// New TCP connections per second each source may open (per CPU).
+    pub syn_rate_per_sec: u32,
+    /// Burst allowance of the SYN token bucket.
+    pub syn_burst: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<EdgeSettings>() == 16);
+
+/// A source address; IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 16);
+
+/// A token bucket of the SYN guard, in thousandths of a token.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub milli_tokens: u64,
+    pub last_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<TokenBucket>() == 16);
+
+// SAFETY: all of these are `repr(C)`, `Copy`, with explicit padding and no pointers.
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::ProtectedPort {}
+    unsafe impl aya::Pod for super::EdgeSettings {}
+    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::TokenBucket {}
+}

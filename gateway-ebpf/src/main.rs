@@ -1,19 +1,22 @@
 //! The gateway's XDP program.
 //!
-//! Stages: parse (Ethernet, up to two VLAN tags, IPv4 with options, IPv6, TCP/UDP) →
-//! count. This first program only classifies and counts; every packet passes. Later
-//! stages (deny/allow lists, SYN guard, L4 balancing) slot in between parse and count.
-//! Every packet access is bounds-checked against `data_end` before the load, which is
-//! what the verifier demands.
+//! Stages: parse (Ethernet, up to two VLAN tags, IPv4 with options, IPv6 with extension
+//! headers, TCP/UDP) → judge (deny list, allow list, SYN guard, for protected
+//! destinations) → count → verdict. Every packet access is bounds-checked against
+//! `data_end` before the load, which is what the verifier demands.
 #![no_std]
 #![no_main]
 
 mod parse;
+mod policy;
 
 use aya_ebpf::{
-    bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext,
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::PerCpuArray,
+    programs::XdpContext,
 };
-use gateway_common::{PacketCounter, ProtoCounter};
+use gateway_common::{PacketCounter, ProtoCounter, Verdict};
 
 use crate::parse::{Parsed, parse_packet};
 
@@ -22,46 +25,56 @@ use crate::parse::{Parsed, parse_packet};
 static PROTO_STATS: PerCpuArray<PacketCounter> =
     PerCpuArray::with_max_entries(ProtoCounter::COUNT, 0);
 
-/// Entry point: classify the packet, count it, pass it on.
+/// Per-CPU packet and byte counts per verdict (`gateway_common::VERDICT_MAP`).
+#[map(name = "VERDICT_STATS_V1")]
+static VERDICT_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
+
+/// Entry point: classify the packet, judge it, count it.
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    match parse_packet(ctx.data(), ctx.data_end()) {
-        Parsed::Malformed => count(ProtoCounter::Malformed, len),
+    let verdict = match parse_packet(ctx.data(), ctx.data_end()) {
+        Parsed::Malformed => {
+            count(&PROTO_STATS, ProtoCounter::Malformed as u32, len);
+            // The kernel's own checks drop what is really broken; a short frame is
+            // not evidence against its source.
+            Verdict::Unprotected
+        }
         Parsed::NonIp { vlan } => {
             count_vlan(vlan, len);
-            count(ProtoCounter::NonIp, len);
+            count(&PROTO_STATS, ProtoCounter::NonIp as u32, len);
+            Verdict::Unprotected
         }
-        Parsed::Ip {
-            v6,
-            transport,
-            vlan,
-        } => {
+        Parsed::Ip { packet, vlan } => {
             count_vlan(vlan, len);
-            count(
-                if v6 {
-                    ProtoCounter::Ipv6
-                } else {
-                    ProtoCounter::Ipv4
-                },
-                len,
-            );
-            count(transport, len);
+            let family = if packet.v6 {
+                ProtoCounter::Ipv6
+            } else {
+                ProtoCounter::Ipv4
+            };
+            count(&PROTO_STATS, family as u32, len);
+            count(&PROTO_STATS, packet.transport as u32, len);
+            policy::judge(&packet)
         }
+    };
+    count(&VERDICT_STATS, verdict as u32, len);
+    if verdict.drops() {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
     }
-    xdp_action::XDP_PASS
 }
 
 #[inline(always)]
 fn count_vlan(vlan: bool, len: u64) {
     if vlan {
-        count(ProtoCounter::Vlan, len);
+        count(&PROTO_STATS, ProtoCounter::Vlan as u32, len);
     }
 }
 
 #[inline(always)]
-fn count(slot: ProtoCounter, len: u64) {
-    if let Some(counter) = PROTO_STATS.get_ptr_mut(slot as u32) {
+fn count(map: &PerCpuArray<PacketCounter>, slot: u32, len: u64) {
+    if let Some(counter) = map.get_ptr_mut(slot) {
         // SAFETY: the pointer comes from the per-CPU array lookup and is valid for this
         // CPU for the duration of the program; no other context touches this CPU's slot.
         unsafe {

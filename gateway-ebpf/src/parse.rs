@@ -1,4 +1,5 @@
-//! Header parsing for the XDP program: Ethernet, 802.1Q/802.1ad, IPv4, IPv6, TCP, UDP.
+//! Header parsing for the XDP program: Ethernet, up to two VLAN tags (802.1ad/802.1Q),
+//! IPv4 (with options), IPv6 (walking the common extension headers), TCP and UDP.
 //!
 //! Functions take raw packet bounds (`data`, `data_end`) and never read a byte they have
 //! not checked against `data_end` first.
@@ -14,10 +15,36 @@ const ETH_P_8021AD: u16 = 0x88A8;
 const IPV6_HLEN: usize = 40;
 const TCP_MIN_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+/// Extension headers walked before giving up (each is a bounded, unrolled step).
+const MAX_IPV6_EXTENSIONS: usize = 6;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// What the parser learned about an IP packet.
+pub struct IpPacket {
+    pub v6: bool,
+    /// Source address; IPv4 as IPv4-mapped IPv6.
+    pub src: [u8; 16],
+    /// IP protocol of the transport header (after IPv6 extensions).
+    pub protocol: u8,
+    /// Transport class for the protocol counters.
+    pub transport: ProtoCounter,
+    /// Destination port in network byte order; 0 when there is no port to read.
+    pub dst_port_be: u16,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+    /// A non-first fragment: no transport header, judged by its source alone.
+    pub later_fragment: bool,
+}
 
 /// What the parser learned about a frame.
 pub enum Parsed {
@@ -25,33 +52,33 @@ pub enum Parsed {
     Malformed,
     /// Not an IP packet.
     NonIp { vlan: bool },
-    /// An IP packet and its transport class (`Tcp`, `Udp`, `Icmp` or `OtherL4`).
-    Ip {
-        v6: bool,
-        transport: ProtoCounter,
-        vlan: bool,
-    },
+    /// An IP packet.
+    Ip { packet: IpPacket, vlan: bool },
 }
 
-/// Reads a big-endian u16 at `offset`, if it lies inside the packet.
+/// Reads `N` bytes at `offset`, if they lie inside the packet.
 #[inline(always)]
-fn read_u16_be(data: usize, data_end: usize, offset: usize) -> Option<u16> {
-    if data + offset + 2 > data_end {
+fn read<const N: usize>(data: usize, data_end: usize, offset: usize) -> Option<[u8; N]> {
+    // Verifier workaround: launder the start pointer through the stack so LLVM cannot
+    // re-associate `data + offset + k` into `(data + k) + offset`, a pointer the
+    // verifier never saw checked against `data_end`.
+    // SAFETY: a volatile read of a local.
+    let start = unsafe { core::ptr::read_volatile(&(data + offset)) };
+    if start + N > data_end {
         return None;
     }
-    // SAFETY: the two bytes at `data + offset` were checked to lie before `data_end`.
-    let bytes = unsafe { core::ptr::read_unaligned((data + offset) as *const [u8; 2]) };
-    Some(u16::from_be_bytes(bytes))
+    // SAFETY: the N bytes at `start` were checked to lie before `data_end`.
+    Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
 }
 
-/// Reads one byte at `offset`, if it lies inside the packet.
 #[inline(always)]
 fn read_u8(data: usize, data_end: usize, offset: usize) -> Option<u8> {
-    if data + offset + 1 > data_end {
-        return None;
-    }
-    // SAFETY: the byte at `data + offset` was checked to lie before `data_end`.
-    Some(unsafe { *((data + offset) as *const u8) })
+    read::<1>(data, data_end, offset).map(|b| b[0])
+}
+
+#[inline(always)]
+fn read_u16_be(data: usize, data_end: usize, offset: usize) -> Option<u16> {
+    read::<2>(data, data_end, offset).map(u16::from_be_bytes)
 }
 
 /// Parses a frame laid out between `data` and `data_end`.
@@ -74,95 +101,119 @@ pub fn parse_packet(data: usize, data_end: usize) -> Parsed {
         ethertype = inner;
         offset += VLAN_HLEN;
     }
-    match ethertype {
-        ETH_P_IP => parse_ipv4(data, data_end, offset, vlan),
-        ETH_P_IPV6 => parse_ipv6(data, data_end, offset, vlan),
-        _ => Parsed::NonIp { vlan },
+    let packet = match ethertype {
+        ETH_P_IP => parse_ipv4(data, data_end, offset),
+        ETH_P_IPV6 => parse_ipv6(data, data_end, offset),
+        _ => return Parsed::NonIp { vlan },
+    };
+    match packet {
+        Some(packet) => Parsed::Ip { packet, vlan },
+        None => Parsed::Malformed,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(data: usize, data_end: usize, offset: usize, vlan: bool) -> Parsed {
-    let Some(version_ihl) = read_u8(data, data_end, offset) else {
-        return Parsed::Malformed;
-    };
+fn parse_ipv4(data: usize, data_end: usize, offset: usize) -> Option<IpPacket> {
+    let version_ihl = read_u8(data, data_end, offset)?;
     let ihl = ((version_ihl & 0x0F) as usize) * 4;
     if version_ihl >> 4 != 4 || ihl < 20 {
-        return Parsed::Malformed;
+        return None;
     }
-    let (Some(frag), Some(protocol)) = (
-        read_u16_be(data, data_end, offset + 6),
-        read_u8(data, data_end, offset + 9),
-    ) else {
-        return Parsed::Malformed;
-    };
+    let frag = read_u16_be(data, data_end, offset + 6)?;
+    let protocol = read_u8(data, data_end, offset + 9)?;
+    let src4 = read::<4>(data, data_end, offset + 12)?;
     if data + offset + ihl > data_end {
-        return Parsed::Malformed;
+        return None;
     }
-    // A non-first fragment carries no transport header.
-    if frag & 0x1FFF != 0 {
-        return Parsed::Ip {
-            v6: false,
-            transport: ProtoCounter::OtherL4,
-            vlan,
-        };
-    }
-    let transport = classify_transport(data, data_end, offset + ihl, protocol);
-    match transport {
-        Some(transport) => Parsed::Ip {
-            v6: false,
-            transport,
-            vlan,
-        },
-        None => Parsed::Malformed,
-    }
+    let mut src = [0u8; 16];
+    src[10] = 0xff;
+    src[11] = 0xff;
+    src[12..].copy_from_slice(&src4);
+    let later_fragment = frag & 0x1FFF != 0;
+    transport(
+        data,
+        data_end,
+        offset + ihl,
+        protocol,
+        later_fragment,
+        false,
+        src,
+    )
 }
 
 #[inline(always)]
-fn parse_ipv6(data: usize, data_end: usize, offset: usize, vlan: bool) -> Parsed {
-    let (Some(version), Some(next_header)) = (
-        read_u8(data, data_end, offset),
-        read_u8(data, data_end, offset + 6),
-    ) else {
-        return Parsed::Malformed;
-    };
+fn parse_ipv6(data: usize, data_end: usize, offset: usize) -> Option<IpPacket> {
+    let version = read_u8(data, data_end, offset)?;
+    let mut next_header = read_u8(data, data_end, offset + 6)?;
+    let src = read::<16>(data, data_end, offset + 8)?;
     if version >> 4 != 6 || data + offset + IPV6_HLEN > data_end {
-        return Parsed::Malformed;
+        return None;
     }
-    match classify_transport(data, data_end, offset + IPV6_HLEN, next_header) {
-        Some(transport) => Parsed::Ip {
-            v6: true,
-            transport,
-            vlan,
-        },
-        None => Parsed::Malformed,
+    let mut at = offset + IPV6_HLEN;
+    let mut later_fragment = false;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        let length = match next_header {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                (read_u8(data, data_end, at + 1)? as usize + 1) * 8
+            }
+            IPV6_AUTH => (read_u8(data, data_end, at + 1)? as usize + 2) * 4,
+            IPV6_FRAGMENT => {
+                let fragment_offset = read_u16_be(data, data_end, at + 2)? >> 3;
+                later_fragment = fragment_offset != 0;
+                8
+            }
+            _ => break,
+        };
+        next_header = read_u8(data, data_end, at)?;
+        at += length;
     }
+    transport(data, data_end, at, next_header, later_fragment, true, src)
 }
 
-/// Classifies the transport header at `offset`; `None` when it is cut short.
+/// Reads the transport header at `offset`; `None` when it is cut short.
 #[inline(always)]
-fn classify_transport(
+fn transport(
     data: usize,
     data_end: usize,
     offset: usize,
     protocol: u8,
-) -> Option<ProtoCounter> {
+    later_fragment: bool,
+    v6: bool,
+    src: [u8; 16],
+) -> Option<IpPacket> {
+    let mut packet = IpPacket {
+        v6,
+        src,
+        protocol,
+        transport: ProtoCounter::OtherL4,
+        dst_port_be: 0,
+        tcp_flags: 0,
+        later_fragment,
+    };
+    // A non-first fragment carries no transport header.
+    if later_fragment {
+        return Some(packet);
+    }
+    // Each header is read whole through one bounds check: the verifier tracks one
+    // packet pointer per check, and loads through a re-derived pointer lose the range.
     match protocol {
         IPPROTO_TCP => {
-            let data_offset = read_u8(data, data_end, offset + 12)?;
-            let hlen = ((data_offset >> 4) as usize) * 4;
+            let header = read::<TCP_MIN_HLEN>(data, data_end, offset)?;
+            let hlen = ((header[12] >> 4) as usize) * 4;
             if hlen < TCP_MIN_HLEN || data + offset + hlen > data_end {
                 return None;
             }
-            Some(ProtoCounter::Tcp)
+            packet.dst_port_be = u16::from_ne_bytes([header[2], header[3]]);
+            packet.tcp_flags = header[13];
+            packet.transport = ProtoCounter::Tcp;
         }
         IPPROTO_UDP => {
-            if data + offset + UDP_HLEN > data_end {
-                return None;
-            }
-            Some(ProtoCounter::Udp)
+            let header = read::<UDP_HLEN>(data, data_end, offset)?;
+            packet.dst_port_be = u16::from_ne_bytes([header[2], header[3]]);
+            packet.transport = ProtoCounter::Udp;
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => Some(ProtoCounter::Icmp),
-        _ => Some(ProtoCounter::OtherL4),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => packet.transport = ProtoCounter::Icmp,
+        _ => {}
     }
+    Some(packet)
 }

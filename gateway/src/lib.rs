@@ -6,6 +6,7 @@
 //! loader). See the README for the request path drawn phase by phase.
 
 pub mod config;
+pub mod edge;
 pub mod http;
 pub mod proxy;
 pub mod router;

@@ -268,7 +268,7 @@ fn serve(stream: TcpStream, name: &str, behavior: &Behavior, stats: &Stats) -> s
                     _ => "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_owned(),
                 };
                 conn.stream.write_all(head.as_bytes())?;
-                let mut sent = 0u64;
+                let mut sent = if method == "HEAD" { number } else { 0 };
                 let mut block = vec![0u8; 64 * 1024];
                 while sent < number {
                     let n = (number - sent).min(block.len() as u64) as usize;
@@ -284,7 +284,7 @@ fn serve(stream: TcpStream, name: &str, behavior: &Behavior, stats: &Stats) -> s
                     }
                     sent += n as u64;
                 }
-                if verb == "chunked" {
+                if verb == "chunked" && method != "HEAD" {
                     conn.stream.write_all(b"0\r\n\r\n")?;
                 }
                 if verb == "close" {

@@ -45,6 +45,20 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// Connects from a chosen loopback source address (127.0.0.0/8 is all local).
+pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&addr.into(), Duration::from_secs(2))?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(stream)
+}
+
 /// Sends `request` on a new connection and returns every byte until the peer closes
 /// (or `wait` passes without data).
 pub fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> Vec<u8> {

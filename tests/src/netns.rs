@@ -46,7 +46,8 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 impl VethNamespace {
     /// Creates `gwt<tag>` with veth `gwx<tag>o` (outside) and `gwx<tag>i` (inside), both up,
-    /// with 10.213.0.1/30 outside and 10.213.0.2/30 inside the namespace.
+    /// with 10.213.0.1/30 and fd00:213::1/64 outside, 10.213.0.2/30 and fd00:213::2/64
+    /// inside the namespace.
     pub fn create(tag: &str) -> Self {
         let me = Self {
             namespace: format!("gwt{tag}"),
@@ -54,7 +55,7 @@ impl VethNamespace {
             inner: format!("gwx{tag}i"),
         };
         me.cleanup();
-        let steps: [&[&str]; 7] = [
+        let steps: [&[&str]; 9] = [
             &["netns", "add", &me.namespace],
             &[
                 "link", "add", &me.outer, "type", "veth", "peer", "name", &me.inner,
@@ -72,6 +73,17 @@ impl VethNamespace {
                 &me.inner,
             ],
             &["-n", &me.namespace, "link", "set", &me.inner, "up"],
+            &["addr", "add", "fd00:213::1/64", "dev", &me.outer, "nodad"],
+            &[
+                "-n",
+                &me.namespace,
+                "addr",
+                "add",
+                "fd00:213::2/64",
+                "dev",
+                &me.inner,
+                "nodad",
+            ],
         ];
         for step in steps {
             if let Err(e) = ip(step) {
@@ -88,6 +100,30 @@ impl VethNamespace {
             .output()
             .expect("ip link show");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sends `GET /` from inside the namespace to `host:port` with bash's /dev/tcp (no
+    /// client tool needed); the first response line, or `None` when nothing answered
+    /// within `timeout_secs`.
+    pub fn http_get_from_inside(&self, host: &str, port: u16, timeout_secs: u32) -> Option<String> {
+        let script = format!(
+            "exec 3<>/dev/tcp/{host}/{port} && printf 'GET / HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -n1 <&3"
+        );
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.namespace,
+                "timeout",
+                &timeout_secs.to_string(),
+                "bash",
+                "-c",
+                &script,
+            ])
+            .output()
+            .expect("ip netns exec");
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (!line.is_empty()).then_some(line)
     }
 
     fn cleanup(&self) {

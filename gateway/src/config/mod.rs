@@ -26,6 +26,7 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub xdp: Option<XdpConfig>,
+    pub edge: EdgePolicyConfig,
 }
 
 /// `[gateway]`.
@@ -185,6 +186,27 @@ pub enum XdpMode {
 pub struct XdpConfig {
     pub interface: Option<String>,
     pub mode: XdpMode,
+}
+
+/// The edge policy (`[xdp]` deny/allow/protect_all/syn_guard): enforced by the XDP
+/// program when it is attached, otherwise in userspace at accept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgePolicyConfig {
+    /// Sources always dropped.
+    pub deny: Vec<IpNet>,
+    /// When non-empty, the only sources admitted (deny still wins).
+    pub allow: Vec<IpNet>,
+    /// Apply the lists to all traffic, not only the gateway's listener ports.
+    pub protect_all: bool,
+    /// Per-source budget of new TCP connections.
+    pub syn_guard: Option<SynGuardConfig>,
+}
+
+/// Token bucket of the SYN guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynGuardConfig {
+    pub rate_per_sec: u32,
+    pub burst: u32,
 }
 
 /// One thing wrong with a config file, located as precisely as the file allows.

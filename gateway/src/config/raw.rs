@@ -205,13 +205,30 @@ pub enum RawXdpMode {
     Skb,
 }
 
-/// `[xdp]`.
+/// `[xdp]`: the XDP attachment and the edge policy it enforces.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawXdp {
     pub interface: Option<String>,
     #[serde(default = "defaults::xdp_mode")]
     pub mode: RawXdpMode,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub protect_all: bool,
+    pub syn_guard: Option<RawSynGuard>,
+}
+
+/// `[xdp.syn_guard]`: per-source budget of new TCP connections.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSynGuard {
+    /// New connections per second per source.
+    pub rate: u32,
+    /// Burst allowance.
+    pub burst: u32,
 }
 
 /// Accepts `"250ms"`, `"10s"`, `"1m 30s"`.

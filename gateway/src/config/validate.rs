@@ -9,10 +9,10 @@ use std::{
 use regex::bytes::Regex;
 
 use super::{
-    Balance, Config, GatewaySettings, HashKey, HostMatch, Limits, ListenerConfig, Locator,
-    PathMatch, Problem, RouteConfig, TargetConfig, UpstreamConfig, ValueCondition, ValueMatch,
-    XdpConfig, XdpMode,
-    raw::{RawBalance, RawConfig, RawMatcher, RawRoute, RawUpstream, RawXdpMode},
+    Balance, Config, EdgePolicyConfig, GatewaySettings, HashKey, HostMatch, Limits, ListenerConfig,
+    Locator, PathMatch, Problem, RouteConfig, SynGuardConfig, TargetConfig, UpstreamConfig,
+    ValueCondition, ValueMatch, XdpConfig, XdpMode,
+    raw::{RawBalance, RawConfig, RawMatcher, RawRoute, RawUpstream, RawXdp, RawXdpMode},
 };
 
 /// Collects problems as (key path, message) and locates them at the end.
@@ -143,6 +143,11 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
         }
     }
 
+    let edge = raw
+        .xdp
+        .as_ref()
+        .map(|x| validate_edge(x, problems))
+        .unwrap_or_default();
     let xdp = raw.xdp.as_ref().map(|x| {
         if x.interface
             .as_deref()
@@ -167,6 +172,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
         upstreams,
         routes,
         xdp,
+        edge,
     }
 }
 
@@ -194,6 +200,61 @@ fn validate_gateway(raw: &RawConfig, problems: &mut Problems) -> GatewaySettings
         drain_timeout: g.drain_timeout,
         trusted_proxies,
         via: g.via.clone(),
+    }
+}
+
+fn validate_edge(x: &RawXdp, problems: &mut Problems) -> EdgePolicyConfig {
+    let mut list = |key: &str, entries: &[String]| {
+        let mut nets = Vec::new();
+        for (i, text) in entries.iter().enumerate() {
+            match parse_cidr(text) {
+                Some(net) if net.trunc() != net => problems.push(
+                    format!("xdp.{key}[{i}]"),
+                    format!(
+                        "{text:?} has host bits set; did you mean \"{}\"?",
+                        net.trunc()
+                    ),
+                ),
+                Some(net) => nets.push(net),
+                None => problems.push(
+                    format!("xdp.{key}[{i}]"),
+                    format!("invalid address or CIDR {text:?}"),
+                ),
+            }
+        }
+        for v6 in [false, true] {
+            let count = nets
+                .iter()
+                .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+                .count();
+            if count > gateway_common::MAX_LIST_ENTRIES as usize {
+                problems.push(
+                    format!("xdp.{key}"),
+                    format!(
+                        "at most {} entries per address family",
+                        gateway_common::MAX_LIST_ENTRIES
+                    ),
+                );
+            }
+        }
+        nets
+    };
+    let deny = list("deny", &x.deny);
+    let allow = list("allow", &x.allow);
+    let syn_guard = x.syn_guard.as_ref().map(|g| {
+        if g.rate == 0 || g.burst == 0 {
+            problems.push("xdp.syn_guard", "rate and burst must be at least 1");
+        }
+        SynGuardConfig {
+            rate_per_sec: g.rate,
+            burst: g.burst,
+        }
+    });
+    EdgePolicyConfig {
+        deny,
+        allow,
+        protect_all: x.protect_all,
+        syn_guard,
     }
 }
 

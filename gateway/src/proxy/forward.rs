@@ -383,7 +383,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             RelayError::TooLarge => ProxyError::UpstreamFraming(FramingError::BodyTooLarge),
         })?;
         // Bytes after the response mean the upstream broke framing: never reuse it.
-        let upstream_reusable = self.response.reusable && self.upstream_buf.is_empty();
+        // After HEAD, a backend that (wrongly) sends the body anyway would desync the
+        // next request on this connection, and those bytes may not have arrived yet:
+        // HEAD is rare, so such connections are simply not reused.
+        let upstream_reusable =
+            self.response.reusable && self.upstream_buf.is_empty() && !self.head.is_head();
         if !self.upstream_buf.is_empty() {
             let all = self.upstream_buf.len();
             self.upstream_buf.consume(all);

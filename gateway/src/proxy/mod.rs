@@ -20,11 +20,16 @@ pub mod io;
 mod relay;
 mod serialize;
 
-use std::{cell::RefCell, net::IpAddr, sync::Arc};
+use std::{
+    cell::{Cell, RefCell},
+    net::IpAddr,
+    sync::Arc,
+};
 
 pub use self::{connection::serve_connection, drain::Drain};
 use crate::{
     config::Config,
+    edge::{EdgePolicy, SynLimiter},
     router::Router,
     upstream::{Upstreams, WorkerUpstreams},
 };
@@ -35,6 +40,7 @@ pub struct Snapshot {
     pub config: Config,
     pub router: Router,
     pub upstreams: Upstreams,
+    pub edge: EdgePolicy,
 }
 
 impl Snapshot {
@@ -42,10 +48,12 @@ impl Snapshot {
     pub fn new(config: Config) -> Self {
         let router = Router::new(&config);
         let upstreams = Upstreams::new(&config);
+        let edge = EdgePolicy::new(&config.edge);
         Self {
             config,
             router,
             upstreams,
+            edge,
         }
     }
 
@@ -77,19 +85,60 @@ pub struct Worker {
     pub upstreams: RefCell<WorkerUpstreams>,
     pub drain: Drain,
     rng: RefCell<fastrand::Rng>,
+    /// Set when XDP is not attached: the edge policy is then enforced at accept.
+    edge_in_userspace: bool,
+    syn_limiter: RefCell<Option<SynLimiter>>,
+    /// Connections refused at accept by the edge policy, by verdict slot.
+    pub edge_refusals: Cell<[u64; gateway_common::Verdict::COUNT as usize]>,
 }
 
 impl Worker {
     /// State for worker `id` on `snapshot`.
-    pub fn new(id: usize, snapshot: Arc<Snapshot>) -> Self {
+    pub fn new(id: usize, snapshot: Arc<Snapshot>, edge_in_userspace: bool) -> Self {
         let upstreams = RefCell::new(WorkerUpstreams::new(&snapshot.upstreams, id));
+        let syn_limiter = snapshot
+            .config
+            .edge
+            .syn_guard
+            .filter(|_| edge_in_userspace)
+            .map(SynLimiter::new);
         Self {
             id,
             snapshot,
             upstreams,
             drain: Drain::default(),
             rng: RefCell::new(fastrand::Rng::new()),
+            edge_in_userspace,
+            syn_limiter: RefCell::new(syn_limiter),
+            edge_refusals: Cell::new([0; gateway_common::Verdict::COUNT as usize]),
         }
+    }
+
+    /// The edge policy at accept, when XDP does not enforce it: whether a connection
+    /// from `ip` may be served.
+    pub fn admit_source(&self, ip: IpAddr) -> bool {
+        if !self.edge_in_userspace {
+            return true;
+        }
+        let mut verdict = self.snapshot.edge.judge_source(ip);
+        if !verdict.drops() {
+            let limited = self
+                .syn_limiter
+                .borrow_mut()
+                .as_mut()
+                .is_some_and(|limiter| !limiter.admit(ip, std::time::Instant::now()));
+            if limited {
+                verdict = gateway_common::Verdict::SynBudgetExceeded;
+            }
+        }
+        if !verdict.drops() {
+            return true;
+        }
+        let mut refusals = self.edge_refusals.get();
+        refusals[verdict as usize] += 1;
+        self.edge_refusals.set(refusals);
+        tracing::debug!(%ip, reason = verdict.name(), "connection refused by the edge policy");
+        false
     }
 
     /// Appends a fresh 128-bit request id as 32 lower-case hex digits.

@@ -56,9 +56,14 @@ pub enum RuntimeError {
 /// Runs the appliance until SIGTERM or SIGINT, then drains and returns.
 pub fn run(config: Config) -> Result<(), RuntimeError> {
     let workers = config.worker_count();
-    let _xdp = start_xdp(&config)?;
     let listeners = listener::bind_all(&config, workers)?;
-    for (l, addr) in config.listeners.iter().zip(listeners.addrs.iter()) {
+    let snapshot = Arc::new(Snapshot::new(config));
+    let xdp = start_xdp(&snapshot, &listeners.addrs)?;
+    let edge_in_userspace = xdp.is_none() && snapshot.edge.is_active();
+    if edge_in_userspace {
+        tracing::info!("edge policy enforced in userspace at accept (XDP not attached)");
+    }
+    for (l, addr) in snapshot.config.listeners.iter().zip(listeners.addrs.iter()) {
         tracing::info!(listener = %l.name, %addr, "listening");
     }
     if monoio::utils::detect_uring() {
@@ -71,7 +76,6 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
 
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(RuntimeError::Signals)?;
-    let snapshot = Arc::new(Snapshot::new(config));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::new();
     let mut shutdowns = Vec::new();
@@ -82,7 +86,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let handle = thread::Builder::new()
             .name(format!("worker-{id}"))
-            .spawn(move || worker_main(id, core, snapshot, sockets, &shutdown))
+            .spawn(move || worker_main(id, core, snapshot, edge_in_userspace, sockets, &shutdown))
             .map_err(|source| RuntimeError::Spawn { worker: id, source })?;
         handles.push(handle);
     }
@@ -110,7 +114,11 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-fn start_xdp(config: &Config) -> Result<Option<XdpProgram>, RuntimeError> {
+fn start_xdp(
+    snapshot: &Snapshot,
+    listeners: &[SocketAddr],
+) -> Result<Option<XdpProgram>, RuntimeError> {
+    let config = &snapshot.config;
     let interface = config.xdp.as_ref().and_then(|x| x.interface.clone());
     if is_placeholder() {
         tracing::info!("built without the XDP program: running L7-only");
@@ -120,15 +128,19 @@ fn start_xdp(config: &Config) -> Result<Option<XdpProgram>, RuntimeError> {
         tracing::info!("no [xdp] interface configured: running L7-only");
         return Ok(None);
     };
-    let mut program = XdpProgram::load().map_err(|source| RuntimeError::Xdp {
+    let fail = |source| RuntimeError::Xdp {
         interface: interface.clone(),
         source: Box::new(source),
-    })?;
-    program.attach(xdp).map_err(|source| RuntimeError::Xdp {
-        interface: interface.clone(),
-        source: Box::new(source),
-    })?;
-    tracing::info!(%interface, mode = ?xdp.mode, "XDP program attached");
+    };
+    let mut program = XdpProgram::load().map_err(fail)?;
+    program
+        .apply_policy(&snapshot.edge, listeners)
+        .map_err(fail)?;
+    program.attach(xdp).map_err(fail)?;
+    if xdp.mode == crate::config::XdpMode::Skb {
+        tracing::warn!(%interface, "XDP in skb (generic) mode: correct but far slower than driver mode");
+    }
+    tracing::info!(%interface, mode = ?xdp.mode, "XDP program attached; edge policy enforced in XDP");
     Ok(Some(program))
 }
 
@@ -136,6 +148,7 @@ fn worker_main(
     id: usize,
     core: Option<core_affinity::CoreId>,
     snapshot: Arc<Snapshot>,
+    edge_in_userspace: bool,
     sockets: Vec<std::net::TcpListener>,
     shutdown: &Shutdown,
 ) {
@@ -157,7 +170,7 @@ fn worker_main(
     };
     runtime.block_on(async move {
         let drain_timeout = snapshot.config.gateway.drain_timeout;
-        let worker = Rc::new(Worker::new(id, snapshot));
+        let worker = Rc::new(Worker::new(id, snapshot, edge_in_userspace));
         let active = Rc::new(Cell::new(0usize));
         for socket in sockets {
             match monoio::net::TcpListener::from_std(socket) {
@@ -236,6 +249,10 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                if !worker.admit_source(peer.ip()) {
+                    // Refused by the edge policy: closed before a byte is read.
+                    continue;
+                }
                 active.set(active.get() + 1);
                 let guard = ActiveGuard(active.clone());
                 let worker = worker.clone();

@@ -4,14 +4,24 @@
 //! A build without the eBPF toolchain embeds an empty placeholder; the gateway then runs
 //! L7-only and says so once.
 
+use std::net::SocketAddr;
+
 use aya::{
     Ebpf,
-    maps::PerCpuArray,
+    maps::{Array, HashMap, LpmTrie, Map, PerCpuArray, lpm_trie::Key},
     programs::{ProgramError, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
 };
-use gateway_common::{PROTO_STATS_MAP, PacketCounter, ProtoCounter, XDP_PROGRAM};
+use gateway_common::{
+    ALLOW_V4_MAP, ALLOW_V6_MAP, DENY_V4_MAP, DENY_V6_MAP, EDGE_ALLOW_ACTIVE, EDGE_PROTECT_ALL,
+    EDGE_SYN_GUARD, EdgeSettings, PROTECTED_MAP, PROTO_STATS_MAP, PacketCounter, ProtectedPort,
+    ProtoCounter, SETTINGS_MAP, VERDICT_MAP, Verdict, XDP_PROGRAM,
+};
+use ipnet::IpNet;
 
-use crate::config::{XdpConfig, XdpMode};
+use crate::{
+    config::{XdpConfig, XdpMode},
+    edge::EdgePolicy,
+};
 
 /// The XDP object built by `cargo xtask` (empty in plain `cargo build`s).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf.o"));
@@ -123,35 +133,115 @@ impl XdpProgram {
 
     /// Protocol counters summed over CPUs, in [`ProtoCounter::ALL`] order.
     pub fn protocol_counters(&self) -> Result<Vec<(ProtoCounter, PacketCounter)>, XdpError> {
-        let map = self.ebpf.map(PROTO_STATS_MAP).ok_or(XdpError::Map {
-            name: PROTO_STATS_MAP,
-            source: aya::maps::MapError::InvalidName {
-                name: PROTO_STATS_MAP.into(),
-            },
-        })?;
-        let array =
-            PerCpuArray::<_, PacketCounter>::try_from(map).map_err(|source| XdpError::Map {
-                name: PROTO_STATS_MAP,
-                source,
-            })?;
-        ProtoCounter::ALL
-            .iter()
-            .map(|&slot| {
+        let sums = self.sum_per_cpu(PROTO_STATS_MAP, ProtoCounter::COUNT)?;
+        Ok(ProtoCounter::ALL.iter().copied().zip(sums).collect())
+    }
+
+    /// Verdict counters summed over CPUs, in [`Verdict::ALL`] order.
+    pub fn verdict_counters(&self) -> Result<Vec<(Verdict, PacketCounter)>, XdpError> {
+        let sums = self.sum_per_cpu(VERDICT_MAP, Verdict::COUNT)?;
+        Ok(Verdict::ALL.iter().copied().zip(sums).collect())
+    }
+
+    fn sum_per_cpu(&self, name: &'static str, slots: u32) -> Result<Vec<PacketCounter>, XdpError> {
+        let map = self.ebpf.map(name).ok_or_else(|| missing_map(name))?;
+        let array = PerCpuArray::<_, PacketCounter>::try_from(map)
+            .map_err(|source| XdpError::Map { name, source })?;
+        (0..slots)
+            .map(|slot| {
                 let per_cpu = array
-                    .get(&(slot as u32), 0)
-                    .map_err(|source| XdpError::Map {
-                        name: PROTO_STATS_MAP,
-                        source,
-                    })?;
-                let total = per_cpu
+                    .get(&slot, 0)
+                    .map_err(|source| XdpError::Map { name, source })?;
+                Ok(per_cpu
                     .iter()
                     .fold(PacketCounter::default(), |acc, c| PacketCounter {
                         packets: acc.packets + c.packets,
                         bytes: acc.bytes + c.bytes,
-                    });
-                Ok((slot, total))
+                    }))
             })
             .collect()
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, XdpError> {
+        self.ebpf.map_mut(name).ok_or_else(|| missing_map(name))
+    }
+
+    /// Loads `policy` into the maps: settings, the protected listener ports (TCP) and
+    /// both lists. Entry ids are positions in the configured lists.
+    pub fn apply_policy(
+        &mut self,
+        policy: &EdgePolicy,
+        listeners: &[SocketAddr],
+    ) -> Result<(), XdpError> {
+        let config = policy.config();
+        let mut flags = 0;
+        if !config.allow.is_empty() {
+            flags |= EDGE_ALLOW_ACTIVE;
+        }
+        if config.protect_all {
+            flags |= EDGE_PROTECT_ALL;
+        }
+        let (rate, burst) = config.syn_guard.map_or((0, 0), |g| {
+            flags |= EDGE_SYN_GUARD;
+            (g.rate_per_sec, g.burst)
+        });
+        let settings = EdgeSettings {
+            flags,
+            syn_rate_per_sec: rate,
+            syn_burst: burst,
+            _pad: 0,
+        };
+        let map_error = |name| move |source| XdpError::Map { name, source };
+        let mut protected = HashMap::<_, ProtectedPort, u8>::try_from(self.map_mut(PROTECTED_MAP)?)
+            .map_err(map_error(PROTECTED_MAP))?;
+        for addr in listeners {
+            let key = ProtectedPort {
+                port_be: addr.port().to_be(),
+                protocol: 6,
+                _pad: 0,
+            };
+            protected
+                .insert(key, 1, 0)
+                .map_err(map_error(PROTECTED_MAP))?;
+        }
+        for (list, v4_name, v6_name) in [
+            (&config.deny, DENY_V4_MAP, DENY_V6_MAP),
+            (&config.allow, ALLOW_V4_MAP, ALLOW_V6_MAP),
+        ] {
+            for (id, net) in list.iter().enumerate() {
+                let id = id as u32;
+                match net {
+                    IpNet::V4(n) => LpmTrie::<_, [u8; 4], u32>::try_from(self.map_mut(v4_name)?)
+                        .map_err(map_error(v4_name))?
+                        .insert(
+                            &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                            id,
+                            0,
+                        )
+                        .map_err(map_error(v4_name))?,
+                    IpNet::V6(n) => LpmTrie::<_, [u8; 16], u32>::try_from(self.map_mut(v6_name)?)
+                        .map_err(map_error(v6_name))?
+                        .insert(
+                            &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                            id,
+                            0,
+                        )
+                        .map_err(map_error(v6_name))?,
+                }
+            }
+        }
+        // Settings last: the lists are complete before the switches that use them flip.
+        Array::<_, EdgeSettings>::try_from(self.map_mut(SETTINGS_MAP)?)
+            .map_err(map_error(SETTINGS_MAP))?
+            .set(0, settings, 0)
+            .map_err(map_error(SETTINGS_MAP))
+    }
+}
+
+fn missing_map(name: &'static str) -> XdpError {
+    XdpError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
     }
 }
 

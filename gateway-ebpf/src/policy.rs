@@ -1,0 +1,142 @@
+//! The edge policy stage: deny list, allow list and SYN guard, applied to packets for
+//! protected destinations (or to everything when `EDGE_PROTECT_ALL` is set). Lists are
+//! LPM tries filled by userspace; the kernel only looks up.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+};
+use gateway_common::{
+    EDGE_ALLOW_ACTIVE, EDGE_PROTECT_ALL, EDGE_SYN_GUARD, EdgeSettings, MAX_LIST_ENTRIES,
+    MAX_SYN_SOURCES, ProtectedPort, SourceKey, TokenBucket, Verdict,
+};
+
+use crate::parse::{IPPROTO_TCP, IpPacket, TCP_ACK, TCP_SYN};
+
+#[map(name = "DENY_V4")]
+static DENY_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
+#[map(name = "DENY_V6")]
+static DENY_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
+#[map(name = "ALLOW_V4")]
+static ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
+#[map(name = "ALLOW_V6")]
+static ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
+#[map(name = "DENY_HITS_V1")]
+static DENY_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_LIST_ENTRIES, 0);
+#[map(name = "ALLOW_HITS_V1")]
+static ALLOW_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_LIST_ENTRIES, 0);
+#[map(name = "PROTECTED_V1")]
+static PROTECTED: HashMap<ProtectedPort, u8> = HashMap::with_max_entries(1024, 0);
+#[map(name = "EDGE_SETTINGS_V1")]
+static SETTINGS: Array<EdgeSettings> = Array::with_max_entries(1, 0);
+#[map(name = "SYN_BUCKETS_V1")]
+static SYN_BUCKETS: LruPerCpuHashMap<SourceKey, TokenBucket> =
+    LruPerCpuHashMap::with_max_entries(MAX_SYN_SOURCES, 0);
+
+/// Decides what happens to an IP packet.
+#[inline(always)]
+pub fn judge(packet: &IpPacket) -> Verdict {
+    let Some(settings) = SETTINGS.get(0) else {
+        return Verdict::Unprotected;
+    };
+    if !is_protected(packet, settings.flags) {
+        return Verdict::Unprotected;
+    }
+    if let Some(entry) = lookup(packet, &DENY_V4, &DENY_V6) {
+        bump(&DENY_HITS, entry);
+        return Verdict::DeniedByList;
+    }
+    if settings.flags & EDGE_ALLOW_ACTIVE != 0 {
+        match lookup(packet, &ALLOW_V4, &ALLOW_V6) {
+            Some(entry) => bump(&ALLOW_HITS, entry),
+            None => return Verdict::NotAllowed,
+        }
+    }
+    let new_connection = packet.protocol == IPPROTO_TCP
+        && packet.tcp_flags & TCP_SYN != 0
+        && packet.tcp_flags & TCP_ACK == 0;
+    if new_connection && settings.flags & EDGE_SYN_GUARD != 0 && !take_syn_token(packet, settings) {
+        return Verdict::SynBudgetExceeded;
+    }
+    Verdict::Admitted
+}
+
+/// Protected: to a listed destination port, any non-first fragment (its port is
+/// unknown, so it is judged by its source), or everything under `EDGE_PROTECT_ALL`.
+#[inline(always)]
+fn is_protected(packet: &IpPacket, flags: u32) -> bool {
+    if flags & EDGE_PROTECT_ALL != 0 || packet.later_fragment {
+        return true;
+    }
+    if packet.dst_port_be == 0 {
+        return false;
+    }
+    let key = ProtectedPort {
+        port_be: packet.dst_port_be,
+        protocol: packet.protocol,
+        _pad: 0,
+    };
+    // SAFETY: the value is a plain u8 read from the map.
+    unsafe { PROTECTED.get(&key) }.is_some()
+}
+
+#[inline(always)]
+fn lookup(
+    packet: &IpPacket,
+    v4: &LpmTrie<[u8; 4], u32>,
+    v6: &LpmTrie<[u8; 16], u32>,
+) -> Option<u32> {
+    if packet.v6 {
+        v6.get(Key::new(128, packet.src)).copied()
+    } else {
+        let mut addr = [0u8; 4];
+        addr.copy_from_slice(&packet.src[12..]);
+        v4.get(Key::new(32, addr)).copied()
+    }
+}
+
+#[inline(always)]
+fn bump(hits: &PerCpuArray<u64>, entry: u32) {
+    if let Some(counter) = hits.get_ptr_mut(entry) {
+        // SAFETY: a per-CPU slot, valid for this program run, touched only by this CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Takes one token from the source's bucket; false when it is empty.
+#[inline(always)]
+fn take_syn_token(packet: &IpPacket, settings: &EdgeSettings) -> bool {
+    let key = SourceKey { addr: packet.src };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let capacity = u64::from(settings.syn_burst) * 1000;
+    match SYN_BUCKETS.get_ptr_mut(&key) {
+        Some(bucket) => {
+            // SAFETY: a per-CPU LRU value, valid for this program run on this CPU.
+            let bucket = unsafe { &mut *bucket };
+            let elapsed = now.saturating_sub(bucket.last_ns);
+            // Tokens accrue at `rate` per second, in thousandths: rate * ns / 1e6.
+            let earned =
+                elapsed.min(10_000_000_000) * u64::from(settings.syn_rate_per_sec) / 1_000_000;
+            let tokens = (bucket.milli_tokens + earned).min(capacity);
+            bucket.last_ns = now;
+            if tokens >= 1000 {
+                bucket.milli_tokens = tokens - 1000;
+                true
+            } else {
+                bucket.milli_tokens = tokens;
+                false
+            }
+        }
+        None => {
+            let fresh = TokenBucket {
+                milli_tokens: capacity.saturating_sub(1000),
+                last_ns: now,
+            };
+            // A full table evicts the least recently seen source: memory stays bounded.
+            let _ = SYN_BUCKETS.insert(&key, &fresh, 0);
+            capacity >= 1000
+        }
+    }
+}
