@@ -5,11 +5,11 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
 };
 use gateway_common::{
     EDGE_ALLOW_ACTIVE, EDGE_PROTECT_ALL, EDGE_SYN_GUARD, EdgeSettings, MAX_LIST_ENTRIES,
-    MAX_SYN_SOURCES, ProtectedPort, SourceKey, TokenBucket, Verdict,
+    MAX_SYN_SOURCES, PROTECTED_WORDS, SourceKey, TokenBucket, Verdict, protected_slot,
 };
 
 use crate::parse::{IPPROTO_TCP, IpPacket, TCP_ACK, TCP_SYN};
@@ -26,8 +26,8 @@ static ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LIST_ENT
 static DENY_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_LIST_ENTRIES, 0);
 #[map(name = "ALLOW_HITS_V1")]
 static ALLOW_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_LIST_ENTRIES, 0);
-#[map(name = "PROTECTED_V1")]
-static PROTECTED: HashMap<ProtectedPort, u8> = HashMap::with_max_entries(1024, 0);
+#[map(name = "PROTECTED_V2")]
+static PROTECTED: Array<u64> = Array::with_max_entries(PROTECTED_WORDS, 0);
 #[map(name = "EDGE_SETTINGS_V1")]
 static SETTINGS: Array<EdgeSettings> = Array::with_max_entries(1, 0);
 #[map(name = "SYN_BUCKETS_V1")]
@@ -72,13 +72,10 @@ fn is_protected(packet: &IpPacket, flags: u32) -> bool {
     if packet.dst_port_be == 0 {
         return false;
     }
-    let key = ProtectedPort {
-        port_be: packet.dst_port_be,
-        protocol: packet.protocol,
-        _pad: 0,
-    };
-    // SAFETY: the value is a plain u8 read from the map.
-    unsafe { PROTECTED.get(&key) }.is_some()
+    match protected_slot(u16::from_be(packet.dst_port_be), packet.protocol) {
+        Some((word, bit)) => PROTECTED.get(word).is_some_and(|bits| bits & bit != 0),
+        None => false,
+    }
 }
 
 #[inline(always)]

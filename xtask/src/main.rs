@@ -9,6 +9,7 @@
 //! - `bench`: the gateway side by side with nginx and haproxy (see BENCH in the README).
 
 mod bench;
+mod bench_xdp;
 mod ebpf;
 mod run;
 mod setup;

@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, Map, PerCpuArray, lpm_trie::Key},
     programs::{ProgramError, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
 };
 use gateway_common::{
     ALLOW_V4_MAP, ALLOW_V6_MAP, DENY_V4_MAP, DENY_V6_MAP, EDGE_ALLOW_ACTIVE, EDGE_PROTECT_ALL,
-    EDGE_SYN_GUARD, EdgeSettings, PROTECTED_MAP, PROTO_STATS_MAP, PacketCounter, ProtectedPort,
-    ProtoCounter, SETTINGS_MAP, VERDICT_MAP, Verdict, XDP_PROGRAM,
+    EDGE_SYN_GUARD, EdgeSettings, PROTECTED_MAP, PROTO_STATS_MAP, PacketCounter, ProtoCounter,
+    SETTINGS_MAP, VERDICT_MAP, Verdict, XDP_PROGRAM, protected_slot,
 };
 use ipnet::IpNet;
 
@@ -192,17 +192,15 @@ impl XdpProgram {
             _pad: 0,
         };
         let map_error = |name| move |source| XdpError::Map { name, source };
-        let mut protected = HashMap::<_, ProtectedPort, u8>::try_from(self.map_mut(PROTECTED_MAP)?)
+        let mut protected = Array::<_, u64>::try_from(self.map_mut(PROTECTED_MAP)?)
             .map_err(map_error(PROTECTED_MAP))?;
         for addr in listeners {
-            let key = ProtectedPort {
-                port_be: addr.port().to_be(),
-                protocol: 6,
-                _pad: 0,
-            };
-            protected
-                .insert(key, 1, 0)
-                .map_err(map_error(PROTECTED_MAP))?;
+            if let Some((word, bit)) = protected_slot(addr.port(), 6) {
+                let bits = protected.get(&word, 0).map_err(map_error(PROTECTED_MAP))?;
+                protected
+                    .set(word, bits | bit, 0)
+                    .map_err(map_error(PROTECTED_MAP))?;
+            }
         }
         for (list, v4_name, v6_name) in [
             (&config.deny, DENY_V4_MAP, DENY_V6_MAP),
