@@ -11,5 +11,6 @@ pub mod http;
 pub mod proxy;
 pub mod router;
 pub mod runtime;
+pub mod tls;
 pub mod upstream;
 pub mod xdp;

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod client;
 pub mod gateway;
 pub mod netns;
+pub mod tls;
 
 pub use backend::{Backend, Behavior};
 pub use client::{Response, raw_exchange, read_response};

@@ -72,6 +72,17 @@ pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
     pub backlog: u32,
+    /// TLS termination, when configured.
+    pub tls: Option<TlsListenerConfig>,
+}
+
+/// TLS settings of a listener, with its certificates loaded and checked.
+#[derive(Debug, Clone)]
+pub struct TlsListenerConfig {
+    /// In config order; the first is the default for clients without a matching SNI.
+    pub certificates: Vec<crate::tls::LoadedCertificate>,
+    pub sni_required: bool,
+    pub handshake_timeout: Duration,
 }
 
 /// `[[upstreams]]`.

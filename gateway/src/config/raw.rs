@@ -110,6 +110,36 @@ pub struct RawListener {
     pub bind: String,
     #[serde(default = "defaults::backlog")]
     pub backlog: u32,
+    pub tls: Option<RawTls>,
+}
+
+/// `[listeners.tls]`: TLS termination on a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// One certificate: PEM chain, end-entity first.
+    pub cert: Option<String>,
+    /// Its PEM private key.
+    pub key: Option<String>,
+    /// Several certificates, chosen by SNI; the first is the default.
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    /// Refuse handshakes whose SNI matches no certificate (and those without SNI).
+    #[serde(default)]
+    pub sni_required: bool,
+    #[serde(
+        default = "defaults::handshake_timeout",
+        deserialize_with = "human_duration"
+    )]
+    pub handshake_timeout: Duration,
+}
+
+/// One certificate and key of a TLS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
 }
 
 /// Load-balancing algorithm of an upstream.
@@ -297,6 +327,9 @@ pub mod defaults {
     }
     pub fn discard_body_max() -> u64 {
         64 * 1024
+    }
+    pub fn handshake_timeout() -> Duration {
+        Duration::from_secs(10)
     }
     pub fn backlog() -> u32 {
         4096

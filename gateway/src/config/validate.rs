@@ -10,9 +10,9 @@ use regex::bytes::Regex;
 
 use super::{
     Balance, Config, EdgePolicyConfig, GatewaySettings, HashKey, HostMatch, Limits, ListenerConfig,
-    Locator, PathMatch, Problem, RouteConfig, SynGuardConfig, TargetConfig, UpstreamConfig,
-    ValueCondition, ValueMatch, XdpConfig, XdpMode,
-    raw::{RawBalance, RawConfig, RawMatcher, RawRoute, RawUpstream, RawXdp, RawXdpMode},
+    Locator, PathMatch, Problem, RouteConfig, SynGuardConfig, TargetConfig, TlsListenerConfig,
+    UpstreamConfig, ValueCondition, ValueMatch, XdpConfig, XdpMode,
+    raw::{RawBalance, RawConfig, RawMatcher, RawRoute, RawTls, RawUpstream, RawXdp, RawXdpMode},
 };
 
 /// Collects problems as (key path, message) and locates them at the end.
@@ -101,10 +101,15 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
                 if bind.port() != 0 && !binds.insert(bind) {
                     problems.push(format!("{key}.bind"), format!("{bind} is bound twice"));
                 }
+                let tls = l
+                    .tls
+                    .as_ref()
+                    .and_then(|t| validate_tls(path, &key, t, problems));
                 listeners.push(ListenerConfig {
                     name: l.name.clone(),
                     bind,
                     backlog: l.backlog,
+                    tls,
                 });
             }
             Err(_) => problems.push(
@@ -201,6 +206,61 @@ fn validate_gateway(raw: &RawConfig, problems: &mut Problems) -> GatewaySettings
         trusted_proxies,
         via: g.via.clone(),
     }
+}
+
+/// Loads a listener's certificates; paths are relative to the config file's folder.
+fn validate_tls(
+    config_path: &Path,
+    key: &str,
+    raw: &RawTls,
+    problems: &mut Problems,
+) -> Option<TlsListenerConfig> {
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let mut pairs: Vec<(String, &str, &str)> = Vec::new();
+    match (&raw.cert, &raw.key) {
+        (Some(cert), Some(k)) => pairs.push((format!("{key}.tls"), cert, k)),
+        (None, None) => {}
+        _ => problems.push(format!("{key}.tls"), "cert and key go together"),
+    }
+    for (i, c) in raw.certificates.iter().enumerate() {
+        pairs.push((format!("{key}.tls.certificates[{i}]"), &c.cert, &c.key));
+    }
+    if pairs.is_empty() {
+        problems.push(
+            format!("{key}.tls"),
+            "a TLS listener needs cert and key, or certificates",
+        );
+        return None;
+    }
+    let mut certificates = Vec::new();
+    for (pair_key, cert, k) in pairs {
+        match crate::tls::load_certificate(&base.join(cert), &base.join(k)) {
+            Ok(loaded) => certificates.push(loaded),
+            Err(error) => {
+                let field = if matches!(
+                    error,
+                    crate::tls::TlsError::KeyMismatch { .. } | crate::tls::TlsError::NoKey { .. }
+                ) || matches!(&error, crate::tls::TlsError::Read { path, .. } if path.ends_with(k))
+                {
+                    "key"
+                } else {
+                    "cert"
+                };
+                problems.push(format!("{pair_key}.{field}"), error.to_string());
+            }
+        }
+    }
+    if raw.handshake_timeout.is_zero() {
+        problems.push(
+            format!("{key}.tls.handshake_timeout"),
+            "must be greater than zero",
+        );
+    }
+    Some(TlsListenerConfig {
+        certificates,
+        sni_required: raw.sni_required,
+        handshake_timeout: raw.handshake_timeout,
+    })
 }
 
 fn validate_edge(x: &RawXdp, problems: &mut Problems) -> EdgePolicyConfig {

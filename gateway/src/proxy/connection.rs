@@ -41,6 +41,8 @@ pub(super) enum BodyState {
 pub(super) struct Connection<S> {
     pub(super) stream: S,
     pub(super) peer: SocketAddr,
+    /// `http` or `https`, for X-Forwarded-Proto.
+    pub(super) proto: &'static str,
     pub(super) rbuf: ReadBuf,
     pub(super) out: Vec<u8>,
     pub(super) head: RequestHead,
@@ -58,10 +60,12 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
     worker: Rc<Worker>,
     stream: S,
     peer: SocketAddr,
+    proto: &'static str,
 ) {
     let mut conn = Connection {
         stream,
         peer,
+        proto,
         rbuf: ReadBuf::with_capacity(CLIENT_BUFFER),
         out: Vec::with_capacity(1024),
         head: RequestHead::default(),

@@ -206,7 +206,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let forwarding = Forwarding {
             client: super::canonical_ip(self.peer.ip()),
             trusted: snapshot.is_trusted_proxy(self.peer.ip()),
-            proto: "http",
+            proto: self.proto,
             via: &gateway.via,
             request_id: &self.request_id,
         };

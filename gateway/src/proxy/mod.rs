@@ -31,6 +31,7 @@ use crate::{
     config::Config,
     edge::{EdgePolicy, SynLimiter},
     router::Router,
+    tls::SniResolver,
     upstream::{Upstreams, WorkerUpstreams},
 };
 
@@ -41,6 +42,8 @@ pub struct Snapshot {
     pub router: Router,
     pub upstreams: Upstreams,
     pub edge: EdgePolicy,
+    /// Certificate resolvers of the TLS listeners, by listener index.
+    pub tls_resolvers: Vec<Option<Arc<SniResolver>>>,
 }
 
 impl Snapshot {
@@ -49,11 +52,21 @@ impl Snapshot {
         let router = Router::new(&config);
         let upstreams = Upstreams::new(&config);
         let edge = EdgePolicy::new(&config.edge);
+        let tls_resolvers = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.tls
+                    .as_ref()
+                    .map(|t| Arc::new(SniResolver::new(&t.certificates, !t.sni_required)))
+            })
+            .collect();
         Self {
             config,
             router,
             upstreams,
             edge,
+            tls_resolvers,
         }
     }
 

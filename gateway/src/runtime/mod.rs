@@ -172,10 +172,25 @@ fn worker_main(
         let drain_timeout = snapshot.config.gateway.drain_timeout;
         let worker = Rc::new(Worker::new(id, snapshot, edge_in_userspace));
         let active = Rc::new(Cell::new(0usize));
-        for socket in sockets {
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let tls = match worker.snapshot.tls_resolvers.get(index).cloned().flatten() {
+                Some(resolver) => match crate::tls::server_config(resolver) {
+                    Ok(config) => Some(monoio_rustls::TlsAcceptor::from(config)),
+                    Err(error) => {
+                        tracing::error!(worker = id, %error, "cannot set up TLS; listener not served");
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let handshake_timeout = worker.snapshot.config.listeners[index]
+                .tls
+                .as_ref()
+                .map_or(Duration::ZERO, |t| t.handshake_timeout);
             match monoio::net::TcpListener::from_std(socket) {
                 Ok(listener) => {
-                    monoio::spawn(accept_loop(listener, worker.clone(), active.clone()));
+                    let tls = tls.map(|acceptor| (acceptor, handshake_timeout));
+                    monoio::spawn(accept_loop(listener, worker.clone(), active.clone(), tls));
                 }
                 Err(error) => tracing::error!(worker = id, %error, "cannot register listener"),
             }
@@ -241,6 +256,7 @@ async fn accept_loop(
     listener: monoio::net::TcpListener,
     worker: Rc<Worker>,
     active: Rc<Cell<usize>>,
+    tls: Option<(monoio_rustls::TlsAcceptor, Duration)>,
 ) {
     loop {
         let accepted = monoio::select! {
@@ -256,12 +272,35 @@ async fn accept_loop(
                 active.set(active.get() + 1);
                 let guard = ActiveGuard(active.clone());
                 let worker = worker.clone();
+                let tls = tls.clone();
                 monoio::spawn(async move {
                     // A bug in one connection's handling must not take the worker down.
-                    if CatchUnwind(Box::pin(serve_connection(worker, stream, peer)))
-                        .await
-                        .is_err()
-                    {
+                    let served = match tls {
+                        None => {
+                            CatchUnwind(Box::pin(serve_connection(worker, stream, peer, "http")))
+                                .await
+                        }
+                        Some((acceptor, timeout)) => {
+                            // A stalled or broken handshake costs at most the timeout.
+                            match monoio::time::timeout(timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(tls_stream)) => {
+                                    CatchUnwind(Box::pin(serve_connection(
+                                        worker, tls_stream, peer, "https",
+                                    )))
+                                    .await
+                                }
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                                    Ok(())
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    Ok(())
+                                }
+                            }
+                        }
+                    };
+                    if served.is_err() {
                         tracing::error!(%peer, "connection handler panicked; connection dropped");
                     }
                     drop(guard);

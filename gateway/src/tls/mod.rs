@@ -1,0 +1,206 @@
+//! TLS termination (rustls through monoio-rustls): certificates loaded and checked at
+//! config time, an SNI resolver with exact and wildcard names and a default, and a
+//! server config per worker (each with its own bounded session cache; ticket keys are
+//! rotated by rustls' ticketer).
+//!
+//! Only TLS 1.3 and 1.2 with rustls' safe cipher suites; ALPN offers `http/1.1`.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use rustls::{
+    ServerConfig,
+    crypto::aws_lc_rs,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache},
+    sign::CertifiedKey,
+};
+
+/// Sessions each worker remembers for resumption by session id (TLS 1.2 and 1.3
+/// stateful); tickets need no server memory.
+const SESSION_CACHE_PER_WORKER: usize = 4096;
+
+/// Why a certificate or TLS setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM certificate found")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: no PEM private key found ({detail})")]
+    NoKey { path: PathBuf, detail: String },
+    #[error("{path}: the certificate cannot be parsed: {detail}")]
+    BadCertificate { path: PathBuf, detail: String },
+    #[error("{path}: the certificate has no DNS names in its subjectAltName")]
+    NoNames { path: PathBuf },
+    #[error("{key}: the private key does not fit the certificate ({detail})")]
+    KeyMismatch { key: PathBuf, detail: String },
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A certificate chain with its key, ready to serve, and the names it is valid for.
+#[derive(Clone)]
+pub struct LoadedCertificate {
+    pub key: Arc<CertifiedKey>,
+    /// Lower-case DNS names from the end-entity certificate's subjectAltName
+    /// (`*.example.com` for wildcards).
+    pub names: Vec<String>,
+    pub cert_path: PathBuf,
+}
+
+impl fmt::Debug for LoadedCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedCertificate")
+            .field("names", &self.names)
+            .field("cert_path", &self.cert_path)
+            .finish()
+    }
+}
+
+/// Loads a PEM chain (end-entity first) and its PEM private key, checks that they
+/// belong together, and reads the names the certificate covers.
+pub fn load_certificate(cert_path: &Path, key_path: &Path) -> Result<LoadedCertificate, TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let cert_pem = read(cert_path)?;
+    let key_pem = read(key_path)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::BadCertificate {
+            path: cert_path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    let Some(end_entity) = chain.first() else {
+        return Err(TlsError::NoCertificate {
+            path: cert_path.to_owned(),
+        });
+    };
+    let names = certificate_names(end_entity).map_err(|detail| TlsError::BadCertificate {
+        path: cert_path.to_owned(),
+        detail,
+    })?;
+    if names.is_empty() {
+        return Err(TlsError::NoNames {
+            path: cert_path.to_owned(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::NoKey {
+        path: key_path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let provider = aws_lc_rs::default_provider();
+    let certified =
+        CertifiedKey::from_der(chain, key, &provider).map_err(|e| TlsError::KeyMismatch {
+            key: key_path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    Ok(LoadedCertificate {
+        key: Arc::new(certified),
+        names,
+        cert_path: cert_path.to_owned(),
+    })
+}
+
+/// DNS names of a certificate's subjectAltName, lower-cased.
+fn certificate_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push(dns.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Picks the certificate for a ClientHello's SNI: an exact name, then a wildcard one
+/// label deep (`*.example.com` covers `a.example.com`, not `example.com` or
+/// `a.b.example.com`), then the default (the first certificate) unless SNI is required.
+#[derive(Debug)]
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    /// A resolver over `certificates`; the first is the default when `default_for_unknown`.
+    pub fn new(certificates: &[LoadedCertificate], default_for_unknown: bool) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for cert in certificates {
+            for name in &cert.names {
+                match name.strip_prefix("*.") {
+                    Some(parent) => wildcard
+                        .entry(parent.to_owned())
+                        .or_insert_with(|| cert.key.clone()),
+                    None => exact
+                        .entry(name.clone())
+                        .or_insert_with(|| cert.key.clone()),
+                };
+            }
+        }
+        let default = certificates
+            .first()
+            .filter(|_| default_for_unknown)
+            .map(|c| c.key.clone());
+        Self {
+            exact,
+            wildcard,
+            default,
+        }
+    }
+
+    /// The certificate for `server_name` (`None`: no SNI sent).
+    pub fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = server_name else {
+            return self.default.clone();
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(key) = self.exact.get(&name) {
+            return Some(key.clone());
+        }
+        if let Some(key) = name
+            .split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent))
+        {
+            return Some(key.clone());
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+/// A worker's server config for a listener: its own session cache, shared resolver.
+pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_PER_WORKER);
+    config.ticketer = aws_lc_rs::Ticketer::new()?;
+    // Plain HTTP has no use for early data; refusing it avoids replay questions.
+    config.max_early_data_size = 0;
+    Ok(Arc::new(config))
+}

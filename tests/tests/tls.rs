@@ -1,0 +1,241 @@
+//! TLS termination: SNI selection (exact, wildcard, default), TLS 1.3 and 1.2, ALPN,
+//! resumption, certificate checks at config time, and hostile handshakes.
+
+use std::{
+    io::{Read, Write},
+    time::{Duration, Instant},
+};
+
+use gateway_tests::{
+    Backend, Gateway, client,
+    gateway::{run_cli, write_config},
+    tls::{TestPki, https_get},
+};
+
+/// DNS names in a DER certificate's subjectAltName.
+fn names_of(der: &[u8]) -> Vec<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("peer certificate parses");
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn tls_gateway(pki: &TestPki, backend: &Backend, extra_tls: &str) -> Gateway {
+    let (default_cert, default_key) = pki.issue("default", &["default.test"]);
+    let (api_cert, api_key) = pki.issue("api", &["api.test", "api2.test"]);
+    let (wild_cert, wild_key) = pki.issue("wild", &["*.wild.test"]);
+    Gateway::start(&format!(
+        r#"
+[gateway]
+workers = 1
+
+[[listeners]]
+name = "https"
+bind = "127.0.0.1:0"
+[listeners.tls]
+handshake_timeout = "500ms"
+certificates = [
+  {{ cert = "{}", key = "{}" }},
+  {{ cert = "{}", key = "{}" }},
+  {{ cert = "{}", key = "{}" }},
+]
+{extra_tls}
+
+[[upstreams]]
+name = "u"
+targets = [ {{ addr = "{}" }} ]
+
+[[routes]]
+name = "all"
+upstream = "u"
+"#,
+        default_cert.display(),
+        default_key.display(),
+        api_cert.display(),
+        api_key.display(),
+        wild_cert.display(),
+        wild_key.display(),
+        backend.addr
+    ))
+}
+
+#[test]
+fn sni_selects_exact_wildcard_and_default_certificates() {
+    let pki = TestPki::new();
+    let backend = Backend::start("tls-backend");
+    let gw = tls_gateway(&pki, &backend, "");
+    let config = pki.client_config(&[&rustls::version::TLS13]);
+    for (sni, expected) in [
+        ("api.test", "api.test"),
+        ("api2.test", "api.test"),
+        ("a.wild.test", "*.wild.test"),
+        ("default.test", "default.test"),
+    ] {
+        let exchange = https_get(gw.addr(), sni, config.clone(), "/x")
+            .unwrap_or_else(|e| panic!("{sni}: {e}"));
+        assert_eq!(exchange.response.status, 200, "{sni}");
+        assert_eq!(
+            names_of(&exchange.peer_certificate)[0],
+            expected,
+            "certificate for SNI {sni}"
+        );
+        assert_eq!(exchange.alpn.as_deref(), Some(&b"http/1.1"[..]));
+        assert_eq!(exchange.version, Some(rustls::ProtocolVersion::TLSv1_3));
+    }
+    // A name no certificate covers gets the default, which the client then rejects.
+    let error = https_get(gw.addr(), "b.c.wild.test", config, "/")
+        .err()
+        .expect("default cert must not verify for b.c.wild.test");
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+}
+
+#[test]
+fn tls12_works_and_the_backend_sees_https() {
+    let pki = TestPki::new();
+    let backend = Backend::start("tls-backend");
+    let gw = tls_gateway(&pki, &backend, "");
+    let exchange = https_get(
+        gw.addr(),
+        "api.test",
+        pki.client_config(&[&rustls::version::TLS12]),
+        "/p?q=1",
+    )
+    .expect("TLS 1.2 handshake");
+    assert_eq!(exchange.version, Some(rustls::ProtocolVersion::TLSv1_2));
+    let echo = exchange.response.json();
+    assert_eq!(echo["target"], "/p?q=1");
+    let headers = echo["headers"].to_string();
+    assert!(
+        headers.contains(r#"["x-forwarded-proto","https"]"#),
+        "{headers}"
+    );
+}
+
+#[test]
+fn a_second_connection_resumes_the_session() {
+    let pki = TestPki::new();
+    let backend = Backend::start("tls-backend");
+    let gw = tls_gateway(&pki, &backend, "");
+    for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let config = pki.client_config(&[versions]);
+        let first = https_get(gw.addr(), "api.test", config.clone(), "/").expect("first handshake");
+        assert!(!first.resumed);
+        let second = https_get(gw.addr(), "api.test", config, "/").expect("second handshake");
+        assert!(
+            second.resumed,
+            "{versions:?}: the second connection did not resume"
+        );
+    }
+}
+
+#[test]
+fn sni_required_refuses_unknown_names() {
+    let pki = TestPki::new();
+    let backend = Backend::start("tls-backend");
+    let gw = tls_gateway(&pki, &backend, "sni_required = true");
+    let config = pki.client_config(&[&rustls::version::TLS13]);
+    assert!(https_get(gw.addr(), "api.test", config.clone(), "/").is_ok());
+    let error = https_get(gw.addr(), "unknown.test", config, "/")
+        .err()
+        .expect("handshake must fail");
+    assert!(!error.is_empty());
+}
+
+#[test]
+fn plaintext_garbage_and_stalled_handshakes_are_closed_and_the_worker_keeps_serving() {
+    let pki = TestPki::new();
+    let backend = Backend::start("tls-backend");
+    let gw = tls_gateway(&pki, &backend, "");
+    let config = pki.client_config(&[&rustls::version::TLS13]);
+    // Plain HTTP to the TLS port: an alert or a close, never an HTTP answer.
+    let raw = client::raw_exchange(
+        gw.addr(),
+        b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("HTTP/1.1"),
+        "plaintext got an HTTP answer"
+    );
+    assert!(
+        raw.is_empty() || raw[0] == 0x15,
+        "expected a TLS alert or nothing, got {raw:?}"
+    );
+    let garbage = client::raw_exchange(
+        gw.addr(),
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4],
+        Duration::from_secs(3),
+    );
+    assert!(garbage.is_empty() || garbage[0] == 0x15, "{garbage:?}");
+    // A client that connects and says nothing is cut at the handshake timeout.
+    let mut idle = client::connect(gw.addr());
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "a silent client must be closed, not answered");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+    let _ = idle.write_all(b"x");
+    assert_eq!(
+        https_get(gw.addr(), "api.test", config, "/")
+            .map(|e| e.response.status)
+            .ok(),
+        Some(200)
+    );
+}
+
+#[test]
+fn bad_certificates_are_config_errors_with_file_line_and_key() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.issue("ok", &["ok.test"]);
+    let (_, other_key) = pki.issue("other", &["other.test"]);
+    let missing = pki.dir.path().join("missing.crt");
+    for (cert, key, field, needle) in [
+        (
+            missing.clone(),
+            key.clone(),
+            "listeners[0].tls.cert",
+            "cannot read",
+        ),
+        (
+            cert.clone(),
+            other_key.clone(),
+            "listeners[0].tls.key",
+            "does not fit",
+        ),
+        (
+            key.clone(),
+            key.clone(),
+            "listeners[0].tls.cert",
+            "no PEM certificate",
+        ),
+    ] {
+        let file = write_config(&format!(
+            "[[listeners]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"127.0.0.1:9\" }} ]\n",
+            cert.display(),
+            key.display()
+        ));
+        let path = file.path().to_str().expect("utf8");
+        let (status, _, stderr) = run_cli(&["check", "--config", path]);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{path}:4: {field}: ")),
+            "expected line 4 and {field}: {stderr}"
+        );
+        assert!(stderr.contains(needle), "expected {needle:?}: {stderr}");
+    }
+}
