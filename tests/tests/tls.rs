@@ -239,3 +239,88 @@ fn bad_certificates_are_config_errors_with_file_line_and_key() {
         assert!(stderr.contains(needle), "expected {needle:?}: {stderr}");
     }
 }
+
+#[test]
+fn hsts_header_and_stapled_ocsp_response() {
+    let pki = TestPki::new();
+    let backend = Backend::start("tls-backend");
+    let (cert, key) = pki.issue("stapled", &["staple.test"]);
+    let ocsp = pki.dir.path().join("staple.ocsp");
+    std::fs::write(&ocsp, b"\x30\x03\x0a\x01\x00").expect("write OCSP response");
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 1\n\n[[listeners]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [ {{ cert = \"{}\", key = \"{}\", ocsp = \"{}\" }} ]\nhsts_max_age = \"365d\"\nhsts_include_subdomains = true\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"all\"\npath_prefix = \"/app\"\nupstream = \"u\"\n",
+        cert.display(),
+        key.display(),
+        ocsp.display(),
+        backend.addr
+    ));
+    let config = pki.client_config(&[&rustls::version::TLS13]);
+    let ok = https_get(gw.addr(), "staple.test", config.clone(), "/app").expect("handshake");
+    assert_eq!(
+        ok.response.header("strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    let not_found = https_get(gw.addr(), "staple.test", config, "/nope").expect("handshake");
+    assert_eq!(not_found.response.status, 404);
+    assert!(
+        not_found
+            .response
+            .header("strict-transport-security")
+            .is_some(),
+        "local answers carry HSTS too"
+    );
+
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let recorder = std::sync::Arc::new(gateway_tests::tls::RecordOcsp(
+        Default::default(),
+        provider.clone(),
+    ));
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(recorder.clone())
+        .with_no_client_auth();
+    https_get(
+        gw.addr(),
+        "staple.test",
+        std::sync::Arc::new(client),
+        "/app",
+    )
+    .expect("handshake");
+    assert_eq!(
+        *recorder.0.lock().expect("lock"),
+        b"\x30\x03\x0a\x01\x00",
+        "the OCSP response was not stapled"
+    );
+}
+
+#[test]
+fn plain_listener_redirects_to_https_preserving_path_and_query() {
+    let backend = Backend::start("never");
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 1\n\n[[listeners]]\nname = \"http\"\nbind = \"127.0.0.1:0\"\nredirect_to_https = true\nhttps_port = 8443\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"all\"\nupstream = \"u\"\n",
+        backend.addr
+    ));
+    let mut stream = client::connect(gw.addr());
+    stream.write_all(b"POST /a/./b?x=1&y=2 HTTP/1.1\r\nHost: Shop.Example:80\r\nContent-Length: 3\r\n\r\nabc").expect("send");
+    let res = client::read_response(&mut stream, false);
+    assert_eq!(res.status, 308);
+    assert_eq!(
+        res.header("location"),
+        Some("https://shop.example:8443/a/b?x=1&y=2")
+    );
+    // The body was drained: the connection still works.
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        .expect("send");
+    assert_eq!(
+        client::read_response(&mut stream, false).header("location"),
+        Some("https://shop.example:8443/")
+    );
+    assert_eq!(
+        backend.requests(),
+        0,
+        "a redirecting listener never forwards"
+    );
+}

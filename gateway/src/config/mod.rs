@@ -74,6 +74,8 @@ pub struct ListenerConfig {
     pub backlog: u32,
     /// TLS termination, when configured.
     pub tls: Option<TlsListenerConfig>,
+    /// Plain listeners only: redirect every request to HTTPS on this port.
+    pub redirect_to_https: Option<u16>,
 }
 
 /// TLS settings of a listener, with its certificates loaded and checked.
@@ -83,6 +85,8 @@ pub struct TlsListenerConfig {
     pub certificates: Vec<crate::tls::LoadedCertificate>,
     pub sni_required: bool,
     pub handshake_timeout: Duration,
+    /// `Strict-Transport-Security` header value, when enabled.
+    pub hsts: Option<String>,
 }
 
 /// `[[upstreams]]`.

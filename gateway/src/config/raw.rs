@@ -111,6 +111,12 @@ pub struct RawListener {
     #[serde(default = "defaults::backlog")]
     pub backlog: u32,
     pub tls: Option<RawTls>,
+    /// Answer every request with a 308 to the same URL over HTTPS.
+    #[serde(default)]
+    pub redirect_to_https: bool,
+    /// HTTPS port written into redirects (443 is left implicit).
+    #[serde(default = "defaults::https_port")]
+    pub https_port: u16,
 }
 
 /// `[listeners.tls]`: TLS termination on a listener.
@@ -132,6 +138,12 @@ pub struct RawTls {
         deserialize_with = "human_duration"
     )]
     pub handshake_timeout: Duration,
+    /// Send `Strict-Transport-Security` with this max-age on every response.
+    #[serde(default, deserialize_with = "human_duration_opt")]
+    pub hsts_max_age: Option<Duration>,
+    /// Add `includeSubDomains` to the HSTS header.
+    #[serde(default)]
+    pub hsts_include_subdomains: bool,
 }
 
 /// One certificate and key of a TLS listener.
@@ -140,6 +152,8 @@ pub struct RawTls {
 pub struct RawCertificate {
     pub cert: String,
     pub key: String,
+    /// A DER OCSP response to staple.
+    pub ocsp: Option<String>,
 }
 
 /// Load-balancing algorithm of an upstream.
@@ -271,6 +285,10 @@ fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error>
     })
 }
 
+fn human_duration_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    human_duration(d).map(Some)
+}
+
 /// Accepts a byte count as an integer, or `"16KiB"`, `"10 MiB"`, `"1GB"`.
 fn human_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
@@ -330,6 +348,9 @@ pub mod defaults {
     }
     pub fn handshake_timeout() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn https_port() -> u16 {
+        443
     }
     pub fn backlog() -> u32 {
         4096

@@ -110,6 +110,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
                     bind,
                     backlog: l.backlog,
                     tls,
+                    redirect_to_https: l.redirect_to_https.then_some(l.https_port),
                 });
             }
             Err(_) => problems.push(
@@ -216,14 +217,19 @@ fn validate_tls(
     problems: &mut Problems,
 ) -> Option<TlsListenerConfig> {
     let base = config_path.parent().unwrap_or(Path::new("."));
-    let mut pairs: Vec<(String, &str, &str)> = Vec::new();
+    let mut pairs: Vec<(String, &str, &str, Option<&str>)> = Vec::new();
     match (&raw.cert, &raw.key) {
-        (Some(cert), Some(k)) => pairs.push((format!("{key}.tls"), cert, k)),
+        (Some(cert), Some(k)) => pairs.push((format!("{key}.tls"), cert, k, None)),
         (None, None) => {}
         _ => problems.push(format!("{key}.tls"), "cert and key go together"),
     }
     for (i, c) in raw.certificates.iter().enumerate() {
-        pairs.push((format!("{key}.tls.certificates[{i}]"), &c.cert, &c.key));
+        pairs.push((
+            format!("{key}.tls.certificates[{i}]"),
+            &c.cert,
+            &c.key,
+            c.ocsp.as_deref(),
+        ));
     }
     if pairs.is_empty() {
         problems.push(
@@ -233,9 +239,24 @@ fn validate_tls(
         return None;
     }
     let mut certificates = Vec::new();
-    for (pair_key, cert, k) in pairs {
+    for (pair_key, cert, k, ocsp) in pairs {
         match crate::tls::load_certificate(&base.join(cert), &base.join(k)) {
-            Ok(loaded) => certificates.push(loaded),
+            Ok(mut loaded) => {
+                if let Some(ocsp) = ocsp {
+                    match std::fs::read(base.join(ocsp)) {
+                        Ok(response) if !response.is_empty() => loaded.staple_ocsp(response),
+                        Ok(_) => problems.push(
+                            format!("{pair_key}.ocsp"),
+                            format!("{ocsp}: empty OCSP response"),
+                        ),
+                        Err(e) => problems.push(
+                            format!("{pair_key}.ocsp"),
+                            format!("cannot read {ocsp}: {e}"),
+                        ),
+                    }
+                }
+                certificates.push(loaded)
+            }
             Err(error) => {
                 let field = if matches!(
                     error,
@@ -256,10 +277,19 @@ fn validate_tls(
             "must be greater than zero",
         );
     }
+    let hsts = raw.hsts_max_age.map(|age| {
+        let sub = if raw.hsts_include_subdomains {
+            "; includeSubDomains"
+        } else {
+            ""
+        };
+        format!("max-age={}{sub}", age.as_secs())
+    });
     Some(TlsListenerConfig {
         certificates,
         sni_required: raw.sni_required,
         handshake_timeout: raw.handshake_timeout,
+        hsts,
     })
 }
 

@@ -43,6 +43,10 @@ pub(super) struct Connection<S> {
     pub(super) peer: SocketAddr,
     /// `http` or `https`, for X-Forwarded-Proto.
     pub(super) proto: &'static str,
+    /// Header lines the listener adds to every response (HSTS).
+    pub(super) extra_headers: Vec<u8>,
+    /// Index of the listener that accepted the connection.
+    pub(super) listener: usize,
     pub(super) rbuf: ReadBuf,
     pub(super) out: Vec<u8>,
     pub(super) head: RequestHead,
@@ -60,12 +64,18 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
     worker: Rc<Worker>,
     stream: S,
     peer: SocketAddr,
-    proto: &'static str,
+    listener: usize,
 ) {
     let mut conn = Connection {
         stream,
         peer,
-        proto,
+        proto: if worker.snapshot.config.listeners[listener].tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        extra_headers: worker.snapshot.listener_headers[listener].clone(),
+        listener,
         rbuf: ReadBuf::with_capacity(CLIENT_BUFFER),
         out: Vec::with_capacity(1024),
         head: RequestHead::default(),
@@ -190,6 +200,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         };
         self.response_started = false;
         let snapshot = worker.snapshot.clone();
+        if let Some(port) = snapshot.config.listeners[self.listener].redirect_to_https {
+            return self
+                .answer_redirect(port, limits, worker.drain.is_draining())
+                .await;
+        }
         let result = match snapshot.router.find(&self.head) {
             None => Err(ProxyError::NoRoute),
             Some(_) if matches!(self.head.body, RequestBody::Length(n) if n > limits.max_body_size) => {
@@ -234,15 +249,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let Some(answer) = error.answer() else {
             return false;
         };
-        let pending = match self.body {
-            BodyState::Done => 0,
-            BodyState::Length(n) => n,
-            BodyState::Unframed => u64::MAX,
-        };
-        let close = close || pending > limits.discard_body_max;
-        if !close && pending > 0 && !self.discard_body(pending, limits).await {
+        let Some(close) = self.settle_pending_body(close, limits).await else {
             return false;
-        }
+        };
         self.out.clear();
         write_error_response(
             &mut self.out,
@@ -250,7 +259,65 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             &error.to_string(),
             &self.request_id,
             close,
+            &self.extra_headers,
         );
+        let sent = write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout)
+            .await
+            .is_ok();
+        sent && !close
+    }
+
+    /// Before the gateway answers a request itself: a pending body is read and
+    /// discarded when small enough, otherwise the connection must close (the body is
+    /// never parsed as a request). Returns whether to close, `None` if the client failed.
+    async fn settle_pending_body(&mut self, close: bool, limits: &Limits) -> Option<bool> {
+        let pending = match self.body {
+            BodyState::Done => 0,
+            BodyState::Length(n) => n,
+            BodyState::Unframed => u64::MAX,
+        };
+        let close = close || pending > limits.discard_body_max;
+        if !close && pending > 0 && !self.discard_body(pending, limits).await {
+            return None;
+        }
+        Some(close)
+    }
+
+    /// Answers with a 308 to the same URL over HTTPS (plain listeners with
+    /// `redirect_to_https`).
+    async fn answer_redirect(&mut self, port: u16, limits: &Limits, draining: bool) -> bool {
+        if self.head.host.is_empty() {
+            let error = ProxyError::Request(FramingError::Malformed("a redirect needs a Host"));
+            return self.answer_error(&error, true, limits).await;
+        }
+        let Some(close) = self
+            .settle_pending_body(!self.head.keep_alive || draining, limits)
+            .await
+        else {
+            return false;
+        };
+        self.out.clear();
+        self.out
+            .extend_from_slice(b"HTTP/1.1 308 Permanent Redirect\r\nlocation: https://");
+        self.out.extend_from_slice(&self.head.host);
+        if port != 443 {
+            self.out.push(b':');
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
+        }
+        self.out.extend_from_slice(&self.head.path);
+        if let Some(query) = self.head.query() {
+            self.out.push(b'?');
+            self.out.extend_from_slice(query);
+        }
+        self.out
+            .extend_from_slice(b"\r\ncontent-length: 0\r\nx-request-id: ");
+        self.out.extend_from_slice(&self.request_id);
+        self.out.extend_from_slice(if close {
+            &b"\r\nconnection: close\r\n\r\n"[..]
+        } else {
+            b"\r\n\r\n"
+        });
         let sent = write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout)
             .await
             .is_ok();

@@ -89,6 +89,7 @@ pub fn write_error_response(
     message: &str,
     request_id: &[u8],
     close: bool,
+    extra_headers: &[u8],
 ) {
     use std::io::Write as _;
     #[derive(serde::Serialize)]
@@ -117,6 +118,7 @@ pub fn write_error_response(
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
+    out.extend_from_slice(extra_headers);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
 }
@@ -132,7 +134,14 @@ mod tests {
             status: 502,
             code: "upstream_connect_failed",
         };
-        write_error_response(&mut out, answer, "connect to \"x\"\n failed", b"abc", true);
+        write_error_response(
+            &mut out,
+            answer,
+            "connect to \"x\"\n failed",
+            b"abc",
+            true,
+            b"",
+        );
         let text = String::from_utf8(out).expect("utf8");
         let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
         assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));

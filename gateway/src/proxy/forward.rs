@@ -358,6 +358,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             &self.request_id,
             keep_alive,
             client_minor,
+            &self.extra_headers,
         );
         self.response_started = true;
         let mut relay = Relay {

@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub edge: EdgePolicy,
     /// Certificate resolvers of the TLS listeners, by listener index.
     pub tls_resolvers: Vec<Option<Arc<SniResolver>>>,
+    /// Header lines each listener adds to every response (HSTS), by listener index.
+    pub listener_headers: Vec<Vec<u8>>,
 }
 
 impl Snapshot {
@@ -61,12 +63,21 @@ impl Snapshot {
                     .map(|t| Arc::new(SniResolver::new(&t.certificates, !t.sni_required)))
             })
             .collect();
+        let listener_headers = config
+            .listeners
+            .iter()
+            .map(|l| match l.tls.as_ref().and_then(|t| t.hsts.as_deref()) {
+                Some(hsts) => format!("strict-transport-security: {hsts}\r\n").into_bytes(),
+                None => Vec::new(),
+            })
+            .collect();
         Self {
             config,
             router,
             upstreams,
             edge,
             tls_resolvers,
+            listener_headers,
         }
     }
 

@@ -113,7 +113,8 @@ pub fn response_framing(res: &ResponseHead, client_minor: u8) -> OutFraming {
     }
 }
 
-/// Appends the client response head.
+/// Appends the client response head; `extra_headers` are complete lines the listener
+/// adds to every response (HSTS).
 pub fn response_head(
     out: &mut Vec<u8>,
     res: &ResponseHead,
@@ -122,6 +123,7 @@ pub fn response_head(
     request_id: &[u8],
     keep_alive: bool,
     client_minor: u8,
+    extra_headers: &[u8],
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(res.status).as_bytes());
@@ -148,5 +150,6 @@ pub fn response_head(
     } else if client_minor == 0 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
+    out.extend_from_slice(extra_headers);
     out.extend_from_slice(b"\r\n");
 }

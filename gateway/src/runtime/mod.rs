@@ -190,7 +190,7 @@ fn worker_main(
             match monoio::net::TcpListener::from_std(socket) {
                 Ok(listener) => {
                     let tls = tls.map(|acceptor| (acceptor, handshake_timeout));
-                    monoio::spawn(accept_loop(listener, worker.clone(), active.clone(), tls));
+                    monoio::spawn(accept_loop(listener, worker.clone(), active.clone(), tls, index));
                 }
                 Err(error) => tracing::error!(worker = id, %error, "cannot register listener"),
             }
@@ -257,6 +257,7 @@ async fn accept_loop(
     worker: Rc<Worker>,
     active: Rc<Cell<usize>>,
     tls: Option<(monoio_rustls::TlsAcceptor, Duration)>,
+    listener_index: usize,
 ) {
     loop {
         let accepted = monoio::select! {
@@ -277,15 +278,23 @@ async fn accept_loop(
                     // A bug in one connection's handling must not take the worker down.
                     let served = match tls {
                         None => {
-                            CatchUnwind(Box::pin(serve_connection(worker, stream, peer, "http")))
-                                .await
+                            CatchUnwind(Box::pin(serve_connection(
+                                worker,
+                                stream,
+                                peer,
+                                listener_index,
+                            )))
+                            .await
                         }
                         Some((acceptor, timeout)) => {
                             // A stalled or broken handshake costs at most the timeout.
                             match monoio::time::timeout(timeout, acceptor.accept(stream)).await {
                                 Ok(Ok(tls_stream)) => {
                                     CatchUnwind(Box::pin(serve_connection(
-                                        worker, tls_stream, peer, "https",
+                                        worker,
+                                        tls_stream,
+                                        peer,
+                                        listener_index,
                                     )))
                                     .await
                                 }

@@ -65,6 +65,15 @@ impl fmt::Debug for LoadedCertificate {
     }
 }
 
+impl LoadedCertificate {
+    /// Staples a DER OCSP response to this certificate.
+    pub fn staple_ocsp(&mut self, response: Vec<u8>) {
+        let mut key = (*self.key).clone();
+        key.ocsp = Some(response);
+        self.key = Arc::new(key);
+    }
+}
+
 /// Loads a PEM chain (end-entity first) and its PEM private key, checks that they
 /// belong together, and reads the names the certificate covers.
 pub fn load_certificate(cert_path: &Path, key_path: &Path) -> Result<LoadedCertificate, TlsError> {
