@@ -350,16 +350,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let keep_alive =
             self.head.keep_alive && !worker.drain.is_draining() && framing != OutFraming::Close;
         self.out.clear();
-        serialize::response_head(
-            &mut self.out,
-            &self.response,
-            framing,
-            &worker.snapshot.config.gateway.via,
-            &self.request_id,
+        let client = serialize::ClientSide {
+            via: &worker.snapshot.config.gateway.via,
+            request_id: &self.request_id,
             keep_alive,
             client_minor,
-            &self.extra_headers,
-        );
+            extra_headers: &self.extra_headers,
+        };
+        serialize::response_head(&mut self.out, &self.response, framing, &client);
         self.response_started = true;
         let mut relay = Relay {
             src: upstream,

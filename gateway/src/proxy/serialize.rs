@@ -113,18 +113,32 @@ pub fn response_framing(res: &ResponseHead, client_minor: u8) -> OutFraming {
     }
 }
 
-/// Appends the client response head; `extra_headers` are complete lines the listener
-/// adds to every response (HSTS).
+/// What the client side contributes to a response head.
+#[derive(Clone, Copy)]
+pub struct ClientSide<'a> {
+    pub via: &'a str,
+    pub request_id: &'a [u8],
+    pub keep_alive: bool,
+    /// The client's `HTTP/1.x` minor version.
+    pub client_minor: u8,
+    /// Complete header lines the listener adds to every response (HSTS).
+    pub extra_headers: &'a [u8],
+}
+
+/// Appends the client response head.
 pub fn response_head(
     out: &mut Vec<u8>,
     res: &ResponseHead,
     framing: OutFraming,
-    via: &str,
-    request_id: &[u8],
-    keep_alive: bool,
-    client_minor: u8,
-    extra_headers: &[u8],
+    client: &ClientSide<'_>,
 ) {
+    let ClientSide {
+        via,
+        request_id,
+        keep_alive,
+        client_minor,
+        extra_headers,
+    } = *client;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(res.status).as_bytes());
     out.push(b' ');
