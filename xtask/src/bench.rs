@@ -38,6 +38,8 @@ struct Scenario {
     what: &'static str,
     path: &'static str,
     close: bool,
+    /// Clients speak TLS to the proxy (ECDSA P-256 certificate).
+    tls: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -46,24 +48,42 @@ const SCENARIOS: &[Scenario] = &[
         what: "keep-alive, 64 B body, 100 routes",
         path: "/b/64",
         close: false,
+        tls: false,
     },
     Scenario {
         id: "S2-4k",
         what: "keep-alive, 4 KB body",
         path: "/b/4k",
         close: false,
+        tls: false,
     },
     Scenario {
         id: "S2-64k",
         what: "keep-alive, 64 KB body",
         path: "/b/64k",
         close: false,
+        tls: false,
     },
     Scenario {
         id: "S5",
         what: "new connection per request",
         path: "/b/64",
         close: true,
+        tls: false,
+    },
+    Scenario {
+        id: "S3",
+        what: "TLS 1.3 keep-alive, 64 B body",
+        path: "/b/64",
+        close: false,
+        tls: true,
+    },
+    Scenario {
+        id: "S4",
+        what: "TLS, new connection (full handshake) per request",
+        path: "/b/64",
+        close: true,
+        tls: true,
     },
 ];
 
@@ -95,6 +115,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.id))
         .collect();
     let work = tempfile::tempdir()?;
+    let certificate = BenchCertificate::new(work.path())?;
     let backend_port = free_port()?;
     let _backend = if scenarios.is_empty() {
         None
@@ -110,8 +131,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         for run in 0..args.runs {
             for (c, contender) in CONTENDERS.iter().enumerate() {
                 let port = free_port()?;
-                let proxy = start_proxy(contender, work.path(), port, backend_port)?;
-                wait_http(port, scenario.path)?;
+                let tls = scenario.tls.then_some(&certificate);
+                let proxy = start_proxy(contender, work.path(), port, backend_port, tls)?;
+                if scenario.tls {
+                    wait_tcp(port)?;
+                } else {
+                    wait_http(port, scenario.path)?;
+                }
                 if run == 0 {
                     wrk(port, scenario, args.connections, 1)?; // warm-up
                 }
@@ -273,7 +299,8 @@ fn wrk(port: u16, scenario: &Scenario, connections: usize, seconds: u64) -> Resu
     if scenario.close {
         command.args(["-H", "Connection: close"]);
     }
-    command.arg(format!("http://127.0.0.1:{port}{}", scenario.path));
+    let scheme = if scenario.tls { "https" } else { "http" };
+    command.arg(format!("{scheme}://127.0.0.1:{port}{}", scenario.path));
     let out = command.output().context("run wrk")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
@@ -463,7 +490,52 @@ fn start_backend(dir: &Path, port: u16) -> Result<Guard> {
     )?)))
 }
 
-fn start_proxy(name: &str, dir: &Path, port: u16, backend: u16) -> Result<Child> {
+/// The certificate every contender serves in TLS scenarios (made at bench time).
+struct BenchCertificate {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    /// Certificate then key in one file, as haproxy wants it.
+    combined: std::path::PathBuf,
+    _pki: gateway_tests::tls::TestPki,
+}
+
+impl BenchCertificate {
+    fn new(dir: &Path) -> Result<Self> {
+        let pki = gateway_tests::tls::TestPki::new();
+        let (cert, key) = pki.issue("bench", &["localhost", "bench.test"]);
+        let combined = dir.join("bench-combined.pem");
+        std::fs::write(
+            &combined,
+            [std::fs::read(&cert)?, std::fs::read(&key)?].concat(),
+        )?;
+        Ok(Self {
+            cert,
+            key,
+            combined,
+            _pki: pki,
+        })
+    }
+}
+
+/// Waits until `port` accepts TCP connections (TLS listeners cannot be probed in plain HTTP).
+fn wait_tcp(port: u16) -> Result<()> {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on port {port}")
+}
+
+fn start_proxy(
+    name: &str,
+    dir: &Path,
+    port: u16,
+    backend: u16,
+    tls: Option<&BenchCertificate>,
+) -> Result<Child> {
     match name {
         "gateway" => {
             let mut routes = String::new();
@@ -473,11 +545,18 @@ fn start_proxy(name: &str, dir: &Path, port: u16, backend: u16) -> Result<Child>
                     "[[routes]]\nname = \"dummy{i}\"\npath_prefix = \"/dummy{i}\"\nupstream = \"dummy\"\n"
                 )?;
             }
+            let gateway_tls = tls.map_or(String::new(), |c| {
+                format!(
+                    "tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+                    c.cert.display(),
+                    c.key.display()
+                )
+            });
             let conf = dir.join("gateway.toml");
             std::fs::write(
                 &conf,
                 format!(
-                    "[gateway]\nworkers = 1\nlog_level = \"warn\"\n\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n\n[[upstreams]]\nname = \"backend\"\ntargets = [ {{ addr = \"127.0.0.1:{backend}\" }} ]\nmax_idle_per_target = 128\n\n[[upstreams]]\nname = \"dummy\"\ntargets = [ {{ addr = \"127.0.0.1:9\" }} ]\n\n{routes}[[routes]]\nname = \"bench\"\npath_prefix = \"/b\"\nupstream = \"backend\"\n"
+                    "[gateway]\nworkers = 1\nlog_level = \"warn\"\n\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n{gateway_tls}\n[[upstreams]]\nname = \"backend\"\ntargets = [ {{ addr = \"127.0.0.1:{backend}\" }} ]\nmax_idle_per_target = 128\n\n[[upstreams]]\nname = \"dummy\"\ntargets = [ {{ addr = \"127.0.0.1:9\" }} ]\n\n{routes}[[routes]]\nname = \"bench\"\npath_prefix = \"/b\"\nupstream = \"backend\"\n"
                 ),
             )?;
             let bin = root().join("target/release/gateway");
@@ -492,11 +571,18 @@ fn start_proxy(name: &str, dir: &Path, port: u16, backend: u16) -> Result<Child>
             for i in 0..DUMMY_ROUTES {
                 writeln!(locations, "    location /dummy{i} {{ return 404; }}")?;
             }
+            let nginx_tls = tls.map_or(String::new(), |c| {
+                format!(
+                    " ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m",
+                    c.cert.display(),
+                    c.key.display()
+                )
+            });
             let conf = dir.join("nginx-proxy.conf");
             std::fs::write(
                 &conf,
                 format!(
-                    "worker_processes 1;\ndaemon off;\npid {dir}/proxy.pid;\nerror_log stderr error;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {dir}/p_body;\n  proxy_temp_path {dir}/p_proxy;\n  fastcgi_temp_path {dir}/p_fcgi;\n  uwsgi_temp_path {dir}/p_uwsgi;\n  scgi_temp_path {dir}/p_scgi;\n  upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{port};\n{locations}    location /b {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
+                    "worker_processes 1;\ndaemon off;\npid {dir}/proxy.pid;\nerror_log stderr error;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {dir}/p_body;\n  proxy_temp_path {dir}/p_proxy;\n  fastcgi_temp_path {dir}/p_fcgi;\n  uwsgi_temp_path {dir}/p_uwsgi;\n  scgi_temp_path {dir}/p_scgi;\n  upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{port}{nginx_tls};\n{locations}    location /b {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
                     dir = dir.display()
                 ),
             )?;
@@ -511,11 +597,14 @@ fn start_proxy(name: &str, dir: &Path, port: u16, backend: u16) -> Result<Child>
                     "  acl dummy{i} path_beg /dummy{i}\n  use_backend dummy if dummy{i}"
                 )?;
             }
+            let haproxy_tls = tls.map_or(String::new(), |c| {
+                format!(" ssl crt {} alpn http/1.1", c.combined.display())
+            });
             let conf = dir.join("haproxy.cfg");
             std::fs::write(
                 &conf,
                 format!(
-                    "global\n  nbthread 1\n  maxconn {maxconn}\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\nfrontend fe\n  bind 127.0.0.1:{port}\n{acls}  default_backend be\n\nbackend be\n  server s1 127.0.0.1:{backend}\n\nbackend dummy\n  http-request return status 404\n"
+                    "global\n  nbthread 1\n  maxconn {maxconn}\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\nfrontend fe\n  bind 127.0.0.1:{port}{haproxy_tls}\n{acls}  default_backend be\n\nbackend be\n  server s1 127.0.0.1:{backend}\n\nbackend dummy\n  http-request return status 404\n"
                 ),
             )?;
             spawn_pinned(
