@@ -27,6 +27,8 @@ pub enum Behavior {
     Normal,
     /// Answer every request with these bytes, then close.
     Raw(Vec<u8>),
+    /// Path-driven behaviour over TLS with this server config.
+    Tls(std::sync::Arc<rustls::ServerConfig>),
 }
 
 /// Counters a test can assert on.
@@ -48,6 +50,24 @@ impl Backend {
     /// Starts a path-driven backend named `name`.
     pub fn start(name: &str) -> Self {
         Self::with_behavior(name, Behavior::Normal)
+    }
+
+    /// Starts a path-driven backend that speaks TLS with `cert` and `key` (PEM files).
+    pub fn tls(name: &str, cert: &std::path::Path, key: &std::path::Path) -> Self {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let chain = CertificateDer::pem_file_iter(cert)
+            .expect("cert file")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = PrivateKeyDer::from_pem_file(key).expect("key file");
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        Self::with_behavior(name, Behavior::Tls(std::sync::Arc::new(config)))
     }
 
     /// Starts a backend that answers with `bytes` and closes.
@@ -89,7 +109,21 @@ impl Backend {
                 let (stats, name, behavior) =
                     (thread_stats.clone(), thread_name.clone(), behavior.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &name, &behavior, &stats);
+                    let _ = stream.set_nodelay(true);
+                    let _ = match &behavior {
+                        Behavior::Tls(config) => {
+                            match rustls::ServerConnection::new(config.clone()) {
+                                Ok(conn) => serve(
+                                    rustls::StreamOwned::new(conn, stream),
+                                    &name,
+                                    &behavior,
+                                    &stats,
+                                ),
+                                Err(_) => Ok(()),
+                            }
+                        }
+                        _ => serve(stream, &name, &behavior, &stats),
+                    };
                 });
             }
         });
@@ -135,12 +169,12 @@ pub fn body_byte(offset: u64) -> u8 {
     b"abcdefghijklmnopqrstuvwxyz0123456789"[(offset % 36) as usize]
 }
 
-struct Conn {
-    stream: TcpStream,
+struct Conn<S> {
+    stream: S,
     buf: Vec<u8>,
 }
 
-impl Conn {
+impl<S: Read + Write> Conn<S> {
     fn fill(&mut self) -> std::io::Result<usize> {
         let mut chunk = [0u8; 65536];
         let n = self.stream.read(&mut chunk)?;
@@ -177,8 +211,12 @@ impl Conn {
     }
 }
 
-fn serve(stream: TcpStream, name: &str, behavior: &Behavior, stats: &Stats) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
+fn serve<S: Read + Write>(
+    stream: S,
+    name: &str,
+    behavior: &Behavior,
+    stats: &Stats,
+) -> std::io::Result<()> {
     let mut conn = Conn {
         stream,
         buf: Vec::new(),

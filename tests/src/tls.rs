@@ -69,6 +69,11 @@ impl TestPki {
         (cert_path, key_path)
     }
 
+    /// The CA certificate in PEM, for configs that trust it.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
     /// A rustls client trusting this CA, offering `http/1.1`, limited to `versions`.
     pub fn client_config(
         &self,

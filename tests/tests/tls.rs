@@ -324,3 +324,50 @@ fn plain_listener_redirects_to_https_preserving_path_and_query() {
         "a redirecting listener never forwards"
     );
 }
+
+#[test]
+fn upstream_tls_with_the_right_ca_works_and_a_wrong_ca_is_502() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.issue("backend", &["backend.test"]);
+    let backend = Backend::tls("tls-upstream", &cert, &key);
+    let ca = pki.dir.path().join("ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).expect("write CA");
+    let other = TestPki::new();
+    let other_ca = other.dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, other.ca_pem()).expect("write other CA");
+    let config = |ca: &std::path::Path, name: &str| {
+        format!(
+            "[gateway]\nworkers = 1\n\n[[listeners]]\nname = \"http\"\nbind = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\ntls = true\ntls_server_name = \"{name}\"\ntls_ca = \"{}\"\n\n[[routes]]\nname = \"all\"\nupstream = \"u\"\n",
+            backend.addr,
+            ca.display()
+        )
+    };
+    let gw = Gateway::start(&config(&ca, "backend.test"));
+    let mut stream = client::connect(gw.addr());
+    for _ in 0..5 {
+        stream
+            .write_all(b"GET /over-tls HTTP/1.1\r\nHost: a\r\n\r\n")
+            .expect("send");
+        let res = client::read_response(&mut stream, false);
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(res.json()["target"], "/over-tls");
+    }
+    assert_eq!(
+        backend.connections(),
+        1,
+        "TLS upstream connections must be pooled and reused"
+    );
+
+    for (ca, name) in [(&other_ca, "backend.test"), (&ca, "wrong-name.test")] {
+        let gw = Gateway::start(&config(ca, name));
+        let res = client::get(gw.addr(), "a", "/");
+        assert_eq!(res.status, 502, "{}", res.text());
+        assert_eq!(res.json()["code"], "upstream_connect_failed");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            gw.log().contains("TLS handshake with"),
+            "the log must say why: {}",
+            gw.log()
+        );
+    }
+}

@@ -104,6 +104,8 @@ pub struct UpstreamConfig {
     pub max_idle_per_target: usize,
     /// How long an idle pooled connection may be reused.
     pub idle_timeout: Duration,
+    /// TLS towards the targets, when configured.
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 /// One backend.

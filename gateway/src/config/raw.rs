@@ -200,6 +200,16 @@ pub struct RawUpstream {
         deserialize_with = "human_duration"
     )]
     pub idle_timeout: Duration,
+    /// Speak TLS to the targets.
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI and verified name; without it the target's IP address is verified.
+    pub tls_server_name: Option<String>,
+    /// PEM bundle of the CAs to trust; without it the system roots.
+    pub tls_ca: Option<String>,
+    /// Accept any certificate (labs only; logged loudly).
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
 }
 
 /// One backend of an upstream.

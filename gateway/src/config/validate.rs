@@ -132,7 +132,12 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
                 format!("duplicate upstream name {:?}", u.name),
             );
         }
-        upstreams.push(validate_upstream(i, u, problems));
+        upstreams.push(validate_upstream(
+            path.parent().unwrap_or(Path::new(".")),
+            i,
+            u,
+            problems,
+        ));
     }
 
     let mut route_names = HashSet::new();
@@ -395,7 +400,12 @@ fn validate_limits(raw: &RawConfig, problems: &mut Problems) -> Limits {
     }
 }
 
-fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Problems) -> UpstreamConfig {
+fn validate_upstream(
+    base: &Path,
+    i: usize,
+    u: &RawUpstream,
+    problems: &mut Problems,
+) -> UpstreamConfig {
     let key = format!("upstreams[{i}]");
     if u.targets.is_empty() {
         problems.push(format!("{key}.targets"), "at least one target is required");
@@ -461,6 +471,48 @@ fn validate_upstream(i: usize, u: &RawUpstream, problems: &mut Problems) -> Upst
         write_timeout: u.write_timeout,
         max_idle_per_target: u.max_idle_per_target,
         idle_timeout: u.idle_timeout,
+        tls: validate_upstream_tls(base, &key, u, problems),
+    }
+}
+
+fn validate_upstream_tls(
+    base: &Path,
+    key: &str,
+    u: &RawUpstream,
+    problems: &mut Problems,
+) -> Option<crate::tls::UpstreamTls> {
+    if !u.tls {
+        if u.tls_server_name.is_some() || u.tls_ca.is_some() || u.tls_insecure_skip_verify {
+            problems.push(format!("{key}.tls"), "tls_* settings need tls = true");
+        }
+        return None;
+    }
+    let server_name = match u
+        .tls_server_name
+        .as_deref()
+        .map(|n| rustls::pki_types::ServerName::try_from(n.to_owned()))
+    {
+        None => None,
+        Some(Ok(name)) => Some(name),
+        Some(Err(e)) => {
+            problems.push(
+                format!("{key}.tls_server_name"),
+                format!("invalid server name: {e}"),
+            );
+            return None;
+        }
+    };
+    let ca = u.tls_ca.as_deref().map(|ca| base.join(ca));
+    match crate::tls::client_config(ca.as_deref(), u.tls_insecure_skip_verify) {
+        Ok(config) => Some(crate::tls::UpstreamTls {
+            config,
+            server_name,
+            insecure_skip_verify: u.tls_insecure_skip_verify,
+        }),
+        Err(error) => {
+            problems.push(format!("{key}.tls_ca"), error.to_string());
+            None
+        }
     }
 }
 

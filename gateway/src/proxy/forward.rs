@@ -4,10 +4,7 @@
 
 use std::time::Instant;
 
-use monoio::{
-    io::{AsyncReadRent, AsyncWriteRent},
-    net::TcpStream,
-};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::{
     Snapshot, Worker,
@@ -25,7 +22,7 @@ use crate::{
         request::RequestBody,
         response::ResponseBody,
     },
-    upstream::{UpstreamEntry, connect, maglev::fnv1a},
+    upstream::{UpstreamEntry, UpstreamStream, connect, maglev::fnv1a},
 };
 
 /// Largest upstream response head accepted.
@@ -116,7 +113,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             let reused = pooled.is_some();
             let mut stream = match pooled {
                 Some(stream) => stream,
-                None => match connect(addr, config.connect_timeout).await {
+                None => match connect(addr, config.connect_timeout, config.tls.as_ref()).await {
                     Ok(stream) => {
                         worker.upstreams.borrow_mut().pool.opened += 1;
                         stream
@@ -196,7 +193,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// One request/response exchange on `upstream`.
     async fn exchange(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         snapshot: &Snapshot,
         config: &UpstreamConfig,
         limits: &Limits,
@@ -234,7 +231,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Sends the head in `self.out` followed by the request body.
     async fn send_request_body(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         config: &UpstreamConfig,
         limits: &Limits,
     ) -> Result<(), ExchangeError> {
@@ -281,7 +278,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Reads the final response head into `self.response`, skipping interim 1xx.
     async fn read_response_head(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         config: &UpstreamConfig,
     ) -> Result<(), ExchangeError> {
         let request_was_head = self.head.is_head();
@@ -340,7 +337,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Sends the response head and relays the body; decides reuse on both sides.
     async fn relay_response(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         config: &UpstreamConfig,
         limits: &Limits,
         worker: &Worker,

@@ -56,6 +56,18 @@ pub enum RuntimeError {
 /// Runs the appliance until SIGTERM or SIGINT, then drains and returns.
 pub fn run(config: Config) -> Result<(), RuntimeError> {
     let workers = config.worker_count();
+    for upstream in &config.upstreams {
+        if upstream
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.insecure_skip_verify)
+        {
+            tracing::warn!(
+                upstream = %upstream.name,
+                "TLS certificate verification is OFF for this upstream (tls_insecure_skip_verify): anyone on the path can impersonate it"
+            );
+        }
+    }
     let listeners = listener::bind_all(&config, workers)?;
     let snapshot = Arc::new(Snapshot::new(config));
     let xdp = start_xdp(&snapshot, &listeners.addrs)?;

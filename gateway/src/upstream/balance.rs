@@ -171,6 +171,7 @@ mod tests {
             write_timeout: Duration::from_secs(1),
             max_idle_per_target: 1,
             idle_timeout: Duration::from_secs(1),
+            tls: None,
         }
     }
 

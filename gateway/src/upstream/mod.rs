@@ -5,11 +5,13 @@
 pub mod balance;
 pub mod maglev;
 pub mod pool;
+pub mod stream;
 
 use std::{net::SocketAddr, time::Duration};
 
 use monoio::net::TcpStream;
 
+pub use self::stream::UpstreamStream;
 use self::{balance::BalancerState, maglev::Maglev, pool::Pool};
 use crate::config::{Balance, Config, UpstreamConfig};
 
@@ -20,6 +22,11 @@ pub enum UpstreamError {
     ConnectTimeout { addr: SocketAddr },
     #[error("connect to {addr} failed: {source}")]
     Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -76,7 +83,7 @@ impl Upstreams {
 #[derive(Debug)]
 pub struct WorkerUpstreams {
     pub balancers: Vec<BalancerState>,
-    pub pool: Pool<TcpStream>,
+    pub pool: Pool<UpstreamStream>,
 }
 
 impl WorkerUpstreams {
@@ -97,15 +104,34 @@ impl WorkerUpstreams {
     }
 }
 
-/// Opens a new connection to `addr` within `timeout`, with Nagle off.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Err(_) => Err(UpstreamError::ConnectTimeout { addr }),
-        Ok(Err(source)) => Err(UpstreamError::Connect { addr, source }),
-        Ok(Ok(stream)) => {
-            // Best effort: a failure here only costs latency.
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
+/// Opens a new connection to `addr` within `timeout` (TCP connect and, with `tls`, the
+/// handshake), with Nagle off.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&crate::tls::UpstreamTls>,
+) -> Result<UpstreamStream, UpstreamError> {
+    let attempt = async {
+        let stream = TcpStream::connect_addr(addr)
+            .await
+            .map_err(|source| UpstreamError::Connect { addr, source })?;
+        // Best effort: a failure here only costs latency.
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = tls else {
+            return Ok(UpstreamStream::Plain(stream));
+        };
+        let name = tls.server_name.clone().unwrap_or_else(|| addr.ip().into());
+        let connector = monoio_rustls::TlsConnector::from(tls.config.clone());
+        match connector.connect(name, stream).await {
+            Ok(tls_stream) => Ok(UpstreamStream::Tls(Box::new(tls_stream))),
+            Err(error) => Err(UpstreamError::Tls {
+                addr,
+                source: error.into(),
+            }),
         }
+    };
+    match monoio::time::timeout(timeout, attempt).await {
+        Err(_) => Err(UpstreamError::ConnectTimeout { addr }),
+        Ok(result) => result,
     }
 }
