@@ -90,9 +90,27 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> Response {
     )
 }
 
-/// Reads exactly one response (strictly framed) from `stream`.
+/// Reads exactly one response (strictly framed) from `stream`, asserting that nothing
+/// follows it (use [`read_response_from`] for pipelined responses).
 pub fn read_response(stream: &mut impl Read, head_request: bool) -> Response {
-    let mut buf = Vec::new();
+    let mut pending = Vec::new();
+    let response = read_response_from(stream, head_request, &mut pending);
+    assert!(
+        pending.is_empty(),
+        "bytes after the response on a non-pipelined exchange: {:?}",
+        String::from_utf8_lossy(&pending)
+    );
+    response
+}
+
+/// Reads one response starting with the bytes in `pending`; bytes read past its end
+/// (the next pipelined response) are left in `pending`.
+pub fn read_response_from(
+    stream: &mut impl Read,
+    head_request: bool,
+    pending: &mut Vec<u8>,
+) -> Response {
+    let mut buf = std::mem::take(pending);
     let mut chunk = [0u8; 16384];
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -128,6 +146,7 @@ pub fn read_response(stream: &mut impl Read, head_request: bool) -> Response {
             .map(|(_, v)| v.clone())
     };
     let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        *pending = rest;
         Vec::new()
     } else if let Some(len) = find("content-length") {
         let len: usize = len.trim().parse().expect("numeric content-length");
@@ -136,14 +155,10 @@ pub fn read_response(stream: &mut impl Read, head_request: bool) -> Response {
             assert!(n > 0, "connection closed mid-body");
             rest.extend_from_slice(&chunk[..n]);
         }
-        assert_eq!(
-            rest.len(),
-            len,
-            "bytes after the body on a non-pipelined exchange"
-        );
+        *pending = rest.split_off(len);
         rest
     } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        decode_chunked(stream, rest)
+        decode_chunked(stream, rest, pending)
     } else {
         loop {
             match stream.read(&mut chunk) {
@@ -160,7 +175,7 @@ pub fn read_response(stream: &mut impl Read, head_request: bool) -> Response {
     }
 }
 
-fn decode_chunked(stream: &mut impl Read, mut buf: Vec<u8>) -> Vec<u8> {
+fn decode_chunked(stream: &mut impl Read, mut buf: Vec<u8>, leftover: &mut Vec<u8>) -> Vec<u8> {
     let mut body = Vec::new();
     let mut chunk = [0u8; 16384];
     let mut fill = |buf: &mut Vec<u8>| {
@@ -180,10 +195,20 @@ fn decode_chunked(stream: &mut impl Read, mut buf: Vec<u8>) -> Vec<u8> {
             .unwrap_or_else(|_| panic!("bad chunk size line {size_text:?}"));
         buf.drain(..line_end + 2);
         if size == 0 {
-            while !buf.windows(2).any(|w| w == b"\r\n") {
-                fill(&mut buf);
+            // Trailer lines (none from the gateway) then the final CRLF.
+            loop {
+                let end = loop {
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    fill(&mut buf);
+                };
+                buf.drain(..end + 2);
+                if end == 0 {
+                    *leftover = buf;
+                    return body;
+                }
             }
-            return body;
         }
         while buf.len() < size + 2 {
             fill(&mut buf);

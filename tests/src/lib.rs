@@ -9,5 +9,5 @@ pub mod netns;
 pub mod tls;
 
 pub use backend::{Backend, Behavior};
-pub use client::{Response, raw_exchange, read_response};
+pub use client::{Response, raw_exchange, read_response, read_response_from};
 pub use gateway::Gateway;

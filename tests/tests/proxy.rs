@@ -314,15 +314,16 @@ fn pipelined_requests_are_answered_in_order() {
     }
     batch.extend_from_slice(b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /last HTTP/1.1\r\nHost: a\r\n\r\n");
     stream.write_all(&batch).expect("send batch");
+    let mut pending = Vec::new();
     for i in 0..10 {
-        let res = client::read_response(&mut stream, false);
+        let res = client::read_response_from(&mut stream, false, &mut pending);
         assert_eq!(
             res.json()["target"],
             format!("/delay/{}", (10 - i) * 3),
             "response {i} out of order"
         );
     }
-    let post = client::read_response(&mut stream, false);
+    let post = client::read_response_from(&mut stream, false, &mut pending);
     assert_eq!(
         (
             post.json()["target"].as_str(),
@@ -331,7 +332,7 @@ fn pipelined_requests_are_answered_in_order() {
         (Some("/p"), Some(3))
     );
     assert_eq!(
-        client::read_response(&mut stream, false).json()["target"],
+        client::read_response_from(&mut stream, false, &mut pending).json()["target"],
         "/last"
     );
 }
