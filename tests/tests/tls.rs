@@ -371,3 +371,83 @@ fn upstream_tls_with_the_right_ca_works_and_a_wrong_ca_is_502() {
         );
     }
 }
+
+/// testssl.sh (`--fast`) against a TLS listener: no HIGH or CRITICAL finding about
+/// protocols, ciphers or vulnerabilities. Two kinds are excused, on purpose:
+/// - `cipher_order`: rustls lets the client choose among its (all strong) suites, which
+///   testssl rates HIGH by design;
+/// - `cert_*`: the certificate is a throwaway from a test CA no client trusts.
+#[test]
+fn testssl_finds_nothing_high_or_critical() {
+    let Some(testssl) = ["/usr/bin/testssl", "/usr/local/bin/testssl"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var_os("GATEWAY_REQUIRE_TOOLS").is_none(),
+            "testssl is required under `cargo xtask test`"
+        );
+        eprintln!(
+            "\n*** SKIPPED testssl_finds_nothing_high_or_critical: testssl (Debian testssl.sh) is not installed ***\n"
+        );
+        return;
+    };
+    let pki = TestPki::new();
+    let backend = Backend::start("tls-backend");
+    let (cert, key) = pki.issue("localhost", &["localhost"]);
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 1\n\n[[listeners]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\n[listeners.tls]\ncert = \"{}\"\nkey = \"{}\"\nhsts_max_age = \"365d\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"all\"\nupstream = \"u\"\n",
+        cert.display(),
+        key.display(),
+        backend.addr
+    ));
+    let report = pki.dir.path().join("testssl.json");
+    let output = std::process::Command::new(testssl)
+        .args([
+            "--quiet",
+            "--color",
+            "0",
+            "--warnings",
+            "off",
+            "--fast",
+            "--jsonfile",
+        ])
+        .arg(&report)
+        .arg(format!("127.0.0.1:{}", gw.addr().port()))
+        .output()
+        .expect("run testssl");
+    let findings: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap_or_else(|e| {
+            panic!(
+                "testssl wrote no report ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        }))
+        .expect("testssl JSON");
+    let findings = findings.as_array().expect("a list of findings");
+    assert!(
+        findings.iter().any(|f| f["id"] == "TLS1_3"),
+        "testssl did not scan the protocols: {findings:?}"
+    );
+    let bad: Vec<String> = findings
+        .iter()
+        .filter(|f| matches!(f["severity"].as_str(), Some("HIGH" | "CRITICAL")))
+        .filter(|f| {
+            let id = f["id"].as_str().unwrap_or("");
+            id != "cipher_order" && !id.starts_with("cert_")
+        })
+        .map(|f| format!("{} {}: {}", f["severity"], f["id"], f["finding"]))
+        .collect();
+    assert!(bad.is_empty(), "testssl findings: {bad:#?}");
+    for protocol in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        let offered = findings
+            .iter()
+            .find(|f| f["id"] == protocol)
+            .and_then(|f| f["finding"].as_str())
+            .unwrap_or("");
+        assert!(
+            offered.contains("not offered"),
+            "{protocol} must not be offered: {offered}"
+        );
+    }
+}

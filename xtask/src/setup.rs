@@ -14,6 +14,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx-light"),
     ("haproxy", "haproxy"),
     ("wrk", "wrk"),
+    ("testssl", "testssl.sh"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

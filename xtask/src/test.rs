@@ -23,6 +23,8 @@ pub fn test() -> Result<()> {
     test.args(["test", "--workspace"])
         .env("GATEWAY_BIN", root().join("target/debug/gateway"))
         .env("GATEWAY_EBPF_OBJECT", &object);
+    // Tools `setup` installed are required, not optional, under the xtask.
+    test.env("GATEWAY_REQUIRE_TOOLS", "1");
     if is_root() {
         test.env("GATEWAY_REQUIRE_XDP", "1");
     } else {
