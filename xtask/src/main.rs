@@ -7,10 +7,12 @@
 //!   its demo backends.
 //! - `test`: the full suite (format, lints, unit, integration, XDP when root).
 //! - `bench`: the gateway side by side with nginx and haproxy (see BENCH in the README).
+//! - `fuzz`: the cargo-fuzz targets, from the committed seed corpora.
 
 mod bench;
 mod bench_xdp;
 mod ebpf;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -42,6 +44,8 @@ enum Task {
     Test,
     /// Benchmark the gateway against nginx and haproxy.
     Bench(bench::BenchArgs),
+    /// Run the cargo-fuzz targets (nightly, libFuzzer) from the seed corpora.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> Result<()> {
@@ -55,6 +59,7 @@ fn main() -> Result<()> {
         Task::Run => run::run(),
         Task::Test => test::test(),
         Task::Bench(args) => bench::bench(&args),
+        Task::Fuzz(args) => fuzz::fuzz(&args),
     }
 }
 

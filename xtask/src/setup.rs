@@ -23,7 +23,23 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn setup() -> Result<()> {
     install_packages()?;
     ensure_rust_src()?;
-    ensure_bpf_linker()
+    ensure_bpf_linker()?;
+    ensure_cargo_fuzz()
+}
+
+/// cargo-fuzz drives the fuzz targets (`cargo xtask fuzz`, and briefly in `test`).
+fn ensure_cargo_fuzz() -> Result<()> {
+    let works = |cmd: &mut Command| {
+        cmd.arg("fuzz")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works(&mut Command::new("cargo")) {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing cargo-fuzz (a few minutes, once)");
+    run_checked(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
 fn has_command(name: &str) -> bool {

@@ -30,5 +30,10 @@ pub fn test() -> Result<()> {
     } else {
         eprintln!("xtask test: not root: XDP tests that need root will be skipped (loudly)");
     }
-    run_checked(&mut test)
+    run_checked(&mut test)?;
+    // Every fuzz target, briefly: the seed corpora plus a few seconds of mutation.
+    crate::fuzz::run_targets(&[], FUZZ_SECONDS_IN_TEST)
 }
+
+/// Seconds each fuzz target runs during `cargo xtask test`.
+const FUZZ_SECONDS_IN_TEST: u64 = 10;

@@ -1,0 +1,67 @@
+//! `cargo xtask fuzz [--time S] [TARGET…]`: runs the cargo-fuzz targets in `fuzz/`
+//! (nightly, libFuzzer, AddressSanitizer) from the committed seed corpora. New inputs go
+//! to a scratch folder, so the committed corpora only change by hand; a crash fails the
+//! run and leaves its reproducer in `fuzz/artifacts/`.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{root, run_checked};
+
+/// Every target, in the order they run.
+pub const TARGETS: &[&str] = &["request_head", "response_head", "chunked", "path", "config"];
+
+/// Options of a fuzz run.
+#[derive(clap::Args)]
+pub struct FuzzArgs {
+    /// Seconds per target.
+    #[arg(long, default_value_t = 60)]
+    time: u64,
+    /// Only these targets (all when empty).
+    targets: Vec<String>,
+}
+
+pub fn fuzz(args: &FuzzArgs) -> Result<()> {
+    crate::setup::setup()?;
+    run_targets(&args.targets, args.time)
+}
+
+/// Runs `targets` (all when empty) for `seconds` each.
+pub fn run_targets(targets: &[String], seconds: u64) -> Result<()> {
+    for target in targets {
+        if !TARGETS.contains(&target.as_str()) {
+            bail!(
+                "unknown fuzz target {target:?}; known: {}",
+                TARGETS.join(", ")
+            );
+        }
+    }
+    let scratch = tempfile::tempdir()?;
+    for target in TARGETS
+        .iter()
+        .filter(|t| targets.is_empty() || targets.iter().any(|x| x == *t))
+    {
+        let corpus = root().join("fuzz/corpus").join(target);
+        let fresh = scratch.path().join(target);
+        std::fs::create_dir_all(&fresh)?;
+        eprintln!("fuzzing {target} for {seconds} s");
+        run_checked(
+            Command::new("cargo")
+                .current_dir(root())
+                .args(["+nightly", "fuzz", "run", target])
+                .arg(&fresh)
+                .arg(&corpus)
+                .args([
+                    "--",
+                    &format!("-max_total_time={seconds}"),
+                    "-rss_limit_mb=2048",
+                    "-print_final_stats=1",
+                ])
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+        )?;
+    }
+    Ok(())
+}
