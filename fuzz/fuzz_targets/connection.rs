@@ -112,7 +112,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let snapshot = SNAPSHOT.with(Arc::clone);
     RUNTIME.with(|runtime| {
-        let worker = Rc::new(Worker::new(0, snapshot, false));
+        let worker = Rc::new(Worker::new(0, snapshot, false).expect("worker"));
         runtime.borrow_mut().block_on(serve_connection(
             worker,
             stream,

@@ -107,6 +107,11 @@ impl Gateway {
         }
     }
 
+    /// The config file the gateway runs on (rewrite it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> &Path {
+        self._config.path()
+    }
+
     /// The first listener's address.
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]

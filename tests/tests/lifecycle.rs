@@ -172,3 +172,76 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
         "still accepting after exit"
     );
 }
+
+#[test]
+fn sighup_reloads_routes_keeps_open_connections_and_refuses_a_bad_file() {
+    let old = Backend::start("old");
+    let new = Backend::start("new");
+    let config = |route_to: &Backend, extra: &str| {
+        format!(
+            "[gateway]\nworkers = 2\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"all\"\nupstream = \"u\"\n{extra}",
+            route_to.addr
+        )
+    };
+    let mut gw = Gateway::start(&config(&old, ""));
+    let addr = gw.addr();
+    let config_path = gw.config_path().to_owned();
+    let mut kept = client::connect(addr);
+    kept.write_all(b"GET /before HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("send");
+    assert_eq!(
+        client::read_response(&mut kept, false).json()["backend"],
+        "old"
+    );
+
+    // A good new file: new requests, on old and new connections, go to the new backend.
+    std::fs::write(&config_path, config(&new, "")).expect("rewrite config");
+    gw.signal(libc::SIGHUP);
+    wait_for_log(&gw, "config reloaded");
+    kept.write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("send on the kept connection");
+    assert_eq!(
+        client::read_response(&mut kept, false).json()["backend"],
+        "new",
+        "the open connection survived and uses the new config"
+    );
+    for _ in 0..4 {
+        assert_eq!(client::get(addr, "a", "/").json()["backend"], "new");
+    }
+
+    // A broken file: refused with its line, the running config keeps serving.
+    std::fs::write(
+        &config_path,
+        config(&old, "[[routes]]\nname = \"bad\"\nupstream = \"missing\"\n"),
+    )
+    .expect("rewrite config");
+    gw.signal(libc::SIGHUP);
+    wait_for_log(&gw, "reload refused");
+    assert!(
+        gw.log()
+            .contains("routes[1].upstream: unknown upstream \"missing\""),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(client::get(addr, "a", "/").json()["backend"], "new");
+
+    gw.signal(libc::SIGTERM);
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+fn wait_for_log(gw: &Gateway, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in the log:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Workers pick the new snapshot up right after the main thread posts it.
+    std::thread::sleep(Duration::from_millis(100));
+}

@@ -451,3 +451,91 @@ fn testssl_finds_nothing_high_or_critical() {
         );
     }
 }
+
+#[test]
+fn reload_rotates_certificates_for_new_handshakes_and_keeps_open_connections() {
+    use std::sync::Arc;
+    let pki = TestPki::new();
+    let backend = Backend::start("tls-backend");
+    let (cert, key) = pki.issue("rotating", &["rot.test"]);
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 1\n\n[[listeners]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"all\"\nupstream = \"u\"\n",
+        cert.display(),
+        key.display(),
+        backend.addr
+    ));
+    let config = pki.client_config(&[&rustls::version::TLS13]);
+    let before = https_get(gw.addr(), "rot.test", config.clone(), "/")
+        .expect("first handshake")
+        .peer_certificate;
+
+    // A keep-alive TLS connection opened before the rotation.
+    let tcp = std::net::TcpStream::connect(gw.addr()).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let conn =
+        rustls::ClientConnection::new(Arc::clone(&config), "rot.test".try_into().expect("name"))
+            .expect("client");
+    let mut open = rustls::StreamOwned::new(conn, tcp);
+    open.write_all(b"GET /one HTTP/1.1\r\nHost: rot.test\r\n\r\n")
+        .expect("send");
+    assert_eq!(client::read_response(&mut open, false).status, 200);
+
+    // New certificate and key at the same paths, then SIGHUP.
+    let (new_cert, new_key) = pki.issue("rotated", &["rot.test"]);
+    std::fs::copy(&new_cert, &cert).expect("replace cert");
+    std::fs::copy(&new_key, &key).expect("replace key");
+    gw.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains("config reloaded") {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let after = https_get(gw.addr(), "rot.test", config, "/")
+        .expect("handshake after rotation")
+        .peer_certificate;
+    assert_ne!(before, after, "new handshakes must get the new certificate");
+    assert_eq!(
+        after,
+        std::fs::read(&new_cert)
+            .map(|pem| first_der(&pem))
+            .expect("new cert")
+    );
+
+    open.write_all(b"GET /two HTTP/1.1\r\nHost: rot.test\r\n\r\n")
+        .expect("send on the open connection");
+    assert_eq!(
+        client::read_response(&mut open, false).status,
+        200,
+        "the open connection survives the rotation"
+    );
+
+    // A broken certificate file is refused; the current certificate stays in service.
+    std::fs::write(&cert, b"not a certificate").expect("break cert");
+    gw.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains("reload refused") {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let still = https_get(
+        gw.addr(),
+        "rot.test",
+        pki.client_config(&[&rustls::version::TLS13]),
+        "/",
+    )
+    .expect("handshake");
+    assert_eq!(still.peer_certificate, after);
+}
+
+/// DER of the first certificate in a PEM file.
+fn first_der(pem: &[u8]) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::pem_slice_iter(pem)
+        .next()
+        .expect("a certificate")
+        .expect("valid PEM")
+        .as_ref()
+        .to_vec()
+}

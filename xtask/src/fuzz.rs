@@ -10,7 +10,14 @@ use anyhow::{Result, bail};
 use crate::{root, run_checked};
 
 /// Every target, in the order they run.
-pub const TARGETS: &[&str] = &["connection", "request_head", "response_head", "chunked", "path", "config"];
+pub const TARGETS: &[&str] = &[
+    "connection",
+    "request_head",
+    "response_head",
+    "chunked",
+    "path",
+    "config",
+];
 
 /// Options of a fuzz run.
 #[derive(clap::Args)]

@@ -69,12 +69,12 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
     let mut conn = Connection {
         stream,
         peer,
-        proto: if worker.snapshot.config.listeners[listener].tls.is_some() {
+        proto: if worker.snapshot().config.listeners[listener].tls.is_some() {
             "https"
         } else {
             "http"
         },
-        extra_headers: worker.snapshot.listener_headers[listener].clone(),
+        extra_headers: worker.snapshot().listener_headers[listener].clone(),
         listener,
         rbuf: ReadBuf::with_capacity(CLIENT_BUFFER),
         out: Vec::with_capacity(1024),
@@ -86,7 +86,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
         body: BodyState::Done,
         response_started: false,
     };
-    let limits = worker.snapshot.config.limits.clone();
+    let limits = worker.snapshot().config.limits.clone();
     loop {
         match conn.read_head(&worker, &limits).await {
             Ok(true) => {}
@@ -199,7 +199,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             RequestBody::Chunked => BodyState::Unframed,
         };
         self.response_started = false;
-        let snapshot = worker.snapshot.clone();
+        let snapshot = worker.snapshot();
         if let Some(port) = snapshot.config.listeners[self.listener].redirect_to_https {
             return self
                 .answer_redirect(port, limits, worker.drain.is_draining())
@@ -213,8 +213,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             Some(route) => {
                 let route = &snapshot.router.routes()[route];
                 Router::upstream_path(route, &self.head.path, &mut self.path);
-                let upstream = &snapshot.upstreams.entries[route.upstream];
-                self.forward(worker, &snapshot, upstream, limits).await
+                self.forward(worker, &snapshot, route.upstream, limits)
+                    .await
             }
         };
         match result {

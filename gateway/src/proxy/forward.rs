@@ -22,7 +22,7 @@ use crate::{
         request::RequestBody,
         response::ResponseBody,
     },
-    upstream::{UpstreamEntry, UpstreamStream, connect, maglev::fnv1a},
+    upstream::{UpstreamStream, connect, maglev::fnv1a},
 };
 
 /// Largest upstream response head accepted.
@@ -75,47 +75,46 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         &mut self,
         worker: &Worker,
         snapshot: &Snapshot,
-        upstream: &UpstreamEntry,
+        upstream_index: usize,
         limits: &Limits,
     ) -> Result<bool, ProxyError> {
+        let upstream = &snapshot.upstreams.entries[upstream_index];
         let config = &upstream.config;
         let key_hash = self.hash_key(config);
-        let upstream_index = snapshot
-            .upstreams
-            .entries
-            .iter()
-            .position(|e| std::ptr::eq(e, upstream))
-            .unwrap_or(0);
+        // The balancers and pools this request may use: those of the snapshot it runs
+        // on. After a reload they are gone, and the request only finishes what it has.
+        let generation = worker.generation();
         let mut excluded = None;
         let mut fresh_only = false;
         loop {
-            let target = {
-                let mut state = worker.upstreams.borrow_mut();
-                state.balancers[upstream_index].pick(
-                    config,
-                    upstream.maglev.as_ref(),
-                    key_hash,
-                    excluded,
-                )
-            }
-            .ok_or(ProxyError::NoTarget)?;
+            let target = worker
+                .upstream_state(generation, |state| {
+                    state.balancers[upstream_index].pick(
+                        config,
+                        upstream.maglev.as_ref(),
+                        key_hash,
+                        excluded,
+                    )
+                })
+                .flatten()
+                .ok_or(ProxyError::NoTarget)?;
             let global = upstream.first_target + target;
             let addr = config.targets[target].addr;
             let pooled = if fresh_only {
                 None
             } else {
                 worker
-                    .upstreams
-                    .borrow_mut()
-                    .pool
-                    .take(global, config.idle_timeout)
+                    .upstream_state(generation, |state| {
+                        state.pool.take(global, config.idle_timeout)
+                    })
+                    .flatten()
             };
             let reused = pooled.is_some();
             let mut stream = match pooled {
                 Some(stream) => stream,
                 None => match connect(addr, config.connect_timeout, config.tls.as_ref()).await {
                     Ok(stream) => {
-                        worker.upstreams.borrow_mut().pool.opened += 1;
+                        worker.upstream_state(generation, |state| state.pool.opened += 1);
                         stream
                     }
                     Err(error) => {
@@ -131,7 +130,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     }
                 },
             };
-            worker.upstreams.borrow_mut().balancers[upstream_index].started(target);
+            worker.upstream_state(generation, |state| {
+                state.balancers[upstream_index].started(target)
+            });
             // Only the latency-aware balancer pays for reading the clock.
             let started =
                 matches!(config.balance, crate::config::Balance::P2cEwma).then(Instant::now);
@@ -139,18 +140,18 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 .exchange(&mut stream, snapshot, config, limits, worker)
                 .await;
             let latency = started.filter(|_| result.is_ok()).map(|s| s.elapsed());
-            worker.upstreams.borrow_mut().balancers[upstream_index].finished(target, latency);
+            worker.upstream_state(generation, |state| {
+                state.balancers[upstream_index].finished(target, latency)
+            });
             match result {
                 Ok(Exchange::Done {
                     upstream_reusable,
                     keep_alive,
                 }) => {
                     if upstream_reusable {
-                        worker.upstreams.borrow_mut().pool.put(
-                            global,
-                            stream,
-                            config.max_idle_per_target,
-                        );
+                        worker.upstream_state(generation, |state| {
+                            state.pool.put(global, stream, config.max_idle_per_target)
+                        });
                     }
                     return Ok(keep_alive);
                 }
@@ -225,7 +226,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
         self.send_request_body(upstream, config, limits).await?;
         self.read_response_head(upstream, config).await?;
-        self.relay_response(upstream, config, limits, worker).await
+        self.relay_response(
+            upstream,
+            config,
+            limits,
+            worker,
+            &snapshot.config.gateway.via,
+        )
+        .await
     }
 
     /// Sends the head in `self.out` followed by the request body.
@@ -341,6 +349,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         config: &UpstreamConfig,
         limits: &Limits,
         worker: &Worker,
+        via: &str,
     ) -> Result<Exchange, ExchangeError> {
         let client_minor = self.head.version_minor;
         let framing = serialize::response_framing(&self.response, client_minor);
@@ -348,7 +357,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             self.head.keep_alive && !worker.drain.is_draining() && framing != OutFraming::Close;
         self.out.clear();
         let client = serialize::ClientSide {
-            via: &worker.snapshot.config.gateway.via,
+            via,
             request_id: &self.request_id,
             keep_alive,
             client_minor,

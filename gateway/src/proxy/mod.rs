@@ -31,7 +31,7 @@ use crate::{
     config::Config,
     edge::{EdgePolicy, SynLimiter},
     router::Router,
-    tls::SniResolver,
+    tls::{SniResolver, TlsError},
     upstream::{Upstreams, WorkerUpstreams},
 };
 
@@ -92,6 +92,34 @@ impl Snapshot {
     }
 }
 
+/// A worker's acceptors for every TLS listener of `snapshot` (its own session cache).
+fn listener_tls(snapshot: &Snapshot) -> Result<Vec<Option<ListenerTls>>, TlsError> {
+    snapshot
+        .tls_resolvers
+        .iter()
+        .zip(&snapshot.config.listeners)
+        .map(|(resolver, listener)| match (resolver, &listener.tls) {
+            (Some(resolver), Some(tls)) => {
+                let config = crate::tls::server_config(resolver.clone())?;
+                Ok(Some((
+                    monoio_rustls::TlsAcceptor::from(config),
+                    tls.handshake_timeout,
+                )))
+            }
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .field("generation", &self.generation.get())
+            .finish_non_exhaustive()
+    }
+}
+
 /// IPv4-mapped IPv6 addresses compare as IPv4.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
@@ -100,13 +128,23 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// One worker's state: its upstream pools and balancers, its drain signal, its
-/// request-id generator. Owned by the worker thread; never shared.
-#[derive(Debug)]
+/// A TLS listener's acceptor on one worker and its handshake timeout.
+pub type ListenerTls = (monoio_rustls::TlsAcceptor, std::time::Duration);
+
+/// One worker's state: the config snapshot it serves, its upstream pools and balancers,
+/// its TLS acceptors, its drain signal, its request-id generator. Owned by the worker
+/// thread; never shared.
+///
+/// A reload [`Worker::install`]s a new snapshot: requests already running finish on the
+/// snapshot they started with; per-snapshot state (balancers, pools, acceptors) is
+/// rebuilt and tagged with a new generation, and a request from an older generation no
+/// longer touches it.
 pub struct Worker {
     pub id: usize,
-    pub snapshot: Arc<Snapshot>,
-    pub upstreams: RefCell<WorkerUpstreams>,
+    snapshot: RefCell<Arc<Snapshot>>,
+    generation: Cell<u64>,
+    upstreams: RefCell<WorkerUpstreams>,
+    tls: RefCell<Vec<Option<ListenerTls>>>,
     pub drain: Drain,
     rng: RefCell<fastrand::Rng>,
     /// Set when XDP is not attached: the edge policy is then enforced at accept.
@@ -118,24 +156,72 @@ pub struct Worker {
 
 impl Worker {
     /// State for worker `id` on `snapshot`.
-    pub fn new(id: usize, snapshot: Arc<Snapshot>, edge_in_userspace: bool) -> Self {
+    pub fn new(
+        id: usize,
+        snapshot: Arc<Snapshot>,
+        edge_in_userspace: bool,
+    ) -> Result<Self, TlsError> {
         let upstreams = RefCell::new(WorkerUpstreams::new(&snapshot.upstreams, id));
+        let tls = RefCell::new(listener_tls(&snapshot)?);
         let syn_limiter = snapshot
             .config
             .edge
             .syn_guard
             .filter(|_| edge_in_userspace)
             .map(SynLimiter::new);
-        Self {
+        Ok(Self {
             id,
-            snapshot,
+            snapshot: RefCell::new(snapshot),
+            generation: Cell::new(0),
             upstreams,
+            tls,
             drain: Drain::default(),
             rng: RefCell::new(fastrand::Rng::new()),
             edge_in_userspace,
             syn_limiter: RefCell::new(syn_limiter),
             edge_refusals: Cell::new([0; gateway_common::Verdict::COUNT as usize]),
-        }
+        })
+    }
+
+    /// The snapshot new requests run on.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// The generation of the per-snapshot state; changes on every install.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
+    /// Runs `f` on the balancers and pools if they still belong to `generation`.
+    pub fn upstream_state<R>(
+        &self,
+        generation: u64,
+        f: impl FnOnce(&mut WorkerUpstreams) -> R,
+    ) -> Option<R> {
+        (self.generation.get() == generation).then(|| f(&mut self.upstreams.borrow_mut()))
+    }
+
+    /// The TLS acceptor of listener `index` (None for plain listeners).
+    pub fn listener_tls(&self, index: usize) -> Option<ListenerTls> {
+        self.tls.borrow().get(index).cloned().flatten()
+    }
+
+    /// Switches new requests and handshakes to `snapshot` (a reload). Nothing changes
+    /// when its TLS setup fails.
+    pub fn install(&self, snapshot: Arc<Snapshot>) -> Result<(), TlsError> {
+        let tls = listener_tls(&snapshot)?;
+        *self.upstreams.borrow_mut() = WorkerUpstreams::new(&snapshot.upstreams, self.id);
+        *self.tls.borrow_mut() = tls;
+        *self.syn_limiter.borrow_mut() = snapshot
+            .config
+            .edge
+            .syn_guard
+            .filter(|_| self.edge_in_userspace)
+            .map(SynLimiter::new);
+        *self.snapshot.borrow_mut() = snapshot;
+        self.generation.set(self.generation.get() + 1);
+        Ok(())
     }
 
     /// The edge policy at accept, when XDP does not enforce it: whether a connection
@@ -144,7 +230,7 @@ impl Worker {
         if !self.edge_in_userspace {
             return true;
         }
-        let mut verdict = self.snapshot.edge.judge_source(ip);
+        let mut verdict = self.snapshot.borrow().edge.judge_source(ip);
         if !verdict.drops() {
             let limited = self
                 .syn_limiter

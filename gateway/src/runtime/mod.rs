@@ -23,7 +23,7 @@ use signal_hook::{
     iterator::Signals,
 };
 
-pub use self::shutdown::Shutdown;
+pub use self::shutdown::{Mailbox, Shutdown};
 use crate::{
     config::Config,
     proxy::{Snapshot, Worker, serve_connection},
@@ -70,7 +70,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
     let listeners = listener::bind_all(&config, workers)?;
     let snapshot = Arc::new(Snapshot::new(config));
-    let xdp = start_xdp(&snapshot, &listeners.addrs)?;
+    let mut xdp = start_xdp(&snapshot, &listeners.addrs)?;
     let edge_in_userspace = xdp.is_none() && snapshot.edge.is_active();
     if edge_in_userspace {
         tracing::info!("edge policy enforced in userspace at accept (XDP not attached)");
@@ -90,32 +90,38 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(RuntimeError::Signals)?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::new();
-    let mut shutdowns = Vec::new();
+    let mut mailboxes = Vec::new();
     for (id, sockets) in listeners.per_worker.into_iter().enumerate() {
-        let shutdown = Arc::new(Shutdown::default());
-        shutdowns.push(shutdown.clone());
+        let mailbox = Arc::new(WorkerMailbox::default());
+        mailboxes.push(mailbox.clone());
         let snapshot = snapshot.clone();
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let handle = thread::Builder::new()
             .name(format!("worker-{id}"))
-            .spawn(move || worker_main(id, core, snapshot, edge_in_userspace, sockets, &shutdown))
+            .spawn(move || worker_main(id, core, snapshot, edge_in_userspace, sockets, mailbox))
             .map_err(|source| RuntimeError::Spawn { worker: id, source })?;
         handles.push(handle);
     }
 
+    let mut current = snapshot;
     for signal in signals.forever() {
         match signal {
-            SIGHUP => tracing::warn!(
-                "SIGHUP: live reload is not available in this build; restart to apply a new config"
-            ),
+            SIGHUP => {
+                if let Some(next) = reload(&current, xdp.as_mut(), &listeners.addrs) {
+                    for mailbox in &mailboxes {
+                        mailbox.config.post(next.clone());
+                    }
+                    current = next;
+                }
+            }
             _ => {
                 tracing::info!(signal, "shutting down: draining in-flight requests");
                 break;
             }
         }
     }
-    for shutdown in &shutdowns {
-        shutdown.trigger();
+    for mailbox in &mailboxes {
+        mailbox.shutdown.post(());
     }
     for handle in handles {
         if handle.join().is_err() {
@@ -124,6 +130,61 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the main thread sends a worker.
+#[derive(Default)]
+struct WorkerMailbox {
+    shutdown: Shutdown,
+    config: Mailbox<Arc<Snapshot>>,
+}
+
+/// SIGHUP: reads and validates the config file again. On any problem the running config
+/// stays and every problem is logged; on success the new snapshot (and the edge policy,
+/// in XDP when attached) takes over. Listeners cannot change without a restart.
+fn reload(
+    current: &Snapshot,
+    xdp: Option<&mut XdpProgram>,
+    addrs: &[SocketAddr],
+) -> Option<Arc<Snapshot>> {
+    let path = &current.config.source;
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!("reload refused, the running config stays:\n{error}");
+            return None;
+        }
+    };
+    let same_listeners = config.listeners.len() == current.config.listeners.len()
+        && config
+            .listeners
+            .iter()
+            .zip(&current.config.listeners)
+            .all(|(a, b)| {
+                a.name == b.name
+                    && a.bind == b.bind
+                    && a.tls.is_some() == b.tls.is_some()
+                    && a.redirect_to_https == b.redirect_to_https
+            });
+    if !same_listeners {
+        tracing::error!(
+            "reload refused, the running config stays: listeners changed; restart to apply them"
+        );
+        return None;
+    }
+    let next = Arc::new(Snapshot::new(config));
+    if let Some(xdp) = xdp
+        && let Err(error) = xdp.replace_policy(&current.edge, &next.edge, addrs)
+    {
+        tracing::error!(%error, "reload: updating the XDP lists failed; they may be partly new");
+    }
+    tracing::info!(
+        path = %path.display(),
+        routes = next.config.routes.len(),
+        upstreams = next.config.upstreams.len(),
+        "config reloaded"
+    );
+    Some(next)
 }
 
 fn start_xdp(
@@ -162,7 +223,7 @@ fn worker_main(
     snapshot: Arc<Snapshot>,
     edge_in_userspace: bool,
     sockets: Vec<std::net::TcpListener>,
-    shutdown: &Shutdown,
+    mailbox: Arc<WorkerMailbox>,
 ) {
     if let Some(core) = core
         && !core_affinity::set_for_current(core)
@@ -182,32 +243,33 @@ fn worker_main(
     };
     runtime.block_on(async move {
         let drain_timeout = snapshot.config.gateway.drain_timeout;
-        let worker = Rc::new(Worker::new(id, snapshot, edge_in_userspace));
+        let worker = match Worker::new(id, snapshot, edge_in_userspace) {
+            Ok(worker) => Rc::new(worker),
+            Err(error) => {
+                tracing::error!(worker = id, %error, "cannot set up TLS; worker not serving");
+                return;
+            }
+        };
         let active = Rc::new(Cell::new(0usize));
         for (index, socket) in sockets.into_iter().enumerate() {
-            let tls = match worker.snapshot.tls_resolvers.get(index).cloned().flatten() {
-                Some(resolver) => match crate::tls::server_config(resolver) {
-                    Ok(config) => Some(monoio_rustls::TlsAcceptor::from(config)),
-                    Err(error) => {
-                        tracing::error!(worker = id, %error, "cannot set up TLS; listener not served");
-                        continue;
-                    }
-                },
-                None => None,
-            };
-            let handshake_timeout = worker.snapshot.config.listeners[index]
-                .tls
-                .as_ref()
-                .map_or(Duration::ZERO, |t| t.handshake_timeout);
             match monoio::net::TcpListener::from_std(socket) {
                 Ok(listener) => {
-                    let tls = tls.map(|acceptor| (acceptor, handshake_timeout));
-                    monoio::spawn(accept_loop(listener, worker.clone(), active.clone(), tls, index));
+                    monoio::spawn(accept_loop(listener, worker.clone(), active.clone(), index));
                 }
                 Err(error) => tracing::error!(worker = id, %error, "cannot register listener"),
             }
         }
-        shutdown.wait().await;
+        let reloads = worker.clone();
+        let inbox = mailbox.clone();
+        monoio::spawn(async move {
+            loop {
+                let snapshot = inbox.config.recv().await;
+                if let Err(error) = reloads.install(snapshot) {
+                    tracing::error!(worker = reloads.id, %error, "reload: TLS setup failed; this worker keeps the previous config");
+                }
+            }
+        });
+        mailbox.shutdown.recv().await;
         worker.drain.start();
         let deadline = Instant::now() + drain_timeout;
         while active.get() > 0 && Instant::now() < deadline {
@@ -268,7 +330,6 @@ async fn accept_loop(
     listener: monoio::net::TcpListener,
     worker: Rc<Worker>,
     active: Rc<Cell<usize>>,
-    tls: Option<(monoio_rustls::TlsAcceptor, Duration)>,
     listener_index: usize,
 ) {
     loop {
@@ -285,7 +346,9 @@ async fn accept_loop(
                 active.set(active.get() + 1);
                 let guard = ActiveGuard(active.clone());
                 let worker = worker.clone();
-                let tls = tls.clone();
+                // The acceptor of the current config: a reload rotates certificates for
+                // new handshakes while open connections keep theirs.
+                let tls = worker.listener_tls(listener_index);
                 monoio::spawn(async move {
                     // A bug in one connection's handling must not take the worker down.
                     let served = match tls {

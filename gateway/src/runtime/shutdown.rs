@@ -1,54 +1,65 @@
-//! The cross-thread shutdown trigger: the main thread sets it on SIGTERM/SIGINT; the
-//! worker's runtime is woken through its waker (monoio's `sync` feature makes that safe
-//! from another thread). Touched once per process lifetime, never on the request path.
+//! Cross-thread delivery from the main thread to a worker: a one-slot mailbox whose
+//! receiver is woken through its waker (monoio's `sync` feature makes that safe from
+//! another thread). Used for shutdown and for new config snapshots; touched only on those
+//! events, never on the request path.
 
 use std::{
     future::Future,
     pin::Pin,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Mutex,
     task::{Context, Poll, Waker},
 };
 
-/// A one-shot, cross-thread signal with one waiting worker.
-#[derive(Debug, Default)]
-pub struct Shutdown {
-    triggered: AtomicBool,
-    waker: Mutex<Option<Waker>>,
+/// A one-slot mailbox with one waiting worker; a newer message replaces an unread one.
+#[derive(Debug)]
+pub struct Mailbox<T> {
+    slot: Mutex<(Option<T>, Option<Waker>)>,
 }
 
-impl Shutdown {
-    /// Fires the signal and wakes the worker.
-    pub fn trigger(&self) {
-        self.triggered.store(true, Ordering::Release);
-        if let Some(waker) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+impl<T> Default for Mailbox<T> {
+    fn default() -> Self {
+        Self {
+            slot: Mutex::new((None, None)),
+        }
+    }
+}
+
+impl<T> Mailbox<T> {
+    /// Leaves `message` and wakes the worker.
+    pub fn post(&self, message: T) {
+        let waker = {
+            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            slot.0 = Some(message);
+            slot.1.take()
+        };
+        if let Some(waker) = waker {
             waker.wake();
         }
     }
 
-    /// Resolves once [`Shutdown::trigger`] has been called.
-    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
-        ShutdownWait(self)
+    /// Resolves with the next message.
+    pub fn recv(&self) -> impl Future<Output = T> + '_ {
+        Receive(self)
     }
 }
 
-struct ShutdownWait<'a>(&'a Shutdown);
+struct Receive<'a, T>(&'a Mailbox<T>);
 
-impl Future for ShutdownWait<'_> {
-    type Output = ();
+impl<T> Future for Receive<'_, T> {
+    type Output = T;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.triggered.load(Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        *self.0.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
-        // Re-check: a trigger between the load and the store would otherwise be missed.
-        if self.0.triggered.load(Ordering::Acquire) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut slot = self.0.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.0.take() {
+            Some(message) => Poll::Ready(message),
+            None => {
+                // Checked and registered under one lock: a post cannot slip between.
+                slot.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
         }
     }
 }
+
+/// Shutdown is a mailbox with nothing in the letter.
+pub type Shutdown = Mailbox<()>;

@@ -236,6 +236,48 @@ impl XdpProgram {
     }
 }
 
+impl XdpProgram {
+    /// Reload: switches from `old` to `new` without a moment where a source listed in
+    /// both is admitted: new entries are written first, then the old-only ones removed.
+    pub fn replace_policy(
+        &mut self,
+        old: &EdgePolicy,
+        new: &EdgePolicy,
+        listeners: &[SocketAddr],
+    ) -> Result<(), XdpError> {
+        self.apply_policy(new, listeners)?;
+        let map_error = |name| move |source| XdpError::Map { name, source };
+        for (old_list, new_list, v4_name, v6_name) in [
+            (
+                &old.config().deny,
+                &new.config().deny,
+                DENY_V4_MAP,
+                DENY_V6_MAP,
+            ),
+            (
+                &old.config().allow,
+                &new.config().allow,
+                ALLOW_V4_MAP,
+                ALLOW_V6_MAP,
+            ),
+        ] {
+            for net in old_list.iter().filter(|n| !new_list.contains(n)) {
+                match net {
+                    IpNet::V4(n) => LpmTrie::<_, [u8; 4], u32>::try_from(self.map_mut(v4_name)?)
+                        .map_err(map_error(v4_name))?
+                        .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets()))
+                        .map_err(map_error(v4_name))?,
+                    IpNet::V6(n) => LpmTrie::<_, [u8; 16], u32>::try_from(self.map_mut(v6_name)?)
+                        .map_err(map_error(v6_name))?
+                        .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets()))
+                        .map_err(map_error(v6_name))?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn missing_map(name: &'static str) -> XdpError {
     XdpError::Map {
         name,
