@@ -47,6 +47,8 @@ pub(super) struct Connection<S> {
     pub(super) extra_headers: Vec<u8>,
     /// Index of the listener that accepted the connection.
     pub(super) listener: usize,
+    /// The client's address as text, for X-Forwarded-For.
+    pub(super) client_text: Vec<u8>,
     pub(super) rbuf: ReadBuf,
     pub(super) out: Vec<u8>,
     pub(super) head: RequestHead,
@@ -76,6 +78,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
         },
         extra_headers: worker.snapshot().listener_headers[listener].clone(),
         listener,
+        client_text: super::canonical_ip(peer.ip()).to_string().into_bytes(),
         rbuf: ReadBuf::with_capacity(CLIENT_BUFFER),
         out: Vec::with_capacity(1024),
         head: RequestHead::default(),

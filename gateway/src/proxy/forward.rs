@@ -202,7 +202,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     ) -> Result<Exchange, ExchangeError> {
         let gateway = &snapshot.config.gateway;
         let forwarding = Forwarding {
-            client: super::canonical_ip(self.peer.ip()),
+            client: &self.client_text,
             trusted: snapshot.is_trusted_proxy(self.peer.ip()),
             proto: self.proto,
             via: &gateway.via,

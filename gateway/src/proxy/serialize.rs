@@ -1,8 +1,6 @@
 //! What the gateway writes: request heads for upstreams and response heads for clients,
 //! always re-serialized from parsed fields, never the peer's raw bytes.
 
-use std::{io::Write as _, net::IpAddr};
-
 use crate::http::{
     fields::Fields,
     request::{RequestBody, RequestHead},
@@ -21,7 +19,8 @@ pub enum OutFraming {
 
 /// Gateway-set forwarding headers.
 pub struct Forwarding<'a> {
-    pub client: IpAddr,
+    /// The client's address as text (formatted once per connection).
+    pub client: &'a [u8],
     /// The peer is a trusted proxy: its X-Forwarded-* values are kept and extended.
     pub trusted: bool,
     pub proto: &'static str,
@@ -33,6 +32,15 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `via: 1.<minor> <pseudonym>` (RFC 9110 §7.6.3), without formatting machinery.
+fn via_line(out: &mut Vec<u8>, minor: u8, via: &str) {
+    out.extend_from_slice(b"via: 1.");
+    out.push(b'0' + minor.min(9));
+    out.push(b' ');
+    out.extend_from_slice(via.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -76,7 +84,8 @@ pub fn request_head(
         out.extend_from_slice(prior);
         out.extend_from_slice(b", ");
     }
-    let _ = write!(out, "{}\r\n", fwd.client);
+    out.extend_from_slice(fwd.client);
+    out.extend_from_slice(b"\r\n");
     let proto = match req.fields.get(b"x-forwarded-proto") {
         Some(p) if fwd.trusted => p,
         _ => fwd.proto.as_bytes(),
@@ -89,7 +98,7 @@ pub fn request_head(
     if !host.is_empty() {
         header(out, b"x-forwarded-host", host);
     }
-    let _ = write!(out, "via: 1.{} {}\r\n", req.version_minor, fwd.via);
+    via_line(out, req.version_minor, fwd.via);
     header(out, b"x-request-id", fwd.request_id);
     match body {
         RequestBody::None => {}
@@ -145,7 +154,7 @@ pub fn response_head(
     out.extend_from_slice(res.reason());
     out.extend_from_slice(b"\r\n");
     forwarded_fields(out, &res.fields);
-    let _ = write!(out, "via: 1.{} {}\r\n", res.version_minor, via);
+    via_line(out, res.version_minor, via);
     header(out, b"x-request-id", request_id);
     match framing {
         OutFraming::Length(n) => {
