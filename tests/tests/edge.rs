@@ -104,3 +104,34 @@ fn syn_guard_limits_new_connections_per_source() {
         "the bucket refills at the rate"
     );
 }
+
+#[test]
+fn a_reload_can_add_a_deny_list_enforced_at_accept() {
+    let backend = Backend::start("b");
+    let text = |xdp: &str| {
+        format!(
+            "[gateway]\nworkers = 1\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"all\"\nupstream = \"u\"\n{xdp}",
+            backend.addr
+        )
+    };
+    let gw = Gateway::start(&text(""));
+    assert_eq!(status_from("127.0.0.12", &gw), Some(200));
+    std::fs::write(
+        gw.config_path(),
+        text("\n[xdp]\ndeny = [\"127.0.0.12/32\"]\n"),
+    )
+    .expect("rewrite config");
+    gw.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gw.log().contains("config reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        status_from("127.0.0.12", &gw),
+        None,
+        "the reloaded deny list must apply"
+    );
+    assert_eq!(status_from("127.0.0.13", &gw), Some(200));
+}

@@ -230,7 +230,12 @@ impl Worker {
         if !self.edge_in_userspace {
             return true;
         }
-        let mut verdict = self.snapshot.borrow().edge.judge_source(ip);
+        let snapshot = self.snapshot.borrow();
+        if !snapshot.edge.is_active() {
+            return true;
+        }
+        let mut verdict = snapshot.edge.judge_source(ip);
+        drop(snapshot);
         if !verdict.drops() {
             let limited = self
                 .syn_limiter

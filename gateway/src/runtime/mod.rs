@@ -71,8 +71,10 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let listeners = listener::bind_all(&config, workers)?;
     let snapshot = Arc::new(Snapshot::new(config));
     let mut xdp = start_xdp(&snapshot, &listeners.addrs)?;
-    let edge_in_userspace = xdp.is_none() && snapshot.edge.is_active();
-    if edge_in_userspace {
+    // Without XDP the policy is checked at accept, whatever it holds now: a reload may
+    // add lists later.
+    let edge_in_userspace = xdp.is_none();
+    if edge_in_userspace && snapshot.edge.is_active() {
         tracing::info!("edge policy enforced in userspace at accept (XDP not attached)");
     }
     for (l, addr) in snapshot.config.listeners.iter().zip(listeners.addrs.iter()) {
