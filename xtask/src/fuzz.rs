@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{root, run_checked};
+use crate::root;
 
 /// Every target, in the order they run.
 pub const TARGETS: &[&str] = &[
@@ -53,22 +53,41 @@ pub fn run_targets(targets: &[String], seconds: u64) -> Result<()> {
         let fresh = scratch.path().join(target);
         std::fs::create_dir_all(&fresh)?;
         eprintln!("fuzzing {target} for {seconds} s");
-        run_checked(
-            Command::new("cargo")
-                .current_dir(root())
-                .args(["+nightly", "fuzz", "run", target])
-                .arg(&fresh)
-                .arg(&corpus)
-                .args([
-                    "--",
-                    &format!("-max_total_time={seconds}"),
-                    "-rss_limit_mb=2048",
-                    "-print_final_stats=1",
-                ])
-                .env_remove("RUSTUP_TOOLCHAIN")
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_ENCODED_RUSTFLAGS"),
-        )?;
+        // libFuzzer narrates every new input; keep its log out of the way and show the
+        // summary, or the whole tail when something was found.
+        let log_path = scratch.path().join(format!("{target}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let status = Command::new("cargo")
+            .current_dir(root())
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&fresh)
+            .arg(&corpus)
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-rss_limit_mb=2048",
+                "-print_final_stats=1",
+            ])
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()?;
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if !status.success() {
+            let tail: Vec<&str> = text.lines().rev().take(120).collect();
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+            bail!("fuzz target {target} failed; the reproducer is in fuzz/artifacts/{target}/");
+        }
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("Done ") || l.starts_with("stat::number_of_executed_units"))
+        {
+            eprintln!("  {line}");
+        }
     }
     Ok(())
 }
