@@ -30,9 +30,56 @@ pub fn test() -> Result<()> {
     } else {
         eprintln!("xtask test: not root: XDP tests that need root will be skipped (loudly)");
     }
-    run_checked(&mut test)?;
+    let totals = run_counting(&mut test)?;
     // Every fuzz target, briefly: the seed corpora plus a few seconds of mutation.
-    crate::fuzz::run_targets(&[], FUZZ_SECONDS_IN_TEST)
+    crate::fuzz::run_targets(&[], FUZZ_SECONDS_IN_TEST)?;
+    // One closing line for the whole suite (cargo's own last line is a doc-test binary's).
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    Ok(())
+}
+
+/// Test counts summed over every `test result:` line cargo printed.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and sums its results; fails if it failed.
+fn run_counting(command: &mut std::process::Command) -> Result<Totals> {
+    use std::io::{BufRead, BufReader};
+    let mut child = command.stdout(std::process::Stdio::piped()).spawn()?;
+    let mut totals = Totals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(summary) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    summary
+                        .split(&['.', ';'][..])
+                        .find_map(|part| part.trim().strip_suffix(word)?.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                totals.passed += count("passed");
+                totals.failed += count("failed");
+                totals.ignored += count("ignored");
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            totals.passed, totals.failed, totals.ignored
+        );
+        anyhow::bail!("cargo test failed with {status}");
+    }
+    Ok(totals)
 }
 
 /// Seconds each fuzz target runs during `cargo xtask test`.
