@@ -105,25 +105,26 @@ pub struct TlsExchange {
     pub resumed: bool,
 }
 
-/// A rustls server-certificate verifier that trusts nothing but records the stapled
-/// OCSP response, for tests that check stapling.
+/// A rustls server-certificate verifier that accepts any certificate but records the
+/// stapled OCSP response, for tests that check stapling.
 #[derive(Debug)]
 pub struct RecordOcsp(
     pub std::sync::Mutex<Vec<u8>>,
-    pub Arc<rustls::crypto::CryptoProvider>,
+    pub gateway::tls::NoVerification,
 );
 
 impl rustls::client::danger::ServerCertVerifier for RecordOcsp {
     fn verify_server_cert(
         &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &ServerName<'_>,
         ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
+        now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = ocsp_response.to_vec();
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+        self.1
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -132,12 +133,7 @@ impl rustls::client::danger::ServerCertVerifier for RecordOcsp {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.1.signature_verification_algorithms,
-        )
+        self.1.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -146,16 +142,11 @@ impl rustls::client::danger::ServerCertVerifier for RecordOcsp {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.1.signature_verification_algorithms,
-        )
+        self.1.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.1.signature_verification_algorithms.supported_schemes()
+        self.1.supported_verify_schemes()
     }
 }
 
