@@ -107,33 +107,16 @@ fn take_syn_token(packet: &IpPacket, settings: &EdgeSettings) -> bool {
     let key = SourceKey { addr: packet.src };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let capacity = u64::from(settings.syn_burst) * 1000;
+    let (rate, burst) = (settings.syn_rate_per_sec, settings.syn_burst);
     match SYN_BUCKETS.get_ptr_mut(&key) {
-        Some(bucket) => {
-            // SAFETY: a per-CPU LRU value, valid for this program run on this CPU.
-            let bucket = unsafe { &mut *bucket };
-            let elapsed = now.saturating_sub(bucket.last_ns);
-            // Tokens accrue at `rate` per second, in thousandths: rate * ns / 1e6.
-            let earned =
-                elapsed.min(10_000_000_000) * u64::from(settings.syn_rate_per_sec) / 1_000_000;
-            let tokens = (bucket.milli_tokens + earned).min(capacity);
-            bucket.last_ns = now;
-            if tokens >= 1000 {
-                bucket.milli_tokens = tokens - 1000;
-                true
-            } else {
-                bucket.milli_tokens = tokens;
-                false
-            }
-        }
+        // SAFETY: a per-CPU LRU value, valid for this program run on this CPU.
+        Some(bucket) => unsafe { &mut *bucket }.take(now, rate, burst),
         None => {
-            let fresh = TokenBucket {
-                milli_tokens: capacity.saturating_sub(1000),
-                last_ns: now,
-            };
+            let mut fresh = TokenBucket::full(burst, now);
+            let admitted = fresh.take(now, rate, burst);
             // A full table evicts the least recently seen source: memory stays bounded.
             let _ = SYN_BUCKETS.insert(&key, &fresh, 0);
-            capacity >= 1000
+            admitted
         }
     }
 }

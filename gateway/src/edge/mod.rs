@@ -10,7 +10,7 @@
 
 use std::{net::IpAddr, time::Instant};
 
-use gateway_common::Verdict;
+use gateway_common::{TokenBucket, Verdict};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
 
@@ -104,8 +104,7 @@ const LIMITER_SLOTS: usize = 4096;
 struct Slot {
     source: [u8; 16],
     used: bool,
-    milli_tokens: u64,
-    last_ns: u64,
+    bucket: TokenBucket,
 }
 
 /// The userspace SYN guard: a per-source token bucket on accepted connections, per
@@ -136,28 +135,17 @@ impl SynLimiter {
             IpAddr::V6(v6) => v6.octets(),
         };
         let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        let capacity = u64::from(self.guard.burst) * 1000;
         let index = (crate::upstream::maglev::fnv1a(0, &source) % LIMITER_SLOTS as u64) as usize;
         let slot = &mut self.slots[index];
         if !slot.used || slot.source != source {
             *slot = Slot {
                 source,
                 used: true,
-                milli_tokens: capacity,
-                last_ns: now_ns,
+                bucket: TokenBucket::full(self.guard.burst, now_ns),
             };
         }
-        let elapsed = now_ns.saturating_sub(slot.last_ns).min(10_000_000_000);
-        let tokens = (slot.milli_tokens + elapsed * u64::from(self.guard.rate_per_sec) / 1_000_000)
-            .min(capacity);
-        slot.last_ns = now_ns;
-        if tokens >= 1000 {
-            slot.milli_tokens = tokens - 1000;
-            true
-        } else {
-            slot.milli_tokens = tokens;
-            false
-        }
+        slot.bucket
+            .take(now_ns, self.guard.rate_per_sec, self.guard.burst)
     }
 }
 

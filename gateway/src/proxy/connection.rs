@@ -68,15 +68,16 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
     peer: SocketAddr,
     listener: usize,
 ) {
+    let snapshot = worker.snapshot();
     let mut conn = Connection {
         stream,
         peer,
-        proto: if worker.snapshot().config.listeners[listener].tls.is_some() {
+        proto: if snapshot.config.listeners[listener].tls.is_some() {
             "https"
         } else {
             "http"
         },
-        extra_headers: worker.snapshot().listener_headers[listener].clone(),
+        extra_headers: snapshot.listener_headers[listener].clone(),
         listener,
         client_text: super::canonical_ip(peer.ip()).to_string().into_bytes(),
         rbuf: ReadBuf::with_capacity(CLIENT_BUFFER),
@@ -89,7 +90,8 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
         body: BodyState::Done,
         response_started: false,
     };
-    let limits = worker.snapshot().config.limits.clone();
+    let limits = snapshot.config.limits.clone();
+    drop(snapshot);
     loop {
         match conn.read_head(&worker, &limits).await {
             Ok(true) => {}
