@@ -9,6 +9,7 @@ use std::{cell::RefCell, path::Path, rc::Rc, sync::Arc};
 use gateway::{
     config::Config,
     proxy::{Snapshot, Worker, serve_connection},
+    ratelimit::RateTable,
 };
 use libfuzzer_sys::fuzz_target;
 use monoio::{
@@ -17,8 +18,9 @@ use monoio::{
     io::{AsyncReadRent, AsyncWriteRent},
 };
 
-/// Routes: one to a port nothing listens on (connect fails fast: 502), one unrouted
-/// space (404), a redirecting path-free config is not needed here.
+/// Routes: one to a port nothing listens on (connect fails fast: 502), one behind every
+/// policy phase (credentials from headers, cookies and the query; a header-keyed rate
+/// limit; a concurrency limit; CORS), and unrouted space (404).
 const CONFIG: &str = r#"
 [limits]
 max_head_size = "4KiB"
@@ -40,6 +42,26 @@ connect_timeout = "50ms"
 name = "api"
 path_prefix = "/api"
 upstream = "nowhere"
+
+[[routes]]
+name = "private"
+path_prefix = "/private"
+upstream = "nowhere"
+auth = ["jwt", "api_key"]
+rate_limit = { rate = "1000/s", key = "header:x-user" }
+max_in_flight = 4
+cors = { allow_origins = ["https://*.example.com"], allow_headers = ["authorization"] }
+
+[auth.api_key]
+query = "api_key"
+
+[[auth.jwt]]
+keys = [ { alg = "HS256", secret = "fuzzing-secret-fuzzing-secret-32b" } ]
+token_from = ["header", "cookie:session", "query:access_token"]
+
+[[consumers]]
+name = "fuzzer"
+api_keys = ["sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"]
 "#;
 
 /// A client connection made of the fuzz input, handed out `chunk` bytes per read.
@@ -95,6 +117,7 @@ thread_local! {
     static RUNTIME: RefCell<monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>>> = RefCell::new(
         monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().expect("runtime"),
     );
+    static RATE_TABLE: Arc<RateTable> = Arc::new(RateTable::new(1024));
     static SNAPSHOT: Arc<Snapshot> =
         Arc::new(Snapshot::new(Config::parse(Path::new("fuzz.toml"), CONFIG).expect("fuzz config")));
 }
@@ -111,8 +134,9 @@ fuzz_target!(|data: &[u8]| {
         output: output.clone(),
     };
     let snapshot = SNAPSHOT.with(Arc::clone);
+    let rate_table = RATE_TABLE.with(Arc::clone);
     RUNTIME.with(|runtime| {
-        let worker = Rc::new(Worker::new(0, snapshot, false).expect("worker"));
+        let worker = Rc::new(Worker::new(0, snapshot, false, rate_table).expect("worker"));
         runtime.borrow_mut().block_on(serve_connection(
             worker,
             stream,

@@ -7,6 +7,7 @@
 mod locate;
 pub mod raw;
 mod validate;
+mod validate_policy;
 
 use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, time::Duration};
 
@@ -27,6 +28,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub xdp: Option<XdpConfig>,
     pub edge: EdgePolicyConfig,
+    pub auth: AuthConfig,
+    pub consumers: Vec<ConsumerConfig>,
 }
 
 /// `[gateway]`.
@@ -42,6 +45,8 @@ pub struct GatewaySettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Pseudonym the gateway writes into `Via`.
     pub via: String,
+    /// Rate-limit keys tracked at once, all limits together.
+    pub rate_limit_keys: usize,
 }
 
 /// `[limits]`: downstream limits, enforced per request on every worker.
@@ -155,6 +160,76 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Replace the matched part of the path before forwarding.
     pub rewrite: Option<String>,
+    /// Who may call the route and how often.
+    pub policy: RoutePolicy,
+}
+
+/// A route's security policy, checked in this order: client IP, CORS preflight,
+/// credentials, rate limits, concurrency.
+#[derive(Debug, Clone, Default)]
+pub struct RoutePolicy {
+    /// Credentials accepted (any of); empty: the route is public.
+    pub auth: Vec<crate::auth::AuthMethod>,
+    /// Scopes a JWT must all carry.
+    pub scopes: Vec<String>,
+    /// Consumer names or groups admitted; empty: any identified caller.
+    pub consumers: Vec<String>,
+    pub strip_credentials: bool,
+    pub rate_limit: Option<crate::ratelimit::LimitSpec>,
+    pub max_in_flight: Option<u32>,
+    pub ip_allow: Vec<IpNet>,
+    pub ip_deny: Vec<IpNet>,
+    pub cors: Option<CorsConfig>,
+}
+
+/// CORS of a route.
+#[derive(Debug, Clone)]
+pub struct CorsConfig {
+    /// Exact origins (lower-case); `*` allows any.
+    pub origins: Vec<String>,
+    /// `https://*.example.com` stored as (`https://`, `.example.com`).
+    pub origin_patterns: Vec<(String, String)>,
+    pub any_origin: bool,
+    /// Comma-separated header values, ready to send.
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub expose_headers: String,
+    pub allow_credentials: bool,
+    pub max_age: Option<Duration>,
+}
+
+/// `[auth]`, with keys loaded.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    pub jwt: Vec<JwtProviderConfig>,
+    /// Lower-case header name API keys are read from.
+    pub api_key_header: String,
+    pub api_key_query: Option<String>,
+    /// Lower-case header names for the identity sent upstream.
+    pub consumer_header: String,
+    pub subject_header: String,
+    pub token_cache_entries: usize,
+}
+
+/// One `[[auth.jwt]]` provider.
+#[derive(Debug, Clone)]
+pub struct JwtProviderConfig {
+    pub name: String,
+    pub verifier: crate::auth::jwt::JwtVerifier,
+    pub token_from: Vec<crate::auth::TokenSource>,
+    /// (claim, lower-case header) pairs forwarded upstream.
+    pub claim_headers: Vec<(String, String)>,
+}
+
+/// `[[consumers]]`.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub name: String,
+    pub group: Option<String>,
+    /// SHA-256 of each API key.
+    pub api_key_hashes: Vec<[u8; 32]>,
+    pub jwt_subjects: Vec<String>,
+    pub rate_limit: Option<crate::ratelimit::LimitSpec>,
 }
 
 /// Host condition (compared lower-case, port ignored).

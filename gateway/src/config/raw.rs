@@ -21,6 +21,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     pub xdp: Option<RawXdp>,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub consumers: Vec<RawConsumer>,
 }
 
 /// `[gateway]`: process-wide settings.
@@ -39,6 +43,9 @@ pub struct RawGateway {
     pub trusted_proxies: Vec<String>,
     #[serde(default = "defaults::via")]
     pub via: String,
+    /// Rate-limit keys tracked at once across all limits (memory: 16 bytes each).
+    #[serde(default = "defaults::rate_limit_keys")]
+    pub rate_limit_keys: usize,
 }
 
 impl Default for RawGateway {
@@ -49,6 +56,7 @@ impl Default for RawGateway {
             drain_timeout: defaults::drain_timeout(),
             trusted_proxies: Vec::new(),
             via: defaults::via(),
+            rate_limit_keys: defaults::rate_limit_keys(),
         }
     }
 }
@@ -249,6 +257,178 @@ pub struct RawRoute {
     #[serde(default)]
     pub strip_prefix: bool,
     pub rewrite: Option<String>,
+    /// Credentials accepted, any of: JWT provider names and `api_key`.
+    #[serde(default)]
+    pub auth: Vec<String>,
+    /// Scopes the verified JWT must all carry.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Consumers (by name or group) allowed on the route; empty: any authenticated one.
+    #[serde(default)]
+    pub consumers: Vec<String>,
+    /// Remove the credential (Authorization, API key header or parameter) before forwarding.
+    #[serde(default = "defaults::strip_credentials")]
+    pub strip_credentials: bool,
+    pub rate_limit: Option<RawRateLimit>,
+    /// Most requests of this route in flight at once, across all workers.
+    pub max_in_flight: Option<u32>,
+    /// Client sources allowed (CIDR); empty: any.
+    #[serde(default)]
+    pub ip_allow: Vec<String>,
+    /// Client sources refused (CIDR); wins over `ip_allow`.
+    #[serde(default)]
+    pub ip_deny: Vec<String>,
+    pub cors: Option<RawCors>,
+}
+
+/// A rate limit: `rate = "100/s"` (or `/min`, `/h`), `burst`, and what it is keyed by.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub rate: String,
+    /// Requests allowed back to back; defaults to one second's worth (at least 1).
+    pub burst: Option<u32>,
+    /// `client_ip`, `consumer`, `route`, `header:NAME` or `claim:NAME`.
+    #[serde(default = "defaults::rate_limit_key")]
+    pub key: String,
+}
+
+/// `cors = { ... }` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// Exact origins, `*`, or patterns like `https://*.example.com`.
+    pub allow_origins: Vec<String>,
+    #[serde(default = "defaults::cors_methods")]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[serde(default, deserialize_with = "human_duration_opt")]
+    pub max_age: Option<Duration>,
+}
+
+/// `[auth]`: how credentials are verified.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub jwt: Vec<RawJwtProvider>,
+    #[serde(default)]
+    pub api_key: RawApiKeyAuth,
+    /// Header carrying the authenticated consumer's name upstream.
+    #[serde(default = "defaults::consumer_header")]
+    pub consumer_header: String,
+    /// Header carrying the verified subject upstream.
+    #[serde(default = "defaults::subject_header")]
+    pub subject_header: String,
+    /// Verified tokens cached per worker.
+    #[serde(default = "defaults::token_cache_entries")]
+    pub token_cache_entries: usize,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            jwt: Vec::new(),
+            api_key: RawApiKeyAuth::default(),
+            consumer_header: defaults::consumer_header(),
+            subject_header: defaults::subject_header(),
+            token_cache_entries: defaults::token_cache_entries(),
+        }
+    }
+}
+
+/// `[[auth.jwt]]`: one token issuer and the keys it signs with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtProvider {
+    /// What routes name in `auth`.
+    #[serde(default = "defaults::jwt_name")]
+    pub name: String,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (one must be present).
+    #[serde(default)]
+    pub audience: Vec<String>,
+    #[serde(default)]
+    pub keys: Vec<RawJwtKey>,
+    /// A JWKS document (file).
+    pub jwks: Option<String>,
+    #[serde(default = "defaults::jwt_leeway", deserialize_with = "human_duration")]
+    pub leeway: Duration,
+    /// Where the token is looked for: `header` (Authorization: Bearer), `cookie:NAME`,
+    /// `query:NAME`.
+    #[serde(default = "defaults::token_from")]
+    pub token_from: Vec<String>,
+    /// Claims that must be present.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    #[serde(default = "defaults::max_token_size", deserialize_with = "human_size")]
+    pub max_token_size: u64,
+    /// Claim naming the consumer (matched against consumers' `jwt_subjects`).
+    #[serde(default = "defaults::consumer_claim")]
+    pub consumer_claim: String,
+    /// Claims forwarded upstream: claim name → header name.
+    #[serde(default)]
+    pub claim_headers: std::collections::BTreeMap<String, String>,
+}
+
+/// One verification key of a JWT provider: exactly one of `pem`, `jwk`, `secret`,
+/// `secret_file`, bound to one algorithm.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtKey {
+    pub kid: Option<String>,
+    /// Required for PEM and secrets; taken from the JWK when it says.
+    pub alg: Option<String>,
+    /// A PEM public key file (RSA, EC or Ed25519).
+    pub pem: Option<String>,
+    /// A JWK file (one key).
+    pub jwk: Option<String>,
+    /// An HMAC secret written inline (prefer `secret_file`).
+    pub secret: Option<String>,
+    /// A file holding the HMAC secret.
+    pub secret_file: Option<String>,
+}
+
+/// `[auth.api_key]`: where API keys are read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeyAuth {
+    #[serde(default = "defaults::api_key_header")]
+    pub header: String,
+    /// Also accept the key from this query parameter.
+    pub query: Option<String>,
+}
+
+impl Default for RawApiKeyAuth {
+    fn default() -> Self {
+        Self {
+            header: defaults::api_key_header(),
+            query: None,
+        }
+    }
+}
+
+/// `[[consumers]]`: a named identity.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsumer {
+    pub name: String,
+    /// A group or plan name routes may admit as a whole.
+    pub group: Option<String>,
+    /// API keys as `sha256:<64 hex digits>` (`printf %s KEY | sha256sum`).
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// JWT consumer-claim values (usually `sub`) that identify this consumer.
+    #[serde(default)]
+    pub jwt_subjects: Vec<String>,
+    /// A limit on everything this consumer calls (keyed by consumer).
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 /// XDP attach mode.
@@ -388,5 +568,44 @@ pub mod defaults {
     }
     pub fn xdp_mode() -> RawXdpMode {
         RawXdpMode::Driver
+    }
+    pub fn rate_limit_keys() -> usize {
+        65_536
+    }
+    pub fn strip_credentials() -> bool {
+        true
+    }
+    pub fn rate_limit_key() -> String {
+        "client_ip".to_owned()
+    }
+    pub fn cors_methods() -> Vec<String> {
+        ["GET", "HEAD", "POST"].map(str::to_owned).to_vec()
+    }
+    pub fn consumer_header() -> String {
+        "x-consumer".to_owned()
+    }
+    pub fn subject_header() -> String {
+        "x-auth-subject".to_owned()
+    }
+    pub fn token_cache_entries() -> usize {
+        4096
+    }
+    pub fn jwt_name() -> String {
+        "jwt".to_owned()
+    }
+    pub fn jwt_leeway() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn token_from() -> Vec<String> {
+        vec!["header".to_owned()]
+    }
+    pub fn max_token_size() -> u64 {
+        8 * 1024
+    }
+    pub fn consumer_claim() -> String {
+        "sub".to_owned()
+    }
+    pub fn api_key_header() -> String {
+        "x-api-key".to_owned()
     }
 }

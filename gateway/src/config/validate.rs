@@ -8,6 +8,8 @@ use std::{
 
 use regex::bytes::Regex;
 
+use super::validate_policy::{validate_auth, validate_consumers, validate_route_policy};
+
 use super::{
     Balance, Config, EdgePolicyConfig, GatewaySettings, HashKey, HostMatch, Limits, ListenerConfig,
     Locator, PathMatch, Problem, RouteConfig, SynGuardConfig, TargetConfig, TlsListenerConfig,
@@ -17,10 +19,10 @@ use super::{
 
 /// Collects problems as (key path, message) and locates them at the end.
 #[derive(Default)]
-struct Problems(Vec<(String, String)>);
+pub(super) struct Problems(Vec<(String, String)>);
 
 impl Problems {
-    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push((key.into(), message.into()));
     }
 }
@@ -140,6 +142,10 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
         ));
     }
 
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut auth = validate_auth(dir, &raw.auth, problems);
+    let consumers = validate_consumers(&raw.consumers, problems);
+
     let mut route_names = HashSet::new();
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
@@ -149,8 +155,23 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
                 format!("duplicate route name {:?}", r.name),
             );
         }
-        if let Some(route) = validate_route(i, r, &upstream_index, problems) {
+        let policy = validate_route_policy(&format!("routes[{i}]"), r, &auth, &consumers, problems);
+        if let Some(route) = validate_route(i, r, &upstream_index, policy, problems) {
             routes.push(route);
+        }
+    }
+    // Claims that limits are keyed on are copied into identities too.
+    for route in &routes {
+        if let Some(crate::ratelimit::LimitSpec {
+            key: crate::ratelimit::LimitKey::Claim(claim),
+            ..
+        }) = &route.policy.rate_limit
+        {
+            for provider in &mut auth.jwt {
+                if !provider.verifier.selected_claims.contains(claim) {
+                    provider.verifier.selected_claims.push(claim.clone());
+                }
+            }
         }
     }
 
@@ -184,6 +205,8 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
         routes,
         xdp,
         edge,
+        auth,
+        consumers,
     }
 }
 
@@ -211,6 +234,7 @@ fn validate_gateway(raw: &RawConfig, problems: &mut Problems) -> GatewaySettings
         drain_timeout: g.drain_timeout,
         trusted_proxies,
         via: g.via.clone(),
+        rate_limit_keys: g.rate_limit_keys,
     }
 }
 
@@ -354,7 +378,7 @@ fn validate_edge(x: &RawXdp, problems: &mut Problems) -> EdgePolicyConfig {
 }
 
 /// Accepts `10.0.0.0/8` or a bare address (a /32 or /128).
-fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+pub(super) fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
     text.parse::<ipnet::IpNet>().ok().or_else(|| {
         text.parse::<std::net::IpAddr>()
             .ok()
@@ -531,6 +555,7 @@ fn validate_route(
     i: usize,
     r: &RawRoute,
     upstreams: &HashMap<&str, usize>,
+    policy: super::RoutePolicy,
     problems: &mut Problems,
 ) -> Option<RouteConfig> {
     let key = format!("routes[{i}]");
@@ -639,6 +664,7 @@ fn validate_route(
         upstream: upstream?,
         strip_prefix: r.strip_prefix,
         rewrite: r.rewrite.clone(),
+        policy,
     })
 }
 

@@ -187,6 +187,17 @@ fn trimmed(raw: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
 
 /// Headers that are never copied from one side to the other: hop-by-hop fields
 /// (RFC 9110 §7.6.1) and framing the gateway re-generates.
+/// The value of cookie `name` in the request's Cookie headers (RFC 6265 §4.2.1).
+pub fn cookie_value<'a>(fields: &'a Fields, name: &[u8]) -> Option<&'a [u8]> {
+    fields.get_all(b"cookie").find_map(|header| {
+        header.split(|&b| b == b';').find_map(|pair| {
+            let pair = super::trim_ows(pair);
+            let eq = memchr::memchr(b'=', pair)?;
+            (&pair[..eq] == name).then(|| &pair[eq + 1..])
+        })
+    })
+}
+
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
     const NAMES: [&[u8]; 9] = [
         b"connection",

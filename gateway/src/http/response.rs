@@ -77,6 +77,17 @@ impl ResponseHead {
         &self.fields.raw[self.reason.0 as usize..self.reason.1 as usize]
     }
 
+    /// Drops the upstream's CORS headers when the gateway answers CORS for the route.
+    pub fn drop_cors_fields(&mut self) {
+        for i in 0..self.fields.len() {
+            if self.fields.name(i).len() > 15
+                && self.fields.name(i)[..15].eq_ignore_ascii_case(b"access-control-")
+            {
+                self.fields.drop_field(i);
+            }
+        }
+    }
+
     /// Whether this is an interim (1xx) response to skip.
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status)

@@ -111,8 +111,44 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// The raw (still percent-encoded) value of the first query parameter `name`.
+pub fn query_param<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    query.split(|&b| b == b'&').find_map(|pair| {
+        let (key, value) = match memchr::memchr(b'=', pair) {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &b""[..]),
+        };
+        (key == name).then_some(value)
+    })
+}
+
+/// Appends `query` without its `name` parameters (for stripping credentials).
+pub fn query_without(query: &[u8], name: &[u8], out: &mut Vec<u8>) {
+    for pair in query.split(|&b| b == b'&') {
+        let key = memchr::memchr(b'=', pair).map_or(pair, |eq| &pair[..eq]);
+        if key == name || pair.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(b'&');
+        }
+        out.extend_from_slice(pair);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn query_parameters_are_found_and_stripped() {
+        let query = b"a=1&token=abc&b&token=zzz";
+        assert_eq!(super::query_param(query, b"token"), Some(&b"abc"[..]));
+        assert_eq!(super::query_param(query, b"b"), Some(&b""[..]));
+        assert_eq!(super::query_param(query, b"c"), None);
+        let mut out = Vec::new();
+        super::query_without(query, b"token", &mut out);
+        assert_eq!(out, b"a=1&b");
+    }
+
     use proptest::prelude::*;
 
     use super::*;

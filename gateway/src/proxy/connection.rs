@@ -10,6 +10,7 @@ use super::{
     Worker,
     error::{ProxyError, write_error_response},
     io::{IoFailure, ReadBuf, write_all_within},
+    policy::Admission,
     relay::BODY_READ,
 };
 use crate::{
@@ -43,8 +44,16 @@ pub(super) struct Connection<S> {
     pub(super) peer: SocketAddr,
     /// `http` or `https`, for X-Forwarded-Proto.
     pub(super) proto: &'static str,
-    /// Header lines the listener adds to every response (HSTS).
-    pub(super) extra_headers: Vec<u8>,
+    /// Header lines for the client's response to the current request: the listener's
+    /// (HSTS), then what the policy phases add (rate-limit state, CORS, challenges).
+    pub(super) reply_headers: Vec<u8>,
+    /// Header lines for the upstream request: the verified identity.
+    pub(super) upstream_headers: Vec<u8>,
+    /// The query forwarded instead of the client's, when `query_rewritten`.
+    pub(super) query_buf: Vec<u8>,
+    pub(super) query_rewritten: bool,
+    /// The gateway answers CORS for this request: upstream CORS headers are dropped.
+    pub(super) cors_applied: bool,
     /// Index of the listener that accepted the connection.
     pub(super) listener: usize,
     /// The client's address as text, for X-Forwarded-For.
@@ -77,7 +86,11 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
         } else {
             "http"
         },
-        extra_headers: snapshot.listener_headers[listener].clone(),
+        reply_headers: snapshot.listener_headers[listener].clone(),
+        upstream_headers: Vec::new(),
+        query_buf: Vec::new(),
+        query_rewritten: false,
+        cors_applied: false,
         listener,
         client_text: super::canonical_ip(peer.ip()).to_string().into_bytes(),
         rbuf: ReadBuf::with_capacity(CLIENT_BUFFER),
@@ -205,6 +218,12 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         };
         self.response_started = false;
         let snapshot = worker.snapshot();
+        self.reply_headers.clear();
+        self.reply_headers
+            .extend_from_slice(&snapshot.listener_headers[self.listener]);
+        self.upstream_headers.clear();
+        self.query_rewritten = false;
+        self.cors_applied = false;
         if let Some(port) = snapshot.config.listeners[self.listener].redirect_to_https {
             return self
                 .answer_redirect(port, limits, worker.drain.is_draining())
@@ -215,12 +234,19 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             Some(_) if matches!(self.head.body, RequestBody::Length(n) if n > limits.max_body_size) => {
                 Err(FramingError::BodyTooLarge.into())
             }
-            Some(route) => {
-                let route = &snapshot.router.routes()[route];
-                Router::upstream_path(route, &self.head.path, &mut self.path);
-                self.forward(worker, &snapshot, route.upstream, limits)
-                    .await
-            }
+            Some(index) => match self.admit(worker, &snapshot, index) {
+                Err(error) => Err(error),
+                Ok(Admission::Preflight) => {
+                    let close = !self.head.keep_alive || worker.drain.is_draining();
+                    return self.answer_empty(b"204 No Content", close, limits).await;
+                }
+                Ok(Admission::Forward(_in_flight)) => {
+                    let route = &snapshot.router.routes()[index];
+                    Router::upstream_path(route, &self.head.path, &mut self.path);
+                    self.forward(worker, &snapshot, route.upstream, limits)
+                        .await
+                }
+            },
         };
         match result {
             Ok(keep_alive) => keep_alive,
@@ -264,7 +290,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             &error.to_string(),
             &self.request_id,
             close,
-            &self.extra_headers,
+            &self.reply_headers,
         );
         let sent = write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout)
             .await
@@ -295,33 +321,42 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             let error = ProxyError::Request(FramingError::Malformed("a redirect needs a Host"));
             return self.answer_error(&error, true, limits).await;
         }
-        let Some(close) = self
-            .settle_pending_body(!self.head.keep_alive || draining, limits)
+        let out = &mut self.reply_headers;
+        out.extend_from_slice(b"location: https://");
+        out.extend_from_slice(&self.head.host);
+        if port != 443 {
+            out.push(b':');
+            out.extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
+        }
+        out.extend_from_slice(&self.head.path);
+        if let Some(query) = self.head.query() {
+            out.push(b'?');
+            out.extend_from_slice(query);
+        }
+        out.extend_from_slice(b"\r\n");
+        let close = !self.head.keep_alive || draining;
+        self.answer_empty(b"308 Permanent Redirect", close, limits)
             .await
-        else {
+    }
+
+    /// Answers the request itself with `status` (e.g. `b"204 No Content"`), no body,
+    /// and the reply headers gathered so far. Returns whether the connection stays open.
+    async fn answer_empty(&mut self, status: &[u8], close: bool, limits: &Limits) -> bool {
+        let Some(close) = self.settle_pending_body(close, limits).await else {
             return false;
         };
         self.out.clear();
-        self.out
-            .extend_from_slice(b"HTTP/1.1 308 Permanent Redirect\r\nlocation: https://");
-        self.out.extend_from_slice(&self.head.host);
-        if port != 443 {
-            self.out.push(b':');
-            self.out
-                .extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
-        }
-        self.out.extend_from_slice(&self.head.path);
-        if let Some(query) = self.head.query() {
-            self.out.push(b'?');
-            self.out.extend_from_slice(query);
-        }
+        self.out.extend_from_slice(b"HTTP/1.1 ");
+        self.out.extend_from_slice(status);
         self.out
             .extend_from_slice(b"\r\ncontent-length: 0\r\nx-request-id: ");
         self.out.extend_from_slice(&self.request_id);
+        self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(&self.reply_headers);
         self.out.extend_from_slice(if close {
-            &b"\r\nconnection: close\r\n\r\n"[..]
+            &b"connection: close\r\n\r\n"[..]
         } else {
-            b"\r\n\r\n"
+            b"\r\n"
         });
         let sent = write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout)
             .await

@@ -3,7 +3,7 @@
 //! Every failure knows its side: the client's request (4xx, connection closed after the
 //! answer), the upstream (5xx), or the client's connection itself (nothing to answer).
 
-use crate::{http::FramingError, upstream::UpstreamError};
+use crate::{auth::AuthFailure, http::FramingError, upstream::UpstreamError};
 
 /// Everything that can end a request early.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,14 @@ pub enum ProxyError {
     DownstreamClosed,
     #[error("no route matches")]
     NoRoute,
+    #[error("client address not admitted on this route")]
+    IpDenied,
+    #[error("{0}")]
+    Auth(crate::auth::AuthFailure),
+    #[error("rate limit exceeded")]
+    RateLimited,
+    #[error("too many requests in flight on this route")]
+    TooManyInFlight,
     #[error("upstream has no available target")]
     NoTarget,
     #[error("{0}")]
@@ -58,6 +66,14 @@ impl ProxyError {
             Self::BodyTimeout => (408, "request_body_timeout"),
             Self::Downstream(_) | Self::DownstreamClosed => return None,
             Self::NoRoute => (404, "no_route"),
+            Self::IpDenied => (403, "ip_denied"),
+            Self::Auth(AuthFailure::InsufficientScope) => (403, "insufficient_scope"),
+            Self::Auth(AuthFailure::ConsumerNotAllowed) => (403, "consumer_not_allowed"),
+            Self::Auth(AuthFailure::Missing) => (401, "unauthorized"),
+            Self::Auth(AuthFailure::InvalidToken(_)) => (401, "invalid_token"),
+            Self::Auth(AuthFailure::UnknownApiKey) => (401, "invalid_api_key"),
+            Self::RateLimited => (429, "rate_limited"),
+            Self::TooManyInFlight => (503, "too_many_in_flight"),
             Self::NoTarget => (503, "no_upstream_target"),
             Self::Connect(_) => (502, "upstream_connect_failed"),
             Self::UpstreamTimeout => (504, "upstream_timeout"),
@@ -72,6 +88,10 @@ impl ProxyError {
         !matches!(
             self,
             Self::NoRoute
+                | Self::IpDenied
+                | Self::Auth(_)
+                | Self::RateLimited
+                | Self::TooManyInFlight
                 | Self::NoTarget
                 | Self::Connect(_)
                 | Self::UpstreamTimeout

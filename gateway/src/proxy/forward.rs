@@ -181,13 +181,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 std::net::IpAddr::V6(v6) => fnv1a(0, &v6.octets()),
             }),
             HashKey::Header(name) => self.head.fields.get(name.as_bytes()).map(|v| fnv1a(0, v)),
-            HashKey::Cookie(name) => self.head.fields.get_all(b"cookie").find_map(|header| {
-                header.split(|&b| b == b';').find_map(|pair| {
-                    let pair = crate::http::trim_ows(pair);
-                    let (k, v) = pair.split_at(memchr::memchr(b'=', pair)?);
-                    (k == name.as_bytes()).then(|| fnv1a(0, &v[1..]))
-                })
-            }),
+            HashKey::Cookie(name) => {
+                crate::http::fields::cookie_value(&self.head.fields, name.as_bytes())
+                    .map(|v| fnv1a(0, v))
+            }
         }
     }
 
@@ -207,6 +204,12 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             proto: self.proto,
             via: &gateway.via,
             request_id: &self.request_id,
+            query: if self.query_rewritten {
+                Some(&self.query_buf[..]).filter(|q| !q.is_empty())
+            } else {
+                self.head.query()
+            },
+            extra: &self.upstream_headers,
         };
         self.out.clear();
         serialize::request_head(
@@ -361,8 +364,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             request_id: &self.request_id,
             keep_alive,
             client_minor,
-            extra_headers: &self.extra_headers,
+            extra_headers: &self.reply_headers,
         };
+        if self.cors_applied {
+            self.response.drop_cors_fields();
+        }
         serialize::response_head(&mut self.out, &self.response, framing, &client);
         self.response_started = true;
         let mut relay = Relay {

@@ -17,6 +17,7 @@ mod drain;
 pub mod error;
 mod forward;
 pub mod io;
+mod policy;
 mod relay;
 mod serialize;
 
@@ -28,8 +29,10 @@ use std::{
 
 pub use self::{connection::serve_connection, drain::Drain};
 use crate::{
+    auth::{Authenticator, TokenCache},
     config::Config,
     edge::{EdgePolicy, SynLimiter},
+    ratelimit::{InFlight, RateTable},
     router::Router,
     tls::{SniResolver, TlsError},
     upstream::{Upstreams, WorkerUpstreams},
@@ -46,6 +49,14 @@ pub struct Snapshot {
     pub tls_resolvers: Vec<Option<Arc<SniResolver>>>,
     /// Header lines each listener adds to every response (HSTS), by listener index.
     pub listener_headers: Vec<Vec<u8>>,
+    /// Credential verifiers and consumer look-ups.
+    pub auth: Authenticator,
+    /// Concurrency limits, by route index (global across workers).
+    pub in_flight: Vec<Option<InFlight>>,
+    /// Headers the gateway sets upstream to carry the identity (dropped from clients).
+    pub identity_header_names: Vec<String>,
+    /// Whether any credential is configured (so identity headers mean something).
+    pub identity_headers_in_use: bool,
 }
 
 impl Snapshot {
@@ -71,6 +82,20 @@ impl Snapshot {
                 None => Vec::new(),
             })
             .collect();
+        let auth = Authenticator::new(&config);
+        let in_flight = router
+            .routes()
+            .iter()
+            .map(|r| r.policy.max_in_flight.map(InFlight::new))
+            .collect();
+        let mut identity_header_names = vec![
+            config.auth.consumer_header.clone(),
+            config.auth.subject_header.clone(),
+        ];
+        for provider in &config.auth.jwt {
+            identity_header_names.extend(provider.claim_headers.iter().map(|(_, h)| h.clone()));
+        }
+        let identity_headers_in_use = !config.auth.jwt.is_empty() || !config.consumers.is_empty();
         Self {
             config,
             router,
@@ -78,6 +103,10 @@ impl Snapshot {
             edge,
             tls_resolvers,
             listener_headers,
+            auth,
+            in_flight,
+            identity_header_names,
+            identity_headers_in_use,
         }
     }
 
@@ -152,6 +181,10 @@ pub struct Worker {
     syn_limiter: RefCell<Option<SynLimiter>>,
     /// Connections refused at accept by the edge policy, by verdict slot.
     pub edge_refusals: Cell<[u64; gateway_common::Verdict::COUNT as usize]>,
+    /// The process-wide rate-limit cells (shared lock-free by every worker).
+    pub rate_table: Arc<RateTable>,
+    /// Tokens this worker verified (cleared on reload).
+    token_cache: RefCell<TokenCache>,
 }
 
 impl Worker {
@@ -160,6 +193,7 @@ impl Worker {
         id: usize,
         snapshot: Arc<Snapshot>,
         edge_in_userspace: bool,
+        rate_table: Arc<RateTable>,
     ) -> Result<Self, TlsError> {
         let upstreams = RefCell::new(WorkerUpstreams::new(&snapshot.upstreams, id));
         let tls = RefCell::new(listener_tls(&snapshot)?);
@@ -169,6 +203,7 @@ impl Worker {
             .syn_guard
             .filter(|_| edge_in_userspace)
             .map(SynLimiter::new);
+        let token_cache = RefCell::new(TokenCache::new(snapshot.config.auth.token_cache_entries));
         Ok(Self {
             id,
             snapshot: RefCell::new(snapshot),
@@ -180,6 +215,8 @@ impl Worker {
             edge_in_userspace,
             syn_limiter: RefCell::new(syn_limiter),
             edge_refusals: Cell::new([0; gateway_common::Verdict::COUNT as usize]),
+            rate_table,
+            token_cache,
         })
     }
 
@@ -219,6 +256,7 @@ impl Worker {
             .syn_guard
             .filter(|_| self.edge_in_userspace)
             .map(SynLimiter::new);
+        *self.token_cache.borrow_mut() = TokenCache::new(snapshot.config.auth.token_cache_entries);
         *self.snapshot.borrow_mut() = snapshot;
         self.generation.set(self.generation.get() + 1);
         Ok(())
@@ -254,6 +292,11 @@ impl Worker {
         self.edge_refusals.set(refusals);
         tracing::debug!(%ip, reason = verdict.name(), "connection refused by the edge policy");
         false
+    }
+
+    /// Runs `f` on this worker's cache of verified tokens.
+    pub fn with_token_cache<R>(&self, f: impl FnOnce(&mut TokenCache) -> R) -> R {
+        f(&mut self.token_cache.borrow_mut())
     }
 
     /// Appends a fresh 128-bit request id as 32 lower-case hex digits.

@@ -26,6 +26,10 @@ pub struct Forwarding<'a> {
     pub proto: &'static str,
     pub via: &'a str,
     pub request_id: &'a [u8],
+    /// The query to forward (the client's, or one with credentials stripped).
+    pub query: Option<&'a [u8]>,
+    /// Complete header lines the gateway adds (the verified identity).
+    pub extra: &'a [u8],
 }
 
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -69,7 +73,7 @@ pub fn request_head(
     out.extend_from_slice(req.method());
     out.push(b' ');
     out.extend_from_slice(path);
-    if let Some(query) = req.query() {
+    if let Some(query) = fwd.query {
         out.push(b'?');
         out.extend_from_slice(query);
     }
@@ -100,6 +104,7 @@ pub fn request_head(
     }
     via_line(out, req.version_minor, fwd.via);
     header(out, b"x-request-id", fwd.request_id);
+    out.extend_from_slice(fwd.extra);
     match body {
         RequestBody::None => {}
         RequestBody::Length(n) => {

@@ -27,6 +27,7 @@ pub use self::shutdown::{Mailbox, Shutdown};
 use crate::{
     config::Config,
     proxy::{Snapshot, Worker, serve_connection},
+    ratelimit::RateTable,
     xdp::{XdpProgram, is_placeholder},
 };
 
@@ -89,6 +90,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         );
     }
 
+    let rate_table = Arc::new(RateTable::new(snapshot.config.gateway.rate_limit_keys));
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(RuntimeError::Signals)?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::new();
@@ -97,10 +99,21 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         let mailbox = Arc::new(WorkerMailbox::default());
         mailboxes.push(mailbox.clone());
         let snapshot = snapshot.clone();
+        let rate_table = rate_table.clone();
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let handle = thread::Builder::new()
             .name(format!("worker-{id}"))
-            .spawn(move || worker_main(id, core, snapshot, edge_in_userspace, sockets, mailbox))
+            .spawn(move || {
+                worker_main(
+                    id,
+                    core,
+                    snapshot,
+                    edge_in_userspace,
+                    rate_table,
+                    sockets,
+                    mailbox,
+                )
+            })
             .map_err(|source| RuntimeError::Spawn { worker: id, source })?;
         handles.push(handle);
     }
@@ -174,6 +187,11 @@ fn reload(
         );
         return None;
     }
+    if config.gateway.rate_limit_keys != current.config.gateway.rate_limit_keys {
+        tracing::warn!(
+            "gateway.rate_limit_keys changed: the rate-limit table keeps its size until restart"
+        );
+    }
     let next = Arc::new(Snapshot::new(config));
     if let Some(xdp) = xdp
         && let Err(error) = xdp.replace_policy(&current.edge, &next.edge, addrs)
@@ -224,6 +242,7 @@ fn worker_main(
     core: Option<core_affinity::CoreId>,
     snapshot: Arc<Snapshot>,
     edge_in_userspace: bool,
+    rate_table: Arc<RateTable>,
     sockets: Vec<std::net::TcpListener>,
     mailbox: Arc<WorkerMailbox>,
 ) {
@@ -245,7 +264,7 @@ fn worker_main(
     };
     runtime.block_on(async move {
         let drain_timeout = snapshot.config.gateway.drain_timeout;
-        let worker = match Worker::new(id, snapshot, edge_in_userspace) {
+        let worker = match Worker::new(id, snapshot, edge_in_userspace, rate_table) {
             Ok(worker) => Rc::new(worker),
             Err(error) => {
                 tracing::error!(worker = id, %error, "cannot set up TLS; worker not serving");

@@ -1,0 +1,404 @@
+//! Phases "auth" and "rate limit" of the request path, for the matched route:
+//!
+//! ```text
+//! client IP (trusted-proxy aware) → route IP allow/deny → CORS preflight
+//!   → credentials (auth::Authenticator) → rate limits (route, then consumer)
+//!   → concurrency limit → forward
+//! ```
+//!
+//! Each phase continues or ends the request with a [`ProxyError`]; headers the answer
+//! needs (`WWW-Authenticate`, `Retry-After`, `RateLimit-*`, CORS) go into the
+//! connection's per-request reply headers, headers for the upstream (the verified
+//! identity) into its upstream headers.
+
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    rc::Rc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use ipnet::IpNet;
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
+use super::{Snapshot, Worker, connection::Connection, error::ProxyError};
+use crate::{
+    auth::{AuthFailure, AuthMethod, CredentialPlace, Identity},
+    config::{CorsConfig, RouteConfig, RoutePolicy},
+    http::target::query_without,
+    ratelimit::{Decision, InFlightGuard, LimitKey, LimitSpec},
+};
+
+/// How the policy phases let a request through.
+pub(super) enum Admission<'s> {
+    /// Forward it; the guard (if the route limits concurrency) is held until done.
+    Forward(Option<InFlightGuard<'s>>),
+    /// A CORS preflight the gateway answers itself (headers already in place).
+    Preflight,
+}
+
+/// The tightest rate-limit state seen, for the `RateLimit-*` headers.
+struct Tightest {
+    limit: u32,
+    remaining: u32,
+    reset_ns: u64,
+}
+
+fn ceil_secs(ns: u64) -> u64 {
+    ns.div_ceil(1_000_000_000)
+}
+
+impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+    /// Runs the route's policy phases.
+    pub(super) fn admit<'s>(
+        &mut self,
+        worker: &Worker,
+        snapshot: &'s Snapshot,
+        route_index: usize,
+    ) -> Result<Admission<'s>, ProxyError> {
+        let route = &snapshot.router.routes()[route_index];
+        let policy = &route.policy;
+        if snapshot.identity_headers_in_use {
+            self.drop_identity_headers(snapshot);
+        }
+        let client = self.client_ip(snapshot);
+        if !ip_admitted(policy, client) {
+            return Err(ProxyError::IpDenied);
+        }
+        if let Some(cors) = &policy.cors
+            && self.apply_cors(cors)
+        {
+            return Ok(Admission::Preflight);
+        }
+        let identity = if policy.auth.is_empty() {
+            None
+        } else {
+            Some(self.authenticate(worker, snapshot, policy)?)
+        };
+        self.rate_limit(worker, snapshot, route, client, identity.as_deref())?;
+        let guard = match snapshot.in_flight[route_index].as_ref() {
+            Some(limit) => Some(limit.try_enter().ok_or(ProxyError::TooManyInFlight)?),
+            None => None,
+        };
+        Ok(Admission::Forward(guard))
+    }
+
+    /// The client's address: the peer, or when the peer is a trusted proxy, the last
+    /// untrusted address of `X-Forwarded-For`.
+    fn client_ip(&self, snapshot: &Snapshot) -> IpAddr {
+        let peer = super::canonical_ip(self.peer.ip());
+        if !snapshot.is_trusted_proxy(peer) {
+            return peer;
+        }
+        let fields = &self.head.fields;
+        let mut client = peer;
+        for i in (0..fields.len()).rev() {
+            if !fields.name(i).eq_ignore_ascii_case(b"x-forwarded-for") {
+                continue;
+            }
+            for hop in fields.value(i).rsplit(|&b| b == b',') {
+                let Some(ip) = std::str::from_utf8(crate::http::trim_ows(hop))
+                    .ok()
+                    .and_then(|s| s.parse::<IpAddr>().ok())
+                else {
+                    return client;
+                };
+                client = super::canonical_ip(ip);
+                if !snapshot.is_trusted_proxy(client) {
+                    return client;
+                }
+            }
+        }
+        client
+    }
+
+    /// Clients never choose the identity headers the gateway sends upstream.
+    fn drop_identity_headers(&mut self, snapshot: &Snapshot) {
+        let names = &snapshot.identity_header_names;
+        for i in 0..self.head.fields.len() {
+            let name = self.head.fields.name(i);
+            if names
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+            {
+                self.head.fields.drop_field(i);
+            }
+        }
+    }
+
+    /// Adds CORS headers for an allowed origin; returns whether the request is a
+    /// preflight the gateway answers.
+    fn apply_cors(&mut self, cors: &CorsConfig) -> bool {
+        let preflight = self.head.method() == b"OPTIONS"
+            && self
+                .head
+                .fields
+                .get(b"access-control-request-method")
+                .is_some();
+        let Some(origin) = self.head.fields.get(b"origin") else {
+            return false;
+        };
+        self.cors_applied = true;
+        let out = &mut self.reply_headers;
+        out.extend_from_slice(b"vary: origin\r\n");
+        if !origin_allowed(cors, origin) {
+            return preflight;
+        }
+        out.extend_from_slice(b"access-control-allow-origin: ");
+        if cors.any_origin && !cors.allow_credentials {
+            out.push(b'*');
+        } else {
+            out.extend_from_slice(origin);
+        }
+        out.extend_from_slice(b"\r\n");
+        if cors.allow_credentials {
+            out.extend_from_slice(b"access-control-allow-credentials: true\r\n");
+        }
+        if preflight {
+            let _ = write!(
+                out,
+                "access-control-allow-methods: {}\r\n",
+                cors.allow_methods
+            );
+            if !cors.allow_headers.is_empty() {
+                let _ = write!(
+                    out,
+                    "access-control-allow-headers: {}\r\n",
+                    cors.allow_headers
+                );
+            }
+            if let Some(age) = cors.max_age {
+                let _ = write!(out, "access-control-max-age: {}\r\n", age.as_secs());
+            }
+        } else if !cors.expose_headers.is_empty() {
+            let _ = write!(
+                out,
+                "access-control-expose-headers: {}\r\n",
+                cors.expose_headers
+            );
+        }
+        preflight
+    }
+
+    /// The credentials phase: identity, authorization, then what the upstream gets.
+    fn authenticate(
+        &mut self,
+        worker: &Worker,
+        snapshot: &Snapshot,
+        policy: &RoutePolicy,
+    ) -> Result<Rc<Identity>, ProxyError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let result = worker.with_token_cache(|cache| {
+            snapshot
+                .auth
+                .authenticate(&self.head, policy, &snapshot.config.consumers, cache, now)
+        });
+        let (identity, place) = match result {
+            Ok(found) => found,
+            Err(failure) => {
+                self.challenge(policy, &failure);
+                return Err(ProxyError::Auth(failure));
+            }
+        };
+        if policy.strip_credentials {
+            match place {
+                CredentialPlace::Field(i) => self.head.fields.drop_field(i),
+                CredentialPlace::Query(method) => {
+                    if let (Some(query), Some(name)) =
+                        (self.head.query(), snapshot.auth.query_name(method))
+                    {
+                        self.query_buf.clear();
+                        query_without(query, name.as_bytes(), &mut self.query_buf);
+                        self.query_rewritten = true;
+                    }
+                }
+                CredentialPlace::Cookie => {}
+            }
+        }
+        self.identity_headers(snapshot, &identity);
+        Ok(identity)
+    }
+
+    /// `WWW-Authenticate` for a refused request (RFC 6750 §3).
+    fn challenge(&mut self, policy: &RoutePolicy, failure: &AuthFailure) {
+        let bearer = policy.auth.iter().any(|m| matches!(m, AuthMethod::Jwt(_)));
+        let out = &mut self.reply_headers;
+        let scheme = if bearer { "Bearer" } else { "ApiKey" };
+        let _ = write!(out, "www-authenticate: {scheme} realm=\"gateway\"");
+        match failure {
+            AuthFailure::Missing | AuthFailure::ConsumerNotAllowed => {}
+            AuthFailure::InvalidToken(reason) => {
+                let _ = write!(
+                    out,
+                    ", error=\"invalid_token\", error_description=\"{reason}\""
+                );
+            }
+            AuthFailure::UnknownApiKey => {
+                let _ = write!(
+                    out,
+                    ", error=\"invalid_token\", error_description=\"unknown API key\""
+                );
+            }
+            AuthFailure::InsufficientScope => {
+                let _ = write!(
+                    out,
+                    ", error=\"insufficient_scope\", scope=\"{}\"",
+                    policy.scopes.join(" ")
+                );
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// The verified identity as headers for the upstream.
+    fn identity_headers(&mut self, snapshot: &Snapshot, identity: &Identity) {
+        let auth = &snapshot.config.auth;
+        let out = &mut self.upstream_headers;
+        if let Some(consumer) = identity.consumer {
+            let name = &snapshot.config.consumers[consumer].name;
+            let _ = write!(out, "{}: {name}\r\n", auth.consumer_header);
+        }
+        if let Some(subject) = identity.subject.as_deref().filter(|s| header_safe(s)) {
+            let _ = write!(out, "{}: {subject}\r\n", auth.subject_header);
+        }
+        for provider in &auth.jwt {
+            for (claim, header) in &provider.claim_headers {
+                if let Some(value) = identity.claim(claim).filter(|v| header_safe(v)) {
+                    let _ = write!(out, "{header}: {value}\r\n");
+                }
+            }
+        }
+    }
+
+    /// The rate-limit phase: the route's limit, then the consumer's.
+    fn rate_limit(
+        &mut self,
+        worker: &Worker,
+        snapshot: &Snapshot,
+        route: &RouteConfig,
+        client: IpAddr,
+        identity: Option<&Identity>,
+    ) -> Result<(), ProxyError> {
+        let consumer = identity
+            .and_then(|i| i.consumer)
+            .map(|c| &snapshot.config.consumers[c]);
+        let limits = [
+            route.policy.rate_limit.as_ref(),
+            consumer.and_then(|c| c.rate_limit.as_ref()),
+        ];
+        if limits.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        let table = &worker.rate_table;
+        let now = table.now_ns();
+        let mut tightest: Option<Tightest> = None;
+        for spec in limits.into_iter().flatten() {
+            let hash = self.limit_key_hash(
+                worker,
+                spec,
+                client,
+                identity,
+                consumer.map(|c| c.name.as_str()),
+            );
+            match table.check(hash, &spec.rate, now) {
+                Decision::Allowed {
+                    remaining,
+                    reset_ns,
+                } => {
+                    if tightest.as_ref().is_none_or(|t| remaining < t.remaining) {
+                        tightest = Some(Tightest {
+                            limit: spec.rate.limit(),
+                            remaining,
+                            reset_ns,
+                        });
+                    }
+                }
+                Decision::Limited {
+                    retry_after_ns,
+                    reset_ns,
+                } => {
+                    let out = &mut self.reply_headers;
+                    let _ = write!(
+                        out,
+                        "retry-after: {}\r\nratelimit-limit: {}\r\nratelimit-remaining: 0\r\nratelimit-reset: {}\r\n",
+                        ceil_secs(retry_after_ns).max(1),
+                        spec.rate.limit(),
+                        ceil_secs(reset_ns)
+                    );
+                    return Err(ProxyError::RateLimited);
+                }
+            }
+        }
+        if let Some(t) = tightest {
+            let _ = write!(
+                self.reply_headers,
+                "ratelimit-limit: {}\r\nratelimit-remaining: {}\r\nratelimit-reset: {}\r\n",
+                t.limit,
+                t.remaining,
+                ceil_secs(t.reset_ns)
+            );
+        }
+        Ok(())
+    }
+
+    fn limit_key_hash(
+        &self,
+        worker: &Worker,
+        spec: &LimitSpec,
+        client: IpAddr,
+        identity: Option<&Identity>,
+        consumer: Option<&str>,
+    ) -> u64 {
+        let table = &worker.rate_table;
+        match &spec.key {
+            LimitKey::ClientIp => match client {
+                IpAddr::V4(v4) => table.key_hash(&spec.name, &v4.octets()),
+                IpAddr::V6(v6) => table.key_hash(&spec.name, &v6.octets()),
+            },
+            LimitKey::Consumer => table.key_hash(&spec.name, consumer.unwrap_or("").as_bytes()),
+            LimitKey::Route => table.key_hash(&spec.name, b""),
+            LimitKey::Header(name) => table.key_hash(
+                &spec.name,
+                self.head.fields.get(name.as_bytes()).unwrap_or(b""),
+            ),
+            LimitKey::Claim(name) => table.key_hash(
+                &spec.name,
+                identity
+                    .and_then(|i| i.claim(name))
+                    .unwrap_or("")
+                    .as_bytes(),
+            ),
+        }
+    }
+}
+
+/// Per-route IP lists: deny wins; a non-empty allow list admits only its members.
+fn ip_admitted(policy: &RoutePolicy, client: IpAddr) -> bool {
+    let contains = |list: &[IpNet]| list.iter().any(|net| net.contains(&client));
+    !contains(&policy.ip_deny) && (policy.ip_allow.is_empty() || contains(&policy.ip_allow))
+}
+
+fn origin_allowed(cors: &CorsConfig, origin: &[u8]) -> bool {
+    let ends_with = |text: &[u8], suffix: &[u8]| {
+        text.len() >= suffix.len() && text[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    cors.any_origin
+        || cors
+            .origins
+            .iter()
+            .any(|o| origin.eq_ignore_ascii_case(o.as_bytes()))
+        || cors.origin_patterns.iter().any(|(scheme, suffix)| {
+            origin.len() > scheme.len() + suffix.len()
+                && origin[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+                && ends_with(&origin[scheme.len()..], suffix.as_bytes())
+        })
+}
+
+/// A claim value may become a header value only without control characters.
+fn header_safe(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
