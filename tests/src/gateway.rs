@@ -127,6 +127,55 @@ impl Gateway {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Waits until `needle` appears in the log (within 10 s); panics with the log if not.
+    pub fn wait_for_log(&self, needle: &str) {
+        self.wait_for_log_after(0, needle);
+    }
+
+    /// Like [`Gateway::wait_for_log`], looking only at what was logged after the log
+    /// had `offset` bytes (see [`Gateway::log_len`]).
+    pub fn wait_for_log_after(&self, offset: usize, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().get(offset..).is_some_and(|l| l.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Bytes logged so far.
+    pub fn log_len(&self) -> usize {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// SIGHUP, then waits for the verdict: `true` when the new config is in service on
+    /// the workers, `false` when the reload was refused and the old one stays.
+    pub fn reload(&self) -> bool {
+        let offset = self.log_len();
+        self.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            let new = log.get(offset..).unwrap_or("");
+            if new.contains("config reloaded") {
+                // Workers pick the new snapshot up right after the main thread posts it.
+                std::thread::sleep(Duration::from_millis(100));
+                return true;
+            }
+            if new.contains("reload refused") {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reload verdict in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.

@@ -5,6 +5,8 @@
 pub mod backend;
 pub mod client;
 pub mod gateway;
+pub mod idp;
+pub mod jwt;
 pub mod netns;
 pub mod tls;
 

@@ -5,18 +5,15 @@
 //! cookies and the query, API keys, consumer groups, identity forwarding and credential
 //! stripping.
 
-use std::{
-    io::Write,
-    path::PathBuf,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{io::Write, path::PathBuf};
 
+use gateway_tests::jwt::{SigningKey, b64, jwks, now};
 use gateway_tests::{
     backend::Backend,
     client::{Response, connect, read_response},
     gateway::Gateway,
 };
-use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 const ISSUER: &str = "https://idp.test";
@@ -27,38 +24,31 @@ const HMAC_SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!";
 /// Signing keys, and their public halves written where the config points.
 struct Keys {
     dir: tempfile::TempDir,
-    ec: EncodingKey,
-    ec_next: EncodingKey,
-    rsa: EncodingKey,
-    rsa_public_pem: String,
-    ed: EncodingKey,
-    hmac: EncodingKey,
-}
-
-fn generate(alg: &'static rcgen::SignatureAlgorithm) -> rcgen::KeyPair {
-    rcgen::KeyPair::generate_for(alg).expect("generate key")
+    ec: SigningKey,
+    ec_next: SigningKey,
+    rsa: SigningKey,
+    ps: SigningKey,
+    ed: SigningKey,
+    hmac: SigningKey,
 }
 
 impl Keys {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ec = generate(&rcgen::PKCS_ECDSA_P256_SHA256);
-        let ec_next = generate(&rcgen::PKCS_ECDSA_P256_SHA256);
-        let rsa = generate(&rcgen::PKCS_RSA_SHA256);
-        let ed = generate(&rcgen::PKCS_ED25519);
-        std::fs::write(dir.path().join("rsa.pub.pem"), rsa.public_key_pem()).expect("write");
-        std::fs::write(dir.path().join("ed.pub.pem"), ed.public_key_pem()).expect("write");
-        std::fs::write(dir.path().join("hmac.secret"), format!("{HMAC_SECRET}\n")).expect("write");
+        let rsa = SigningKey::rsa(Algorithm::RS256, "rsa-1");
         let keys = Self {
-            ec: EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).expect("ec key"),
-            ec_next: EncodingKey::from_ec_pem(ec_next.serialize_pem().as_bytes()).expect("ec key"),
-            rsa: EncodingKey::from_rsa_pem(rsa.serialize_pem().as_bytes()).expect("rsa key"),
-            rsa_public_pem: rsa.public_key_pem(),
-            ed: EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).expect("ed key"),
-            hmac: EncodingKey::from_secret(HMAC_SECRET.as_bytes()),
+            ec: SigningKey::es256("ec-1"),
+            ec_next: SigningKey::es256("ec-2"),
+            ps: rsa.with_alg(Algorithm::PS256, "ps-1"),
+            rsa,
+            ed: SigningKey::ed25519("ed-1"),
+            hmac: SigningKey::hmac(Algorithm::HS256, "hs-1", HMAC_SECRET.as_bytes()),
             dir,
         };
-        keys.write_jwks(&[("ec-1", &keys.ec)]);
+        std::fs::write(keys.path("rsa.pub.pem"), &keys.rsa.public_pem).expect("write");
+        std::fs::write(keys.path("ed.pub.pem"), &keys.ed.public_pem).expect("write");
+        std::fs::write(keys.path("hmac.secret"), format!("{HMAC_SECRET}\n")).expect("write");
+        keys.write_jwks(&[&keys.ec]);
         keys
     }
 
@@ -66,25 +56,10 @@ impl Keys {
         self.dir.path().join(name)
     }
 
-    /// Writes the JWKS document the provider loads, with these EC keys.
-    fn write_jwks(&self, keys: &[(&str, &EncodingKey)]) {
-        let keys: Vec<Value> = keys
-            .iter()
-            .map(|(kid, key)| {
-                let mut jwk = Jwk::from_encoding_key(key, Algorithm::ES256).expect("jwk");
-                jwk.common.key_id = Some((*kid).to_owned());
-                serde_json::to_value(jwk).expect("jwk json")
-            })
-            .collect();
-        std::fs::write(self.path("jwks.json"), json!({ "keys": keys }).to_string()).expect("jwks");
+    /// Writes the JWKS document the provider loads.
+    fn write_jwks(&self, keys: &[&SigningKey]) {
+        std::fs::write(self.path("jwks.json"), jwks(keys)).expect("jwks");
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
 }
 
 /// Claims that pass every check of the config below.
@@ -108,27 +83,6 @@ fn with(mut claims: Value, key: &str, value: Value) -> Value {
 fn without(mut claims: Value, key: &str) -> Value {
     claims.as_object_mut().expect("object").remove(key);
     claims
-}
-
-fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &Value) -> String {
-    let mut header = Header::new(alg);
-    header.kid = Some(kid.to_owned());
-    jsonwebtoken::encode(&header, claims, key).expect("sign")
-}
-
-fn b64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
 }
 
 /// A token assembled by hand: any header, any signature bytes.
@@ -282,15 +236,9 @@ fn start() -> (Keys, Backend, Gateway) {
 fn valid_tokens_of_every_algorithm_family_pass_and_forward_the_identity() {
     let (keys, _backend, gw) = start();
     let claims = good_claims();
-    for (alg, kid, key) in [
-        (Algorithm::ES256, "ec-1", &keys.ec),
-        (Algorithm::RS256, "rsa-1", &keys.rsa),
-        (Algorithm::PS256, "ps-1", &keys.rsa),
-        (Algorithm::EdDSA, "ed-1", &keys.ed),
-        (Algorithm::HS256, "hs-1", &keys.hmac),
-    ] {
-        let res = bearer(&gw, "/jwt/orders", &sign(alg, kid, key, &claims));
-        assert_eq!(res.status, 200, "{alg:?}: {}", res.text());
+    for key in [&keys.ec, &keys.rsa, &keys.ps, &keys.ed, &keys.hmac] {
+        let res = bearer(&gw, "/jwt/orders", &key.sign(&claims));
+        assert_eq!(res.status, 200, "{:?}: {}", key.alg, res.text());
         assert_eq!(
             upstream_header(&res, "x-consumer").as_deref(),
             Some("alice")
@@ -307,7 +255,7 @@ fn valid_tokens_of_every_algorithm_family_pass_and_forward_the_identity() {
         );
     }
     // The same token again is served from the worker's cache, with the same result.
-    let token = sign(Algorithm::ES256, "ec-1", &keys.ec, &claims);
+    let token = keys.ec.sign(&claims);
     for _ in 0..3 {
         assert_eq!(bearer(&gw, "/jwt/x", &token).status, 200);
     }
@@ -316,7 +264,7 @@ fn valid_tokens_of_every_algorithm_family_pass_and_forward_the_identity() {
 #[test]
 fn every_bad_token_gets_401_with_the_reason() {
     let (keys, _backend, gw) = start();
-    let es = |claims: &Value| sign(Algorithm::ES256, "ec-1", &keys.ec, claims);
+    let es = |claims: &Value| keys.ec.sign(claims);
     let good = good_claims();
     let valid = es(&good);
     let (head, rest) = valid.split_once('.').expect("three parts");
@@ -376,12 +324,7 @@ fn every_bad_token_gets_401_with_the_reason() {
         ),
         (
             "HS256 keyed with the RSA public key",
-            sign(
-                Algorithm::HS256,
-                "rsa-1",
-                &EncodingKey::from_secret(keys.rsa_public_pem.as_bytes()),
-                &good,
-            ),
+            SigningKey::hmac(Algorithm::HS256, "rsa-1", keys.rsa.public_pem.as_bytes()).sign(&good),
             "unknown signing key",
         ),
         (
@@ -389,14 +332,14 @@ fn every_bad_token_gets_401_with_the_reason() {
             jsonwebtoken::encode(
                 &Header::new(Algorithm::HS256),
                 &good,
-                &EncodingKey::from_secret(keys.rsa_public_pem.as_bytes()),
+                &EncodingKey::from_secret(keys.rsa.public_pem.as_bytes()),
             )
             .expect("sign"),
             "invalid signature",
         ),
         (
             "unknown kid",
-            sign(Algorithm::ES256, "ec-2", &keys.ec_next, &good),
+            keys.ec_next.sign(&good),
             "unknown signing key",
         ),
         (
@@ -451,7 +394,7 @@ fn every_bad_token_gets_401_with_the_reason() {
 #[test]
 fn scopes_are_enforced_with_403_insufficient_scope() {
     let (keys, _backend, gw) = start();
-    let token = sign(Algorithm::ES256, "ec-1", &keys.ec, &good_claims());
+    let token = keys.ec.sign(&good_claims());
     let res = bearer(&gw, "/scoped/x", &token);
     assert_refused(
         &res,
@@ -465,14 +408,14 @@ fn scopes_are_enforced_with_403_insufficient_scope() {
             .contains("scope=\"orders:write admin\"")
     );
     let admin = with(good_claims(), "scp", json!(["orders:write", "admin"]));
-    let admin = sign(Algorithm::ES256, "ec-1", &keys.ec, &without(admin, "scope"));
+    let admin = keys.ec.sign(&without(admin, "scope"));
     assert_eq!(bearer(&gw, "/scoped/x", &admin).status, 200);
 }
 
 #[test]
 fn tokens_from_cookies_and_the_query_and_stripped_query_credentials() {
     let (keys, _backend, gw) = start();
-    let token = sign(Algorithm::ES256, "ec-1", &keys.ec, &good_claims());
+    let token = keys.ec.sign(&good_claims());
     let res = send(
         &gw,
         "/jwt/c",
@@ -519,49 +462,28 @@ fn api_keys_identify_consumers_and_groups_gate_routes() {
     let res = send(&gw, "/gold/x", &format!("X-Api-Key: {BOB_KEY}\r\n"));
     assert_eq!(res.status, 403);
     assert_eq!(res.json()["code"], "consumer_not_allowed");
-    let token = sign(Algorithm::ES256, "ec-1", &keys.ec, &good_claims());
+    let token = keys.ec.sign(&good_claims());
     assert_eq!(bearer(&gw, "/gold/x", &token).status, 200);
-    let stranger = sign(
-        Algorithm::ES256,
-        "ec-1",
-        &keys.ec,
-        &with(good_claims(), "sub", json!("carol")),
-    );
+    let stranger = keys.ec.sign(&with(good_claims(), "sub", json!("carol")));
     assert_eq!(bearer(&gw, "/gold/x", &stranger).status, 403);
 }
 
 #[test]
 fn a_rotated_jwks_is_picked_up_by_reload_and_a_bad_one_keeps_the_old_keys() {
     let (keys, _backend, gw) = start();
-    let next = sign(Algorithm::ES256, "ec-2", &keys.ec_next, &good_claims());
-    let current = sign(Algorithm::ES256, "ec-1", &keys.ec, &good_claims());
+    let next = keys.ec_next.sign(&good_claims());
+    let current = keys.ec.sign(&good_claims());
     assert_eq!(bearer(&gw, "/jwt/x", &next).status, 401);
 
     std::fs::write(keys.path("jwks.json"), "{ not json").expect("write");
-    gw.signal(libc::SIGHUP);
-    wait_for(&gw, "reload refused");
+    assert!(!gw.reload(), "a broken JWKS is refused");
     assert_eq!(bearer(&gw, "/jwt/x", &current).status, 200, "old keys kept");
 
-    keys.write_jwks(&[("ec-1", &keys.ec), ("ec-2", &keys.ec_next)]);
-    gw.signal(libc::SIGHUP);
-    wait_for(&gw, "config reloaded");
+    keys.write_jwks(&[&keys.ec, &keys.ec_next]);
+    assert!(gw.reload());
     let res = bearer(&gw, "/jwt/x", &next);
     assert_eq!(res.status, 200, "{}", res.text());
     assert_eq!(bearer(&gw, "/jwt/x", &current).status, 200);
-}
-
-fn wait_for(gw: &Gateway, line: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !gw.log().contains(line) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {line:?} in:\n{}",
-            gw.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // Workers install the new snapshot right after the main thread logs it.
-    std::thread::sleep(std::time::Duration::from_millis(100));
 }
 
 #[test]

@@ -41,7 +41,11 @@ targets = [ {{ addr = "{}" }} ]
 }
 
 fn send_on(stream: &mut std::net::TcpStream, path: &str, headers: &str) -> Response {
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: api.test\r\n{headers}\r\n").expect("send");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: api.test\r\n{headers}\r\n"
+    )
+    .expect("send");
     read_response(stream, false)
 }
 
@@ -78,7 +82,11 @@ rate_limit = { rate = "5/s", burst = 5, key = "route" }
     assert_eq!(res.json()["code"], "rate_limited");
     assert_eq!(header_u64(&res, "retry-after"), 1);
     assert_eq!(header_u64(&res, "ratelimit-remaining"), 0);
-    assert_eq!(backend.requests(), 5, "refused requests never reach the upstream");
+    assert_eq!(
+        backend.requests(),
+        5,
+        "refused requests never reach the upstream"
+    );
     // The connection stays usable, and the bucket refills at the configured rate.
     std::thread::sleep(Duration::from_millis(450));
     assert_eq!(send_on(&mut stream, "/x", "").status, 200);
@@ -86,7 +94,12 @@ rate_limit = { rate = "5/s", burst = 5, key = "route" }
 
 /// Requests from `threads` keep-alive connections for `run`; returns (admitted, elapsed
 /// from the first request to the last).
-fn hammer(addr: SocketAddr, threads: usize, run: Duration, headers: &'static str) -> (u64, Duration) {
+fn hammer(
+    addr: SocketAddr,
+    threads: usize,
+    run: Duration,
+    headers: &'static str,
+) -> (u64, Duration) {
     let admitted = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -132,7 +145,9 @@ rate_limit = { rate = "200/s", burst = 20, key = "client_ip" }
     let (admitted, elapsed) = hammer(gw.addr(), 8, Duration::from_secs(5), "");
     let expected = 20.0 + 200.0 * elapsed.as_secs_f64();
     let ratio = admitted as f64 / expected;
-    eprintln!("rate accuracy: admitted {admitted} in {elapsed:?}, expected {expected:.0}, ratio {ratio:.4}");
+    eprintln!(
+        "rate accuracy: admitted {admitted} in {elapsed:?}, expected {expected:.0}, ratio {ratio:.4}"
+    );
     assert!(
         (0.95..=1.05).contains(&ratio),
         "admitted {admitted} in {elapsed:?}, expected about {expected:.0} (ratio {ratio:.3})"
@@ -172,7 +187,10 @@ rate_limit = { rate = "1/min", burst = 1, key = "header:x-user" }
         t.join().expect("client thread");
     }
     let grown = gw.rss().saturating_sub(before);
-    eprintln!("key rotation: RSS {before} -> {} bytes over 40k keys", gw.rss());
+    eprintln!(
+        "key rotation: RSS {before} -> {} bytes over 40k keys",
+        gw.rss()
+    );
     assert!(
         grown < 8 << 20,
         "RSS grew by {grown} bytes over 40k distinct keys"
@@ -206,7 +224,11 @@ max_in_flight = 1
     assert_eq!(res.status, 503, "{}", res.text());
     assert_eq!(res.json()["code"], "too_many_in_flight");
     assert_eq!(slow.join().expect("slow request"), 200);
-    assert_eq!(send_on(&mut connect(addr), "/x", "").status, 200, "the place is free again");
+    assert_eq!(
+        send_on(&mut connect(addr), "/x", "").status,
+        200,
+        "the place is free again"
+    );
 }
 
 #[test]
@@ -235,7 +257,10 @@ cors = { allow_origins = ["https://app.example.org", "https://*.example.com"], a
         let res = preflight(origin);
         assert_eq!(res.status, 204, "{origin}");
         assert_eq!(res.header("access-control-allow-origin"), Some(origin));
-        assert_eq!(res.header("access-control-allow-methods"), Some("GET, POST, DELETE"));
+        assert_eq!(
+            res.header("access-control-allow-methods"),
+            Some("GET, POST, DELETE")
+        );
         assert_eq!(
             res.header("access-control-allow-headers"),
             Some("authorization, content-type")
@@ -244,21 +269,36 @@ cors = { allow_origins = ["https://app.example.org", "https://*.example.com"], a
         assert_eq!(res.header("access-control-max-age"), Some("600"));
         assert_eq!(res.header("vary"), Some("origin"));
     }
-    for origin in ["https://evil.test", "https://example.com", "http://a.example.com"] {
+    for origin in [
+        "https://evil.test",
+        "https://example.com",
+        "http://a.example.com",
+    ] {
         let res = preflight(origin);
         assert_eq!(res.status, 204);
         assert_eq!(res.header("access-control-allow-origin"), None, "{origin}");
     }
-    assert_eq!(backend.requests(), 0, "preflights are answered by the gateway");
+    assert_eq!(
+        backend.requests(),
+        0,
+        "preflights are answered by the gateway"
+    );
 
     let mut stream = connect(gw.addr());
-    let res = send_on(&mut stream, "/orders", "Origin: https://app.example.org\r\n");
+    let res = send_on(
+        &mut stream,
+        "/orders",
+        "Origin: https://app.example.org\r\n",
+    );
     assert_eq!(res.status, 200);
     assert_eq!(
         res.header("access-control-allow-origin"),
         Some("https://app.example.org")
     );
-    assert_eq!(res.header("access-control-expose-headers"), Some("X-Request-Id"));
+    assert_eq!(
+        res.header("access-control-expose-headers"),
+        Some("X-Request-Id")
+    );
     let res = send_on(&mut stream, "/orders", "Origin: https://evil.test\r\n");
     assert_eq!(res.status, 200);
     assert_eq!(res.header("access-control-allow-origin"), None);
@@ -292,12 +332,28 @@ ip_deny = ["10.1.9.0/24"]
         send_on(&mut stream, "/x", &headers).status
     };
     assert_eq!(via_proxy("10.1.2.3"), 200);
-    assert_eq!(via_proxy("192.0.2.1, 10.1.2.3"), 200, "the last hop before us counts");
-    assert_eq!(via_proxy("10.1.2.3, 127.0.0.1"), 200, "trusted hops are skipped");
+    assert_eq!(
+        via_proxy("192.0.2.1, 10.1.2.3"),
+        200,
+        "the last hop before us counts"
+    );
+    assert_eq!(
+        via_proxy("10.1.2.3, 127.0.0.1"),
+        200,
+        "trusted hops are skipped"
+    );
     assert_eq!(via_proxy("10.1.9.7"), 403, "deny wins over allow");
     assert_eq!(via_proxy("10.2.0.1"), 403);
-    assert_eq!(via_proxy(""), 403, "the proxy itself is not in the allow list");
-    assert_eq!(via_proxy("10.1.2.3, 192.0.2.1"), 403, "a spoofed earlier hop is ignored");
+    assert_eq!(
+        via_proxy(""),
+        403,
+        "the proxy itself is not in the allow list"
+    );
+    assert_eq!(
+        via_proxy("10.1.2.3, 192.0.2.1"),
+        403,
+        "a spoofed earlier hop is ignored"
+    );
     // A peer that is not a trusted proxy is judged by its own address.
     let untrusted: IpAddr = "127.0.0.2".parse().expect("ip");
     let mut stream = connect_from(untrusted, gw.addr()).expect("connect from 127.0.0.2");

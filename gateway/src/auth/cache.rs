@@ -1,5 +1,6 @@
 //! Per-worker cache of verified tokens: bounded, keyed by a seeded hash of the token and
-//! confirmed by comparing the token itself, never valid past the token's expiry.
+//! confirmed by comparing the token itself, never valid past the token's expiry. It also
+//! remembers, briefly, tokens an introspection server called inactive.
 
 use std::{
     collections::HashMap,
@@ -12,7 +13,10 @@ use super::Identity;
 struct Entry {
     provider: usize,
     token: Box<[u8]>,
-    identity: Rc<Identity>,
+    /// `None`: known inactive.
+    identity: Option<Rc<Identity>>,
+    /// Unix seconds the entry stops being valid.
+    until: u64,
 }
 
 /// Verified tokens of one worker (cleared on reload: identities depend on the config).
@@ -45,14 +49,15 @@ impl TokenCache {
         self.seed.hash_one((provider, token))
     }
 
-    /// The identity `token` verified to under `provider`, if still valid at `now`.
-    pub fn get(&self, provider: usize, token: &[u8], now: u64) -> Option<Rc<Identity>> {
+    /// What is known of `token` under `provider` at `now`: `Some(Some(identity))`
+    /// verified, `Some(None)` known inactive, `None` unknown.
+    pub fn get(&self, provider: usize, token: &[u8], now: u64) -> Option<Option<Rc<Identity>>> {
         let entry = self.entries.get(&self.key(provider, token))?;
-        (entry.provider == provider && *entry.token == *token && now < entry.identity.expires_at)
+        (entry.provider == provider && *entry.token == *token && now < entry.until)
             .then(|| entry.identity.clone())
     }
 
-    /// Remembers a verified token; returns the shared identity.
+    /// Remembers a verified token until its expiry; returns the shared identity.
     pub fn insert(
         &mut self,
         provider: usize,
@@ -60,12 +65,30 @@ impl TokenCache {
         identity: Identity,
         now: u64,
     ) -> Rc<Identity> {
+        let until = identity.expires_at;
         let identity = Rc::new(identity);
+        self.remember(provider, token, Some(identity.clone()), until, now);
+        identity
+    }
+
+    /// Remembers that `token` is inactive until `until`.
+    pub fn insert_inactive(&mut self, provider: usize, token: &[u8], until: u64, now: u64) {
+        self.remember(provider, token, None, until, now);
+    }
+
+    fn remember(
+        &mut self,
+        provider: usize,
+        token: &[u8],
+        identity: Option<Rc<Identity>>,
+        until: u64,
+        now: u64,
+    ) {
         if self.capacity == 0 {
-            return identity;
+            return;
         }
         if self.entries.len() >= self.capacity {
-            self.entries.retain(|_, e| now < e.identity.expires_at);
+            self.entries.retain(|_, e| now < e.until);
             // Still full of live tokens: forget every other one (bounded either way).
             let mut keep = false;
             if self.entries.len() >= self.capacity {
@@ -80,10 +103,10 @@ impl TokenCache {
             Entry {
                 provider,
                 token: token.into(),
-                identity: identity.clone(),
+                identity,
+                until,
             },
         );
-        identity
     }
 
     /// Tokens cached now.
@@ -115,7 +138,10 @@ mod tests {
     fn hits_only_the_same_token_and_provider_before_expiry() {
         let mut cache = TokenCache::new(8);
         cache.insert(0, b"token", identity(100), 10);
-        assert!(cache.get(0, b"token", 99).is_some());
+        assert!(cache.get(0, b"token", 99).is_some_and(|i| i.is_some()));
+        cache.insert_inactive(2, b"opaque", 50, 10);
+        assert!(cache.get(2, b"opaque", 49).is_some_and(|i| i.is_none()));
+        assert!(cache.get(2, b"opaque", 50).is_none());
         assert!(cache.get(0, b"token", 100).is_none(), "expired");
         assert!(cache.get(1, b"token", 50).is_none(), "another provider");
         assert!(cache.get(0, b"tokem", 50).is_none());

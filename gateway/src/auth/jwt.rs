@@ -1,7 +1,7 @@
 //! JWT verification (jsonwebtoken, aws-lc-rs backend): keys bound to one algorithm,
 //! strict claim checks, and nothing taken from the token that could choose its own key.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
@@ -10,7 +10,7 @@ use jsonwebtoken::{
 };
 use serde_json::Value;
 
-use super::Identity;
+use super::{Identity, jwks::RemoteJwks};
 
 /// A verification key and the one algorithm it verifies.
 #[derive(Clone)]
@@ -173,10 +173,18 @@ impl VerificationKey {
 
     /// Every usable key of a JWKS file (keys marked for encryption are skipped).
     pub fn from_jwks_file(path: &Path, rules: &ClaimRules) -> Result<Vec<Self>, KeyError> {
-        let text = read(path)?;
-        let set: JwkSet = serde_json::from_slice(&text).map_err(|source| KeyError::Jwks {
-            path: path.display().to_string(),
-            source,
+        Self::from_jwks(&read(path)?, &path.display().to_string(), rules)
+    }
+
+    /// Every usable key of a JWKS document read from `source`.
+    pub fn from_jwks(
+        document: &[u8],
+        source: &str,
+        rules: &ClaimRules,
+    ) -> Result<Vec<Self>, KeyError> {
+        let set: JwkSet = serde_json::from_slice(document).map_err(|error| KeyError::Jwks {
+            path: source.to_owned(),
+            source: error,
         })?;
         set.keys
             .iter()
@@ -222,12 +230,16 @@ pub enum TokenError {
     Audience,
     #[error("missing claim {0}")]
     MissingClaim(String),
+    #[error("token inactive")]
+    Inactive,
 }
 
 /// One `[[auth.jwt]]` provider, compiled.
 #[derive(Debug, Clone)]
 pub struct JwtVerifier {
     pub keys: Vec<VerificationKey>,
+    /// Keys fetched from a JWKS URL, refreshed in the background.
+    pub remote: Option<Arc<RemoteJwks>>,
     pub leeway_secs: u64,
     pub max_token_size: usize,
     pub required_claims: Vec<String>,
@@ -265,9 +277,13 @@ impl JwtVerifier {
         if header.crit.is_some() {
             return Err(TokenError::Critical);
         }
-        let mut candidates = self
-            .keys
-            .iter()
+        let remote = self.remote.as_ref().map(|r| r.keys());
+        let all_keys = || {
+            self.keys
+                .iter()
+                .chain(remote.iter().flat_map(|keys| keys.iter()))
+        };
+        let mut candidates = all_keys()
             .filter(|k| k.alg == header.alg)
             .filter(|k| match (&header.kid, &k.kid) {
                 (Some(wanted), Some(kid)) => wanted == kid,
@@ -276,7 +292,10 @@ impl JwtVerifier {
             })
             .peekable();
         if candidates.peek().is_none() {
-            return Err(if self.keys.iter().any(|k| k.alg == header.alg) {
+            if let Some(remote) = &self.remote {
+                remote.want_refresh();
+            }
+            return Err(if all_keys().any(|k| k.alg == header.alg) {
                 TokenError::UnknownKey
             } else {
                 TokenError::Algorithm
@@ -317,33 +336,49 @@ impl JwtVerifier {
         {
             return Err(TokenError::MissingClaim(missing.clone()));
         }
-        let text = |name: &str| match claims.get(name)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Null => None,
-            other => Some(other.to_string()),
-        };
-        let scopes = match (claims.get("scope"), claims.get("scp")) {
-            (Some(Value::String(s)), _) | (None, Some(Value::String(s))) => {
-                s.split_ascii_whitespace().map(str::to_owned).collect()
-            }
-            (_, Some(Value::Array(list))) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
-            _ => Vec::new(),
-        };
-        Ok(Identity {
-            consumer: text(&self.consumer_claim).and_then(|v| consumer_of(&v)),
-            subject: text("sub"),
-            scopes,
-            claims: self
-                .selected_claims
-                .iter()
-                .filter_map(|name| Some((name.clone(), text(name)?)))
-                .collect(),
-            expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(now),
-        })
+        Ok(identity_from_claims(
+            &claims,
+            &self.consumer_claim,
+            &self.selected_claims,
+            now,
+            consumer_of,
+        ))
+    }
+}
+
+/// The identity carried by verified claims (a JWT payload or an introspection answer).
+pub fn identity_from_claims(
+    claims: &BTreeMap<String, Value>,
+    consumer_claim: &str,
+    selected_claims: &[String],
+    now: u64,
+    consumer_of: &impl Fn(&str) -> Option<usize>,
+) -> Identity {
+    let text = |name: &str| match claims.get(name)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    };
+    let scopes = match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(s)), _) | (None, Some(Value::String(s))) => {
+            s.split_ascii_whitespace().map(str::to_owned).collect()
+        }
+        (_, Some(Value::Array(list))) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Identity {
+        consumer: text(consumer_claim).and_then(|v| consumer_of(&v)),
+        subject: text("sub"),
+        scopes,
+        claims: selected_claims
+            .iter()
+            .filter_map(|name| Some((name.clone(), text(name)?)))
+            .collect(),
+        expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(now),
     }
 }
 

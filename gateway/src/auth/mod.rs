@@ -13,12 +13,18 @@
 //! SHA-256 hashes only.
 
 mod cache;
+pub mod client;
+pub mod introspect;
+pub mod jwks;
 pub mod jwt;
 
-use std::{collections::HashMap, rc::Rc};
+use std::{cell::RefCell, collections::HashMap, rc::Rc};
 
 pub use self::cache::TokenCache;
-use self::jwt::{JwtVerifier, TokenError};
+use self::{
+    introspect::{Introspection, Introspector},
+    jwt::{JwtVerifier, TokenError},
+};
 use crate::{
     config::{Config, ConsumerConfig, RoutePolicy},
     http::{fields::cookie_value, request::RequestHead, target::query_param},
@@ -53,7 +59,16 @@ impl Identity {
 pub enum AuthMethod {
     /// Index into `[[auth.jwt]]`.
     Jwt(usize),
+    /// Index into `[[auth.introspection]]`.
+    Introspection(usize),
     ApiKey,
+}
+
+impl AuthMethod {
+    /// Whether the credential is a bearer token (RFC 6750 challenges apply).
+    pub fn is_bearer(self) -> bool {
+        !matches!(self, Self::ApiKey)
+    }
 }
 
 /// Where a JWT provider looks for the token.
@@ -78,18 +93,16 @@ pub enum AuthFailure {
     InsufficientScope,
     #[error("this consumer may not call this route")]
     ConsumerNotAllowed,
+    #[error("the token cannot be checked now")]
+    Unavailable,
 }
 
 impl AuthFailure {
-    /// 401 when the caller is not (validly) identified, 403 when it is but may not.
-    pub fn is_forbidden(&self) -> bool {
-        matches!(self, Self::InsufficientScope | Self::ConsumerNotAllowed)
-    }
-
     /// Preference when several credentials failed: the most specific is reported.
     fn rank(&self) -> u8 {
         match self {
             Self::Missing => 0,
+            Self::Unavailable => 2,
             _ => 1,
         }
     }
@@ -110,6 +123,7 @@ pub enum CredentialPlace {
 #[derive(Debug)]
 pub struct Authenticator {
     providers: Vec<(JwtVerifier, Vec<TokenSource>)>,
+    introspectors: Vec<(Introspector, Vec<TokenSource>)>,
     api_key_header: String,
     api_key_query: Option<String>,
     api_keys: HashMap<[u8; 32], usize>,
@@ -136,6 +150,12 @@ impl Authenticator {
                 .iter()
                 .map(|p| (p.verifier.clone(), p.token_from.clone()))
                 .collect(),
+            introspectors: config
+                .auth
+                .introspection
+                .iter()
+                .map(|p| (p.introspector.clone(), p.token_from.clone()))
+                .collect(),
             api_key_header: config.auth.api_key_header.clone(),
             api_key_query: config.auth.api_key_query.clone(),
             api_keys,
@@ -144,13 +164,13 @@ impl Authenticator {
     }
 
     /// Identifies the caller of `head` by the credentials `policy` accepts, then checks
-    /// the route's scopes and consumers.
-    pub fn authenticate(
+    /// the route's scopes and consumers. The cache is borrowed only between awaits.
+    pub async fn authenticate(
         &self,
         head: &RequestHead,
         policy: &RoutePolicy,
         consumers: &[ConsumerConfig],
-        cache: &mut TokenCache,
+        cache: &RefCell<TokenCache>,
         now: u64,
     ) -> Result<(Rc<Identity>, CredentialPlace), AuthFailure> {
         let mut failure = AuthFailure::Missing;
@@ -158,6 +178,9 @@ impl Authenticator {
         for &method in &policy.auth {
             let attempt = match method {
                 AuthMethod::Jwt(provider) => self.jwt(head, provider, cache, now),
+                AuthMethod::Introspection(server) => {
+                    self.introspect(head, server, cache, now).await
+                }
                 AuthMethod::ApiKey => self.api_key(head),
             };
             match attempt {
@@ -195,21 +218,65 @@ impl Authenticator {
         &self,
         head: &RequestHead,
         provider: usize,
-        cache: &mut TokenCache,
+        cache: &RefCell<TokenCache>,
         now: u64,
     ) -> Result<(Rc<Identity>, CredentialPlace), AuthFailure> {
         let (verifier, sources) = &self.providers[provider];
         let (token, place) = sources
             .iter()
-            .find_map(|source| find_token(head, source, provider))
+            .find_map(|source| find_token(head, source, AuthMethod::Jwt(provider)))
             .ok_or(AuthFailure::Missing)?;
-        if let Some(identity) = cache.get(provider, token, now) {
+        if let Some(Some(identity)) = cache.borrow().get(provider, token, now) {
             return Ok((identity, place));
         }
         let identity = verifier
             .verify(token, now, |subject| self.subjects.get(subject).copied())
             .map_err(AuthFailure::InvalidToken)?;
-        Ok((cache.insert(provider, token, identity, now), place))
+        Ok((
+            cache.borrow_mut().insert(provider, token, identity, now),
+            place,
+        ))
+    }
+
+    async fn introspect(
+        &self,
+        head: &RequestHead,
+        server: usize,
+        cache: &RefCell<TokenCache>,
+        now: u64,
+    ) -> Result<(Rc<Identity>, CredentialPlace), AuthFailure> {
+        let (introspector, sources) = &self.introspectors[server];
+        let (token, place) = sources
+            .iter()
+            .find_map(|source| find_token(head, source, AuthMethod::Introspection(server)))
+            .ok_or(AuthFailure::Missing)?;
+        if token.len() > introspector.max_token_size {
+            return Err(AuthFailure::InvalidToken(TokenError::TooLarge));
+        }
+        // Cache slots after the JWT providers'.
+        let slot = self.providers.len() + server;
+        match cache.borrow().get(slot, token, now) {
+            Some(Some(identity)) => return Ok((identity, place)),
+            Some(None) => return Err(AuthFailure::InvalidToken(TokenError::Inactive)),
+            None => {}
+        }
+        let answer = introspector
+            .introspect(token, now, |subject| self.subjects.get(subject).copied())
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "token introspection unavailable");
+                AuthFailure::Unavailable
+            })?;
+        match answer {
+            Introspection::Active(identity) => {
+                Ok((cache.borrow_mut().insert(slot, token, identity, now), place))
+            }
+            Introspection::Inactive => {
+                let until = now + introspector.negative_ttl.as_secs();
+                cache.borrow_mut().insert_inactive(slot, token, until, now);
+                Err(AuthFailure::InvalidToken(TokenError::Inactive))
+            }
+        }
     }
 
     fn api_key(&self, head: &RequestHead) -> Result<(Rc<Identity>, CredentialPlace), AuthFailure> {
@@ -244,19 +311,24 @@ impl Authenticator {
     pub fn query_name(&self, method: AuthMethod) -> Option<&str> {
         match method {
             AuthMethod::ApiKey => self.api_key_query.as_deref(),
-            AuthMethod::Jwt(p) => self.providers[p].1.iter().find_map(|s| match s {
-                TokenSource::Query(name) => Some(name.as_str()),
-                _ => None,
-            }),
+            AuthMethod::Jwt(p) => query_source(&self.providers[p].1),
+            AuthMethod::Introspection(p) => query_source(&self.introspectors[p].1),
         }
     }
+}
+
+fn query_source(sources: &[TokenSource]) -> Option<&str> {
+    sources.iter().find_map(|s| match s {
+        TokenSource::Query(name) => Some(name.as_str()),
+        _ => None,
+    })
 }
 
 /// The token of `head` from `source`, with where it sits.
 fn find_token<'h>(
     head: &'h RequestHead,
     source: &TokenSource,
-    provider: usize,
+    method: AuthMethod,
 ) -> Option<(&'h [u8], CredentialPlace)> {
     match source {
         TokenSource::Bearer => (0..head.fields.len()).find_map(|i| {
@@ -272,8 +344,9 @@ fn find_token<'h>(
         TokenSource::Cookie(name) => {
             cookie_value(&head.fields, name.as_bytes()).map(|v| (v, CredentialPlace::Cookie))
         }
-        TokenSource::Query(name) => query_param(head.query()?, name.as_bytes())
-            .map(|v| (v, CredentialPlace::Query(AuthMethod::Jwt(provider)))),
+        TokenSource::Query(name) => {
+            query_param(head.query()?, name.as_bytes()).map(|v| (v, CredentialPlace::Query(method)))
+        }
     }
 }
 

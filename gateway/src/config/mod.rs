@@ -202,6 +202,7 @@ pub struct CorsConfig {
 #[derive(Debug, Clone, Default)]
 pub struct AuthConfig {
     pub jwt: Vec<JwtProviderConfig>,
+    pub introspection: Vec<IntrospectionConfig>,
     /// Lower-case header name API keys are read from.
     pub api_key_header: String,
     pub api_key_query: Option<String>,
@@ -219,6 +220,14 @@ pub struct JwtProviderConfig {
     pub token_from: Vec<crate::auth::TokenSource>,
     /// (claim, lower-case header) pairs forwarded upstream.
     pub claim_headers: Vec<(String, String)>,
+}
+
+/// One `[[auth.introspection]]` server.
+#[derive(Debug, Clone)]
+pub struct IntrospectionConfig {
+    pub name: String,
+    pub introspector: crate::auth::introspect::Introspector,
+    pub token_from: Vec<crate::auth::TokenSource>,
 }
 
 /// `[[consumers]]`.

@@ -318,6 +318,8 @@ pub struct RawAuth {
     #[serde(default)]
     pub jwt: Vec<RawJwtProvider>,
     #[serde(default)]
+    pub introspection: Vec<RawIntrospection>,
+    #[serde(default)]
     pub api_key: RawApiKeyAuth,
     /// Header carrying the authenticated consumer's name upstream.
     #[serde(default = "defaults::consumer_header")]
@@ -334,6 +336,7 @@ impl Default for RawAuth {
     fn default() -> Self {
         Self {
             jwt: Vec::new(),
+            introspection: Vec::new(),
             api_key: RawApiKeyAuth::default(),
             consumer_header: defaults::consumer_header(),
             subject_header: defaults::subject_header(),
@@ -358,6 +361,22 @@ pub struct RawJwtProvider {
     pub keys: Vec<RawJwtKey>,
     /// A JWKS document (file).
     pub jwks: Option<String>,
+    /// A JWKS document fetched over HTTP(S) and refreshed in the background.
+    pub jwks_url: Option<String>,
+    /// PEM bundle trusted for `jwks_url` instead of the system roots.
+    pub jwks_ca: Option<String>,
+    /// How often the remote JWKS is fetched again.
+    #[serde(
+        default = "defaults::jwks_refresh",
+        deserialize_with = "human_duration"
+    )]
+    pub jwks_refresh: Duration,
+    /// Shortest gap between fetches triggered by tokens with an unknown `kid`.
+    #[serde(
+        default = "defaults::jwks_min_refresh",
+        deserialize_with = "human_duration"
+    )]
+    pub jwks_min_refresh: Duration,
     #[serde(default = "defaults::jwt_leeway", deserialize_with = "human_duration")]
     pub leeway: Duration,
     /// Where the token is looked for: `header` (Authorization: Bearer), `cookie:NAME`,
@@ -375,6 +394,44 @@ pub struct RawJwtProvider {
     /// Claims forwarded upstream: claim name → header name.
     #[serde(default)]
     pub claim_headers: std::collections::BTreeMap<String, String>,
+}
+
+/// `[[auth.introspection]]`: an OAuth2 introspection endpoint (RFC 7662) for opaque
+/// tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    /// What routes name in `auth`.
+    pub name: String,
+    pub url: String,
+    /// PEM bundle trusted for `url` instead of the system roots.
+    pub ca: Option<String>,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    #[serde(
+        default = "defaults::introspection_timeout",
+        deserialize_with = "human_duration"
+    )]
+    pub timeout: Duration,
+    /// Longest an active answer is reused (never past the token's `exp`).
+    #[serde(
+        default = "defaults::introspection_cache_ttl",
+        deserialize_with = "human_duration"
+    )]
+    pub cache_ttl: Duration,
+    /// How long an inactive answer is reused.
+    #[serde(
+        default = "defaults::introspection_negative_ttl",
+        deserialize_with = "human_duration"
+    )]
+    pub negative_ttl: Duration,
+    #[serde(default = "defaults::token_from")]
+    pub token_from: Vec<String>,
+    #[serde(default = "defaults::consumer_claim")]
+    pub consumer_claim: String,
+    #[serde(default = "defaults::max_token_size", deserialize_with = "human_size")]
+    pub max_token_size: u64,
 }
 
 /// One verification key of a JWT provider: exactly one of `pem`, `jwk`, `secret`,
@@ -601,6 +658,21 @@ pub mod defaults {
     }
     pub fn max_token_size() -> u64 {
         8 * 1024
+    }
+    pub fn jwks_refresh() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn jwks_min_refresh() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn introspection_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn introspection_cache_ttl() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn introspection_negative_ttl() -> Duration {
+        Duration::from_secs(10)
     }
     pub fn consumer_claim() -> String {
         "sub".to_owned()

@@ -167,9 +167,18 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
             ..
         }) = &route.policy.rate_limit
         {
-            for provider in &mut auth.jwt {
-                if !provider.verifier.selected_claims.contains(claim) {
-                    provider.verifier.selected_claims.push(claim.clone());
+            let selections = auth
+                .jwt
+                .iter_mut()
+                .map(|p| &mut p.verifier.selected_claims)
+                .chain(
+                    auth.introspection
+                        .iter_mut()
+                        .map(|p| &mut p.introspector.selected_claims),
+                );
+            for selected in selections {
+                if !selected.contains(claim) {
+                    selected.push(claim.clone());
                 }
             }
         }

@@ -4,13 +4,18 @@
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use super::{
-    AuthConfig, ConsumerConfig, CorsConfig, JwtProviderConfig, RoutePolicy,
-    raw::{RawAuth, RawConsumer, RawCors, RawJwtProvider, RawRateLimit, RawRoute},
+    AuthConfig, ConsumerConfig, CorsConfig, IntrospectionConfig, JwtProviderConfig, RoutePolicy,
+    raw::{
+        RawAuth, RawConsumer, RawCors, RawIntrospection, RawJwtProvider, RawRateLimit, RawRoute,
+    },
     validate::{Problems, is_token, parse_cidr},
 };
 use crate::{
     auth::{
         AuthMethod, TokenSource,
+        client::Endpoint,
+        introspect::Introspector,
+        jwks::RemoteJwks,
         jwt::{ClaimRules, JwtVerifier, VerificationKey, parse_algorithm},
     },
     ratelimit::{LimitKey, LimitSpec, Rate},
@@ -39,6 +44,17 @@ pub(super) fn validate_auth(dir: &Path, raw: &RawAuth, problems: &mut Problems) 
         }
         jwt.push(validate_jwt_provider(dir, &key, p, problems));
     }
+    let mut introspection = Vec::new();
+    for (i, p) in raw.introspection.iter().enumerate() {
+        let key = format!("auth.introspection[{i}]");
+        if p.name == API_KEY || !is_token(&p.name) || names.insert(p.name.as_str(), i).is_some() {
+            problems.push(
+                format!("{key}.name"),
+                format!("invalid or duplicate credential name {:?}", p.name),
+            );
+        }
+        introspection.extend(validate_introspection(dir, &key, p, problems));
+    }
     for (name, header) in [
         ("auth.consumer_header", &raw.consumer_header),
         ("auth.subject_header", &raw.subject_header),
@@ -50,6 +66,7 @@ pub(super) fn validate_auth(dir: &Path, raw: &RawAuth, problems: &mut Problems) 
     }
     AuthConfig {
         jwt,
+        introspection,
         api_key_header: raw.api_key.header.to_ascii_lowercase(),
         api_key_query: raw.api_key.query.clone(),
         consumer_header: raw.consumer_header.to_ascii_lowercase(),
@@ -130,25 +147,32 @@ fn validate_jwt_provider(
             Err(e) => problems.push(format!("{key}.jwks"), e.to_string()),
         }
     }
-    if keys.is_empty() && p.jwks.is_none() {
-        problems.push(key, "a JWT provider needs keys or a jwks document");
-    }
-    let mut token_from = Vec::new();
-    for (t, source) in p.token_from.iter().enumerate() {
-        let parsed = match source.split_once(':') {
-            None if source == "header" => Some(TokenSource::Bearer),
-            Some(("cookie", name)) if is_token(name) => Some(TokenSource::Cookie(name.into())),
-            Some(("query", name)) if !name.is_empty() => Some(TokenSource::Query(name.into())),
-            _ => None,
-        };
-        match parsed {
-            Some(source) => token_from.push(source),
-            None => problems.push(
-                format!("{key}.token_from[{t}]"),
-                format!("{source:?}: write \"header\", \"cookie:NAME\" or \"query:NAME\""),
-            ),
+    let remote = p.jwks_url.as_deref().and_then(|url| {
+        let ca = p.jwks_ca.as_deref().map(|ca| dir.join(ca));
+        match Endpoint::parse(url, ca.as_deref()) {
+            Ok(endpoint) => Some(std::sync::Arc::new(RemoteJwks::new(
+                endpoint,
+                rules.clone(),
+                p.jwks_refresh,
+                p.jwks_min_refresh,
+            ))),
+            Err(e) => {
+                problems.push(format!("{key}.jwks_url"), e.to_string());
+                None
+            }
         }
+    });
+    if let Some(remote) = &remote
+        && let Err(error) = remote.fetch_now()
+    {
+        // The gateway starts anyway: the refresher keeps trying, and tokens fail as
+        // signed by an unknown key until it succeeds.
+        tracing::warn!(%error, "{key}.jwks_url: initial fetch failed");
     }
+    if keys.is_empty() && p.jwks.is_none() && p.jwks_url.is_none() {
+        problems.push(key, "a JWT provider needs keys, jwks or jwks_url");
+    }
+    let token_from = token_sources(key, &p.token_from, problems);
     let mut claim_headers = Vec::new();
     for (claim, header) in &p.claim_headers {
         if is_token(header) {
@@ -164,6 +188,7 @@ fn validate_jwt_provider(
         name: p.name.clone(),
         verifier: JwtVerifier {
             keys,
+            remote,
             leeway_secs: p.leeway.as_secs(),
             max_token_size: p.max_token_size.try_into().unwrap_or(usize::MAX),
             required_claims: p.required_claims.clone(),
@@ -173,6 +198,78 @@ fn validate_jwt_provider(
         token_from,
         claim_headers,
     }
+}
+
+/// Where a provider reads its token: `header`, `cookie:NAME`, `query:NAME`.
+fn token_sources(key: &str, list: &[String], problems: &mut Problems) -> Vec<TokenSource> {
+    let mut out = Vec::new();
+    for (t, source) in list.iter().enumerate() {
+        let parsed = match source.split_once(':') {
+            None if source == "header" => Some(TokenSource::Bearer),
+            Some(("cookie", name)) if is_token(name) => Some(TokenSource::Cookie(name.into())),
+            Some(("query", name)) if !name.is_empty() => Some(TokenSource::Query(name.into())),
+            _ => None,
+        };
+        match parsed {
+            Some(source) => out.push(source),
+            None => problems.push(
+                format!("{key}.token_from[{t}]"),
+                format!("{source:?}: write \"header\", \"cookie:NAME\" or \"query:NAME\""),
+            ),
+        }
+    }
+    out
+}
+
+fn validate_introspection(
+    dir: &Path,
+    key: &str,
+    p: &RawIntrospection,
+    problems: &mut Problems,
+) -> Option<IntrospectionConfig> {
+    let secret = match (&p.client_secret, &p.client_secret_file) {
+        (Some(secret), None) => secret.clone(),
+        (None, Some(file)) => match std::fs::read_to_string(dir.join(file)) {
+            Ok(text) => text.trim_end().to_owned(),
+            Err(e) => {
+                problems.push(
+                    format!("{key}.client_secret_file"),
+                    format!("cannot read {file}: {e}"),
+                );
+                return None;
+            }
+        },
+        _ => {
+            problems.push(
+                key,
+                "set exactly one of client_secret and client_secret_file",
+            );
+            return None;
+        }
+    };
+    let ca = p.ca.as_deref().map(|ca| dir.join(ca));
+    let endpoint = match Endpoint::parse(&p.url, ca.as_deref()) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            problems.push(format!("{key}.url"), e.to_string());
+            return None;
+        }
+    };
+    let mut introspector = Introspector::new(
+        endpoint,
+        &p.client_id,
+        &secret,
+        p.timeout,
+        p.cache_ttl,
+        p.negative_ttl,
+        p.consumer_claim.clone(),
+    );
+    introspector.max_token_size = p.max_token_size.try_into().unwrap_or(usize::MAX);
+    Some(IntrospectionConfig {
+        name: p.name.clone(),
+        introspector,
+        token_from: token_sources(key, &p.token_from, problems),
+    })
 }
 
 /// Consumers, with their API key hashes decoded.
@@ -254,6 +351,12 @@ pub(super) fn validate_route_policy(
                 .iter()
                 .position(|p| p.name == *name)
                 .map(AuthMethod::Jwt)
+                .or_else(|| {
+                    auth.introspection
+                        .iter()
+                        .position(|p| p.name == *name)
+                        .map(AuthMethod::Introspection)
+                })
         };
         match method {
             Some(m) => methods.push(m),
@@ -293,7 +396,7 @@ pub(super) fn validate_route_policy(
         {
             problems.push(
                 format!("{key}.rate_limit.key"),
-                "a claim key needs a JWT provider in auth",
+                "a claim key needs a token credential (JWT or introspection) in auth",
             );
         }
         Some(LimitSpec {

@@ -234,7 +234,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             Some(_) if matches!(self.head.body, RequestBody::Length(n) if n > limits.max_body_size) => {
                 Err(FramingError::BodyTooLarge.into())
             }
-            Some(index) => match self.admit(worker, &snapshot, index) {
+            Some(index) => match self.admit(worker, &snapshot, index).await {
                 Err(error) => Err(error),
                 Ok(Admission::Preflight) => {
                     let close = !self.head.keep_alive || worker.drain.is_draining();

@@ -72,6 +72,7 @@ impl ProxyError {
             Self::Auth(AuthFailure::Missing) => (401, "unauthorized"),
             Self::Auth(AuthFailure::InvalidToken(_)) => (401, "invalid_token"),
             Self::Auth(AuthFailure::UnknownApiKey) => (401, "invalid_api_key"),
+            Self::Auth(AuthFailure::Unavailable) => (503, "auth_unavailable"),
             Self::RateLimited => (429, "rate_limited"),
             Self::TooManyInFlight => (503, "too_many_in_flight"),
             Self::NoTarget => (503, "no_upstream_target"),

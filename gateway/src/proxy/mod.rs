@@ -82,6 +82,11 @@ impl Snapshot {
                 None => Vec::new(),
             })
             .collect();
+        for provider in &config.auth.jwt {
+            if let Some(remote) = &provider.verifier.remote {
+                remote.start();
+            }
+        }
         let auth = Authenticator::new(&config);
         let in_flight = router
             .routes()
@@ -107,6 +112,28 @@ impl Snapshot {
             in_flight,
             identity_header_names,
             identity_headers_in_use,
+        }
+    }
+
+    /// After a reload: a remote JWKS the new config could not fetch keeps the keys the
+    /// previous config had for the same URL.
+    pub fn adopt_remote_keys(&self, previous: &Snapshot) {
+        let remotes = |s: &Snapshot| {
+            s.config
+                .auth
+                .jwt
+                .iter()
+                .filter_map(|p| p.verifier.remote.clone())
+                .collect::<Vec<_>>()
+        };
+        let old = remotes(previous);
+        for remote in remotes(self) {
+            if !remote.keys().is_empty() {
+                continue;
+            }
+            if let Some(before) = old.iter().find(|o| o.url() == remote.url()) {
+                remote.set_keys(before.keys().clone());
+            }
         }
     }
 
@@ -294,9 +321,9 @@ impl Worker {
         false
     }
 
-    /// Runs `f` on this worker's cache of verified tokens.
-    pub fn with_token_cache<R>(&self, f: impl FnOnce(&mut TokenCache) -> R) -> R {
-        f(&mut self.token_cache.borrow_mut())
+    /// This worker's cache of verified tokens (borrow it only between awaits).
+    pub fn token_cache(&self) -> &RefCell<TokenCache> {
+        &self.token_cache
     }
 
     /// Appends a fresh 128-bit request id as 32 lower-case hex digits.

@@ -23,7 +23,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::{Snapshot, Worker, connection::Connection, error::ProxyError};
 use crate::{
-    auth::{AuthFailure, AuthMethod, CredentialPlace, Identity},
+    auth::{AuthFailure, CredentialPlace, Identity},
     config::{CorsConfig, RouteConfig, RoutePolicy},
     http::target::query_without,
     ratelimit::{Decision, InFlightGuard, LimitKey, LimitSpec},
@@ -50,7 +50,7 @@ fn ceil_secs(ns: u64) -> u64 {
 
 impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Runs the route's policy phases.
-    pub(super) fn admit<'s>(
+    pub(super) async fn admit<'s>(
         &mut self,
         worker: &Worker,
         snapshot: &'s Snapshot,
@@ -73,7 +73,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let identity = if policy.auth.is_empty() {
             None
         } else {
-            Some(self.authenticate(worker, snapshot, policy)?)
+            Some(self.authenticate(worker, snapshot, policy).await?)
         };
         self.rate_limit(worker, snapshot, route, client, identity.as_deref())?;
         let guard = match snapshot.in_flight[route_index].as_ref() {
@@ -181,7 +181,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     }
 
     /// The credentials phase: identity, authorization, then what the upstream gets.
-    fn authenticate(
+    async fn authenticate(
         &mut self,
         worker: &Worker,
         snapshot: &Snapshot,
@@ -190,11 +190,16 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let result = worker.with_token_cache(|cache| {
-            snapshot
-                .auth
-                .authenticate(&self.head, policy, &snapshot.config.consumers, cache, now)
-        });
+        let result = snapshot
+            .auth
+            .authenticate(
+                &self.head,
+                policy,
+                &snapshot.config.consumers,
+                worker.token_cache(),
+                now,
+            )
+            .await;
         let (identity, place) = match result {
             Ok(found) => found,
             Err(failure) => {
@@ -223,12 +228,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
     /// `WWW-Authenticate` for a refused request (RFC 6750 §3).
     fn challenge(&mut self, policy: &RoutePolicy, failure: &AuthFailure) {
-        let bearer = policy.auth.iter().any(|m| matches!(m, AuthMethod::Jwt(_)));
+        if *failure == AuthFailure::Unavailable {
+            return;
+        }
+        let bearer = policy.auth.iter().any(|m| m.is_bearer());
         let out = &mut self.reply_headers;
         let scheme = if bearer { "Bearer" } else { "ApiKey" };
         let _ = write!(out, "www-authenticate: {scheme} realm=\"gateway\"");
         match failure {
-            AuthFailure::Missing | AuthFailure::ConsumerNotAllowed => {}
+            AuthFailure::Missing | AuthFailure::ConsumerNotAllowed | AuthFailure::Unavailable => {}
             AuthFailure::InvalidToken(reason) => {
                 let _ = write!(
                     out,

@@ -193,6 +193,7 @@ fn reload(
         );
     }
     let next = Arc::new(Snapshot::new(config));
+    next.adopt_remote_keys(current);
     if let Some(xdp) = xdp
         && let Err(error) = xdp.replace_policy(&current.edge, &next.edge, addrs)
     {
