@@ -21,25 +21,25 @@ use crate::{cargo, ebpf, root, run_checked, setup};
 pub struct BenchArgs {
     /// Seconds per measured run.
     #[arg(long, default_value_t = 5)]
-    duration: u64,
+    pub(crate) duration: u64,
     /// Runs per contender and scenario (interleaved).
     #[arg(long, default_value_t = 5)]
-    runs: usize,
+    pub(crate) runs: usize,
     /// wrk connections for keep-alive scenarios.
     #[arg(long, default_value_t = 64)]
-    connections: usize,
-    /// Only these scenarios (S1, S2-4k, S2-64k, S5, S9); all when empty.
+    pub(crate) connections: usize,
+    /// Only these scenarios (S1, S2-4k, S2-64k, S5, S3, S4, S6, S9); all when empty.
     #[arg(long)]
-    only: Vec<String>,
+    pub(crate) only: Vec<String>,
 }
 
-struct Scenario {
-    id: &'static str,
-    what: &'static str,
-    path: &'static str,
-    close: bool,
+pub(crate) struct Scenario {
+    pub(crate) id: &'static str,
+    pub(crate) what: &'static str,
+    pub(crate) path: &'static str,
+    pub(crate) close: bool,
     /// Clients speak TLS to the proxy (ECDSA P-256 certificate).
-    tls: bool,
+    pub(crate) tls: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -92,12 +92,12 @@ const DUMMY_ROUTES: usize = 99;
 
 /// One measured run.
 #[derive(Clone, Copy, Debug)]
-struct Sample {
-    cpu_us_per_request: f64,
-    requests_per_sec: f64,
-    mb_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Sample {
+    pub(crate) cpu_us_per_request: f64,
+    pub(crate) requests_per_sec: f64,
+    pub(crate) mb_per_sec: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
@@ -117,7 +117,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let work = tempfile::tempdir()?;
     let certificate = BenchCertificate::new(work.path())?;
     let backend_port = free_port()?;
-    let _backend = if scenarios.is_empty() {
+    let wants = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
+    let _backend = if scenarios.is_empty() && !wants("S6") {
         None
     } else {
         let backend = start_backend(work.path(), backend_port)?;
@@ -139,10 +140,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                     wait_http(port, scenario.path)?;
                 }
                 if run == 0 {
-                    wrk(port, scenario, args.connections, 1)?; // warm-up
+                    wrk(port, scenario, args.connections, 1, None)?; // warm-up
                 }
                 let before = tree_cpu_ticks(proxy.id())?;
-                let result = wrk(port, scenario, args.connections, args.duration)?;
+                let result = wrk(port, scenario, args.connections, args.duration, None)?;
                 let after = tree_cpu_ticks(proxy.id())?;
                 stop(proxy);
                 if result.errors > 0 {
@@ -182,7 +183,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     } else {
         render(&results, args)?
     };
-    if args.only.is_empty() || args.only.iter().any(|o| o == "S9") {
+    if wants("S6") {
+        table.push_str(&crate::bench_policy::section(
+            args,
+            work.path(),
+            backend_port,
+            &object,
+        )?);
+    }
+    if wants("S9") {
         if crate::is_root() {
             table.push_str(&crate::bench_xdp::section(&object)?);
         } else {
@@ -203,7 +212,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
+pub(crate) fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(|a, b| a.total_cmp(b));
     (
         values[values.len() / 2],
@@ -271,16 +280,22 @@ fn render(results: &[(&Scenario, &str, Vec<Sample>)], args: &BenchArgs) -> Resul
     Ok(out)
 }
 
-struct WrkResult {
-    requests: u64,
-    requests_per_sec: f64,
-    bytes_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
+pub(crate) struct WrkResult {
+    pub(crate) requests: u64,
+    pub(crate) requests_per_sec: f64,
+    pub(crate) bytes_per_sec: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) errors: u64,
 }
 
-fn wrk(port: u16, scenario: &Scenario, connections: usize, seconds: u64) -> Result<WrkResult> {
+pub(crate) fn wrk(
+    port: u16,
+    scenario: &Scenario,
+    connections: usize,
+    seconds: u64,
+    script: Option<&Path>,
+) -> Result<WrkResult> {
     let connections = if scenario.close {
         connections.min(16)
     } else {
@@ -298,6 +313,9 @@ fn wrk(port: u16, scenario: &Scenario, connections: usize, seconds: u64) -> Resu
     ]);
     if scenario.close {
         command.args(["-H", "Connection: close"]);
+    }
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
     }
     let scheme = if scenario.tls { "https" } else { "http" };
     command.arg(format!("{scheme}://127.0.0.1:{port}{}", scenario.path));
@@ -365,13 +383,13 @@ fn parse_wrk(text: &str) -> Result<WrkResult> {
     })
 }
 
-fn clock_ticks_per_sec() -> f64 {
+pub(crate) fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
 /// utime+stime of `pid` and its direct children (nginx's workers), in clock ticks.
-fn tree_cpu_ticks(pid: u32) -> Result<u64> {
+pub(crate) fn tree_cpu_ticks(pid: u32) -> Result<u64> {
     let mut total = process_ticks(pid)?;
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Some(child) = entry
@@ -407,13 +425,13 @@ fn process_ticks(pid: u32) -> Result<u64> {
     Ok(utime + stime)
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn wait_http(port: u16, path: &str) -> Result<()> {
+pub(crate) fn wait_http(port: u16, path: &str) -> Result<()> {
     use std::io::{Read, Write};
     for _ in 0..200 {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -434,7 +452,7 @@ fn wait_http(port: u16, path: &str) -> Result<()> {
 }
 
 /// Stops a contender and waits for it (SIGTERM, then SIGKILL).
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     for _ in 0..100 {
@@ -491,7 +509,7 @@ fn start_backend(dir: &Path, port: u16) -> Result<Guard> {
 }
 
 /// The certificate every contender serves in TLS scenarios (made at bench time).
-struct BenchCertificate {
+pub(crate) struct BenchCertificate {
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
     /// Certificate then key in one file, as haproxy wants it.
@@ -518,7 +536,7 @@ impl BenchCertificate {
 }
 
 /// Waits until `port` accepts TCP connections (TLS listeners cannot be probed in plain HTTP).
-fn wait_tcp(port: u16) -> Result<()> {
+pub(crate) fn wait_tcp(port: u16) -> Result<()> {
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             std::thread::sleep(Duration::from_millis(100));
@@ -537,35 +555,7 @@ fn start_proxy(
     tls: Option<&BenchCertificate>,
 ) -> Result<Child> {
     match name {
-        "gateway" => {
-            let mut routes = String::new();
-            for i in 0..DUMMY_ROUTES {
-                writeln!(
-                    routes,
-                    "[[routes]]\nname = \"dummy{i}\"\npath_prefix = \"/dummy{i}\"\nupstream = \"dummy\"\n"
-                )?;
-            }
-            let gateway_tls = tls.map_or(String::new(), |c| {
-                format!(
-                    "tls = {{ cert = \"{}\", key = \"{}\" }}\n",
-                    c.cert.display(),
-                    c.key.display()
-                )
-            });
-            let conf = dir.join("gateway.toml");
-            std::fs::write(
-                &conf,
-                format!(
-                    "[gateway]\nworkers = 1\nlog_level = \"warn\"\n\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n{gateway_tls}\n[[upstreams]]\nname = \"backend\"\ntargets = [ {{ addr = \"127.0.0.1:{backend}\" }} ]\nmax_idle_per_target = 128\n\n[[upstreams]]\nname = \"dummy\"\ntargets = [ {{ addr = \"127.0.0.1:9\" }} ]\n\n{routes}[[routes]]\nname = \"bench\"\npath_prefix = \"/b\"\nupstream = \"backend\"\n"
-                ),
-            )?;
-            let bin = root().join("target/release/gateway");
-            spawn_pinned(
-                "0",
-                bin.to_str().context("utf8")?,
-                &["run", "--config", conf.to_str().context("utf8")?],
-            )
-        }
+        "gateway" => start_gateway(dir, port, backend, tls, &GatewayPolicy::default()),
         "nginx" => {
             let mut locations = String::new();
             for i in 0..DUMMY_ROUTES {
@@ -615,6 +605,54 @@ fn start_proxy(
         }
         other => bail!("unknown contender {other}"),
     }
+}
+
+/// Extra config for the gateway under test: whole sections, and lines for the bench
+/// route (the policy scenario adds credentials and limits).
+#[derive(Default)]
+pub(crate) struct GatewayPolicy {
+    pub sections: String,
+    pub route: String,
+}
+
+/// Starts the release gateway with one worker on CPU 0: the bench route to `backend`
+/// behind 99 dummy routes, as the peers are configured.
+pub(crate) fn start_gateway(
+    dir: &Path,
+    port: u16,
+    backend: u16,
+    tls: Option<&BenchCertificate>,
+    policy: &GatewayPolicy,
+) -> Result<Child> {
+    let mut routes = String::new();
+    for i in 0..DUMMY_ROUTES {
+        writeln!(
+            routes,
+            "[[routes]]\nname = \"dummy{i}\"\npath_prefix = \"/dummy{i}\"\nupstream = \"dummy\"\n"
+        )?;
+    }
+    let gateway_tls = tls.map_or(String::new(), |c| {
+        format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            c.cert.display(),
+            c.key.display()
+        )
+    });
+    let conf = dir.join("gateway.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[gateway]\nworkers = 1\nlog_level = \"warn\"\n\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n{gateway_tls}\n[[upstreams]]\nname = \"backend\"\ntargets = [ {{ addr = \"127.0.0.1:{backend}\" }} ]\nmax_idle_per_target = 128\n\n[[upstreams]]\nname = \"dummy\"\ntargets = [ {{ addr = \"127.0.0.1:9\" }} ]\n\n{sections}\n{routes}[[routes]]\nname = \"bench\"\npath_prefix = \"/b\"\nupstream = \"backend\"\n{route}",
+            sections = policy.sections,
+            route = policy.route,
+        ),
+    )?;
+    let bin = root().join("target/release/gateway");
+    spawn_pinned(
+        "0",
+        bin.to_str().context("utf8")?,
+        &["run", "--config", conf.to_str().context("utf8")?],
+    )
 }
 
 /// haproxy needs two descriptors per connection plus a margin: size maxconn to the

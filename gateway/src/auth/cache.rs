@@ -1,12 +1,11 @@
-//! Per-worker cache of verified tokens: bounded, keyed by a seeded hash of the token and
-//! confirmed by comparing the token itself, never valid past the token's expiry. It also
+//! Per-worker cache of verified tokens: bounded, keyed by a seeded hash of the token (a
+//! fast hash: a collision costs a comparison, never an identity, since the entry is
+//! confirmed by comparing the token itself), never valid past the token's expiry. It also
 //! remembers, briefly, tokens an introspection server called inactive.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasher, RandomState},
-    rc::Rc,
-};
+use std::{collections::HashMap, hash::BuildHasher, rc::Rc};
+
+use foldhash::fast::RandomState;
 
 use super::Identity;
 
@@ -40,7 +39,7 @@ impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: HashMap::new(),
-            seed: RandomState::new(),
+            seed: RandomState::default(),
             capacity,
         }
     }

@@ -354,10 +354,17 @@ pub fn identity_from_claims(
     now: u64,
     consumer_of: &impl Fn(&str) -> Option<usize>,
 ) -> Identity {
-    let text = |name: &str| match claims.get(name)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Null => None,
-        other => Some(other.to_string()),
+    // Values may be forwarded as header values: only those without control characters.
+    let text = |name: &str| {
+        let value = match claims.get(name)? {
+            Value::String(s) => s.clone(),
+            Value::Null => return None,
+            other => other.to_string(),
+        };
+        value
+            .bytes()
+            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+            .then_some(value)
     };
     let scopes = match (claims.get("scope"), claims.get("scp")) {
         (Some(Value::String(s)), _) | (None, Some(Value::String(s))) => {

@@ -21,7 +21,7 @@ use std::{
 use ipnet::IpNet;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use super::{Snapshot, Worker, connection::Connection, error::ProxyError};
+use super::{Snapshot, Worker, connection::Connection, error::ProxyError, serialize::header};
 use crate::{
     auth::{AuthFailure, CredentialPlace, Identity},
     config::{CorsConfig, RouteConfig, RoutePolicy},
@@ -266,15 +266,16 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let out = &mut self.upstream_headers;
         if let Some(consumer) = identity.consumer {
             let name = &snapshot.config.consumers[consumer].name;
-            let _ = write!(out, "{}: {name}\r\n", auth.consumer_header);
+            header(out, auth.consumer_header.as_bytes(), name.as_bytes());
         }
-        if let Some(subject) = identity.subject.as_deref().filter(|s| header_safe(s)) {
-            let _ = write!(out, "{}: {subject}\r\n", auth.subject_header);
+        // Identity values are header-safe by construction (see `identity_from_claims`).
+        if let Some(subject) = identity.subject.as_deref() {
+            header(out, auth.subject_header.as_bytes(), subject.as_bytes());
         }
         for provider in &auth.jwt {
-            for (claim, header) in &provider.claim_headers {
-                if let Some(value) = identity.claim(claim).filter(|v| header_safe(v)) {
-                    let _ = write!(out, "{header}: {value}\r\n");
+            for (claim, name) in &provider.claim_headers {
+                if let Some(value) = identity.claim(claim) {
+                    header(out, name.as_bytes(), value.as_bytes());
                 }
             }
         }
@@ -340,12 +341,18 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             }
         }
         if let Some(t) = tightest {
-            let _ = write!(
-                self.reply_headers,
-                "ratelimit-limit: {}\r\nratelimit-remaining: {}\r\nratelimit-reset: {}\r\n",
-                t.limit,
-                t.remaining,
-                ceil_secs(t.reset_ns)
+            let mut number = itoa::Buffer::new();
+            let out = &mut self.reply_headers;
+            header(out, b"ratelimit-limit", number.format(t.limit).as_bytes());
+            header(
+                out,
+                b"ratelimit-remaining",
+                number.format(t.remaining).as_bytes(),
+            );
+            header(
+                out,
+                b"ratelimit-reset",
+                number.format(ceil_secs(t.reset_ns)).as_bytes(),
             );
         }
         Ok(())
@@ -402,11 +409,4 @@ fn origin_allowed(cors: &CorsConfig, origin: &[u8]) -> bool {
                 && origin[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
                 && ends_with(&origin[scheme.len()..], suffix.as_bytes())
         })
-}
-
-/// A claim value may become a header value only without control characters.
-fn header_safe(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }

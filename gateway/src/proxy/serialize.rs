@@ -32,7 +32,8 @@ pub struct Forwarding<'a> {
     pub extra: &'a [u8],
 }
 
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends one `name: value` header line.
+pub(super) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

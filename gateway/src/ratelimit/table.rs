@@ -1,10 +1,12 @@
 //! The shared GCRA table: fixed-size, open-addressed, one cache line per key lookup.
 
 use std::{
-    hash::{BuildHasher, Hash, Hasher, RandomState},
+    hash::{BuildHasher, Hash, Hasher},
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Instant,
 };
+
+use foldhash::fast::RandomState;
 
 use super::Rate;
 
@@ -64,7 +66,7 @@ impl RateTable {
         Self {
             lines: (0..lines).map(|_| Line::default()).collect(),
             mask: lines - 1,
-            seed: RandomState::new(),
+            seed: RandomState::default(),
             epoch: Instant::now(),
         }
     }
