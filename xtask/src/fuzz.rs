@@ -17,6 +17,7 @@ pub const TARGETS: &[&str] = &[
     "chunked",
     "path",
     "config",
+    "jwt",
 ];
 
 /// Options of a fuzz run.
