@@ -33,6 +33,10 @@ Gateway: http://127.0.0.1:8080 on {}. Try:
   curl -s localhost:8080/catalog/items                  # strip_prefix: the backend sees /items
   curl -s localhost:8080/catalog/items -H 'x-api-version: 2'   # rewrite: the backend sees /v2/catalog/items
   curl -si 'localhost:8080/a%2F..%2Fadmin'              # 400: ambiguous encodings are refused
+  curl -si localhost:8080/partners/report               # 401: this route needs an API key
+  curl -si localhost:8080/partners/report -H 'x-api-key: demo-key'   # 200, RateLimit-* headers
+  for i in $(seq 12); do curl -so /dev/null -w '%{{http_code}} ' localhost:8080/partners/x -H 'x-api-key: demo-key'; done
+                                                        # the 11th and 12th get 429 (5/s, burst 10)
 
 Ctrl-C stops the gateway (it drains in-flight requests first).
 "#,
