@@ -200,19 +200,8 @@ rate_limit = { rate = "1/min", burst = 1, key = "header:x-user" }
     assert_eq!(send_on(&mut warm, "/x", "X-User: again\r\n").status, 429);
 }
 
-#[test]
-fn max_in_flight_answers_503_beyond_the_limit() {
-    let backend = Backend::start("app");
-    let gw = Gateway::start(&config(
-        &backend,
-        "",
-        r#"
-[[routes]]
-name = "narrow"
-upstream = "app"
-max_in_flight = 1
-"#,
-    ));
+/// One slow request holds the only place; the next gets 503 until it is done.
+fn assert_one_in_flight(backend: &Backend, gw: &Gateway) {
     let addr = gw.addr();
     let slow = std::thread::spawn(move || send_on(&mut connect(addr), "/delay/1500", "").status);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -229,6 +218,28 @@ max_in_flight = 1
         200,
         "the place is free again"
     );
+}
+
+#[test]
+fn max_in_flight_answers_503_beyond_the_limit() {
+    let backend = Backend::start("app");
+    let gw = Gateway::start(&config(
+        &backend,
+        "",
+        "[[routes]]\nname = \"narrow\"\nupstream = \"app\"\nmax_in_flight = 1\n",
+    ));
+    assert_one_in_flight(&backend, &gw);
+
+    // The same limit on the upstream covers every route to it.
+    let backend = Backend::start("app");
+    let text = config(
+        &backend,
+        "",
+        "[[routes]]\nname = \"a\"\nupstream = \"app\"\n",
+    )
+    .replace("targets = [", "max_in_flight = 1\ntargets = [");
+    let gw = Gateway::start(&text);
+    assert_one_in_flight(&backend, &gw);
 }
 
 #[test]

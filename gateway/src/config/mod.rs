@@ -107,6 +107,8 @@ pub struct UpstreamConfig {
     pub write_timeout: Duration,
     /// Idle keep-alive connections kept per target, per worker.
     pub max_idle_per_target: usize,
+    /// Most requests in flight at once, all workers together (503 beyond).
+    pub max_in_flight: Option<u32>,
     /// How long an idle pooled connection may be reused.
     pub idle_timeout: Duration,
     /// TLS towards the targets, when configured.

@@ -203,6 +203,8 @@ pub struct RawUpstream {
     pub write_timeout: Duration,
     #[serde(default = "defaults::max_idle_per_target")]
     pub max_idle_per_target: usize,
+    /// Most requests to this upstream in flight at once, across all workers.
+    pub max_in_flight: Option<u32>,
     #[serde(
         default = "defaults::pool_idle_timeout",
         deserialize_with = "human_duration"

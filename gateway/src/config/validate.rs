@@ -443,6 +443,9 @@ fn validate_upstream(
     if u.targets.is_empty() {
         problems.push(format!("{key}.targets"), "at least one target is required");
     }
+    if u.max_in_flight == Some(0) {
+        problems.push(format!("{key}.max_in_flight"), "must be at least 1");
+    }
     let mut targets = Vec::new();
     for (t, target) in u.targets.iter().enumerate() {
         let tkey = format!("{key}.targets[{t}]");
@@ -503,6 +506,7 @@ fn validate_upstream(
         read_timeout: u.read_timeout,
         write_timeout: u.write_timeout,
         max_idle_per_target: u.max_idle_per_target,
+        max_in_flight: u.max_in_flight,
         idle_timeout: u.idle_timeout,
         tls: validate_upstream_tls(base, &key, u, problems),
     }

@@ -26,7 +26,7 @@ pub enum ProxyError {
     Auth(crate::auth::AuthFailure),
     #[error("rate limit exceeded")]
     RateLimited,
-    #[error("too many requests in flight on this route")]
+    #[error("too many requests in flight on this route or upstream")]
     TooManyInFlight,
     #[error("upstream has no available target")]
     NoTarget,

@@ -53,6 +53,8 @@ pub struct Snapshot {
     pub auth: Authenticator,
     /// Concurrency limits, by route index (global across workers).
     pub in_flight: Vec<Option<InFlight>>,
+    /// Concurrency limits, by upstream index (global across workers).
+    pub upstream_in_flight: Vec<Option<InFlight>>,
     /// Headers the gateway sets upstream to carry the identity (dropped from clients).
     pub identity_header_names: Vec<String>,
     /// Whether any credential is configured (so identity headers mean something).
@@ -93,6 +95,11 @@ impl Snapshot {
             .iter()
             .map(|r| r.policy.max_in_flight.map(InFlight::new))
             .collect();
+        let upstream_in_flight = config
+            .upstreams
+            .iter()
+            .map(|u| u.max_in_flight.map(InFlight::new))
+            .collect();
         let mut identity_header_names = vec![
             config.auth.consumer_header.clone(),
             config.auth.subject_header.clone(),
@@ -110,6 +117,7 @@ impl Snapshot {
             listener_headers,
             auth,
             in_flight,
+            upstream_in_flight,
             identity_header_names,
             identity_headers_in_use,
         }

@@ -29,10 +29,17 @@ use crate::{
     ratelimit::{Decision, InFlightGuard, LimitKey, LimitSpec},
 };
 
+/// Places held by an admitted request in the concurrency limits of its route and
+/// upstream; given back when the request ends.
+pub(super) struct InFlightPlaces<'s> {
+    _route: Option<InFlightGuard<'s>>,
+    _upstream: Option<InFlightGuard<'s>>,
+}
+
 /// How the policy phases let a request through.
 pub(super) enum Admission<'s> {
-    /// Forward it; the guard (if the route limits concurrency) is held until done.
-    Forward(Option<InFlightGuard<'s>>),
+    /// Forward it, holding its places until done.
+    Forward(InFlightPlaces<'s>),
     /// A CORS preflight the gateway answers itself (headers already in place).
     Preflight,
 }
@@ -76,11 +83,19 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             Some(self.authenticate(worker, snapshot, policy).await?)
         };
         self.rate_limit(worker, snapshot, route, client, identity.as_deref())?;
-        let guard = match snapshot.in_flight[route_index].as_ref() {
-            Some(limit) => Some(limit.try_enter().ok_or(ProxyError::TooManyInFlight)?),
-            None => None,
+        let enter = |limit: Option<&'s crate::ratelimit::InFlight>| match limit {
+            Some(limit) => limit
+                .try_enter()
+                .map(Some)
+                .ok_or(ProxyError::TooManyInFlight),
+            None => Ok(None),
         };
-        Ok(Admission::Forward(guard))
+        let route_place = enter(snapshot.in_flight[route_index].as_ref())?;
+        let upstream_place = enter(snapshot.upstream_in_flight[route.upstream].as_ref())?;
+        Ok(Admission::Forward(InFlightPlaces {
+            _route: route_place,
+            _upstream: upstream_place,
+        }))
     }
 
     /// The client's address: the peer, or when the peer is a trusted proxy, the last
