@@ -170,6 +170,7 @@ mod tests {
             read_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(1),
             max_idle_per_target: 1,
+            max_in_flight: None,
             idle_timeout: Duration::from_secs(1),
             tls: None,
         }
