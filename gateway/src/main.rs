@@ -27,6 +27,56 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Show a running gateway's status (through its admin API).
+    Status(AdminArgs),
+    /// Make a running gateway reload its config file; prints every problem if refused.
+    Reload(AdminArgs),
+}
+
+/// How the CLI reaches a running gateway.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin API's base URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9901")]
+    admin: String,
+    /// File holding the admin token (else `GATEWAY_ADMIN_TOKEN`).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn token(&self) -> Result<Option<String>, String> {
+        if let Some(file) = &self.token_file {
+            return std::fs::read_to_string(file)
+                .map(|t| Some(t.trim().to_owned()))
+                .map_err(|e| format!("cannot read {}: {e}", file.display()));
+        }
+        Ok(std::env::var("GATEWAY_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()))
+    }
+
+    /// Calls the API; prints the body; success on 2xx.
+    fn run(&self, method: &str, path: &str) -> ExitCode {
+        let result = self
+            .token()
+            .and_then(|token| gateway::admin::call(&self.admin, method, path, token.as_deref()));
+        match result {
+            Ok((status, body)) => {
+                println!("{}", body.trim_end());
+                if (200..300).contains(&status) {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("gateway: the admin API answered {status}");
+                    ExitCode::FAILURE
+                }
+            }
+            Err(error) => {
+                eprintln!("gateway: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -45,6 +95,8 @@ fn main() -> ExitCode {
             }
             Err(error) => report_config_error(&error),
         },
+        Command::Status(args) => args.run("GET", "/status"),
+        Command::Reload(args) => args.run("POST", "/reload"),
         Command::Run { config } => {
             let loaded = match Config::load(&config) {
                 Ok(loaded) => loaded,

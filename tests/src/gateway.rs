@@ -41,6 +41,8 @@ pub struct Gateway {
     child: Child,
     /// Listener addresses in config order, as logged at startup.
     pub addrs: Vec<SocketAddr>,
+    /// The admin API's address, when the config enables it.
+    pub admin: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     _config: tempfile::NamedTempFile,
 }
@@ -55,6 +57,9 @@ impl Gateway {
     /// Like [`Gateway::start`], returning the log on failure.
     pub fn try_start(config: &str) -> Result<Self, String> {
         let listeners = config.matches("[[listeners]]").count();
+        let wants_admin = config
+            .lines()
+            .any(|l| l.trim_start().starts_with("admin ="));
         let file = write_config(config);
         let mut child = Command::new(gateway_bin())
             .args(["run", "--config"])
@@ -80,16 +85,31 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let addr_of = |line: &str| -> Option<SocketAddr> {
+                line.split("addr=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            };
             let addrs: Vec<SocketAddr> = text
                 .lines()
-                .filter(|l| l.contains(" listening "))
-                .filter_map(|l| l.split("addr=").nth(1))
-                .filter_map(|a| a.split_whitespace().next()?.parse().ok())
+                .filter(|l| l.contains(" listening listener="))
+                .filter_map(addr_of)
                 .collect();
-            if addrs.len() == listeners && text.contains("starting workers") {
+            let admin = text
+                .lines()
+                .filter(|l| l.contains("admin API listening"))
+                .find_map(addr_of);
+            if addrs.len() == listeners
+                && text.contains("starting workers")
+                && (admin.is_some() || !wants_admin)
+            {
                 return Ok(Self {
                     child,
                     addrs,
+                    admin,
                     log,
                     _config: file,
                 });

@@ -98,6 +98,18 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    /// The `reason` label of the auth-failure metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::UnknownApiKey => "unknown_api_key",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::ConsumerNotAllowed => "consumer_not_allowed",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
     /// Preference when several credentials failed: the most specific is reported.
     fn rank(&self) -> u8 {
         match self {

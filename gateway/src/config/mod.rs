@@ -21,6 +21,8 @@ pub use self::locate::Locator;
 pub struct Config {
     /// The file it was read from, for messages.
     pub source: PathBuf,
+    /// The file's text as loaded (the admin API shows it, secrets redacted).
+    pub text: String,
     pub gateway: GatewaySettings,
     pub limits: Limits,
     pub listeners: Vec<ListenerConfig>,
@@ -47,6 +49,20 @@ pub struct GatewaySettings {
     pub via: String,
     /// Rate-limit keys tracked at once, all limits together.
     pub rate_limit_keys: usize,
+    /// The admin API's address, when enabled.
+    pub admin: Option<SocketAddr>,
+    /// The admin API's bearer token.
+    pub admin_token: Option<Secret>,
+}
+
+/// A secret string: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
 }
 
 /// `[limits]`: downstream limits, enforced per request on every worker.

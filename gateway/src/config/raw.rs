@@ -46,6 +46,10 @@ pub struct RawGateway {
     /// Rate-limit keys tracked at once across all limits (memory: 16 bytes each).
     #[serde(default = "defaults::rate_limit_keys")]
     pub rate_limit_keys: usize,
+    /// Address of the admin API (metrics, status, reload); off when unset.
+    pub admin: Option<String>,
+    /// File holding the admin API's bearer token (`GATEWAY_ADMIN_TOKEN` wins).
+    pub admin_token_file: Option<String>,
 }
 
 impl Default for RawGateway {
@@ -57,6 +61,8 @@ impl Default for RawGateway {
             trusted_proxies: Vec::new(),
             via: defaults::via(),
             rate_limit_keys: defaults::rate_limit_keys(),
+            admin: None,
+            admin_token_file: None,
         }
     }
 }

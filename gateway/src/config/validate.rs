@@ -44,7 +44,8 @@ pub(super) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<
         }
     };
     let mut problems = Problems::default();
-    let config = validate(path, raw, &mut problems);
+    let mut config = validate(path, raw, &mut problems);
+    config.text = text.to_owned();
     if problems.0.is_empty() {
         Ok(config)
     } else {
@@ -81,7 +82,7 @@ fn parse_raw(text: &str) -> Result<RawConfig, (String, String, Option<usize>)> {
 }
 
 fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
-    let gateway = validate_gateway(&raw, problems);
+    let gateway = validate_gateway(path.parent().unwrap_or(Path::new(".")), &raw, problems);
     let limits = validate_limits(&raw, problems);
 
     if raw.listeners.is_empty() {
@@ -207,6 +208,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
 
     Config {
         source: path.to_owned(),
+        text: String::new(),
         gateway,
         limits,
         listeners,
@@ -219,8 +221,41 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
     }
 }
 
-fn validate_gateway(raw: &RawConfig, problems: &mut Problems) -> GatewaySettings {
+fn validate_gateway(dir: &Path, raw: &RawConfig, problems: &mut Problems) -> GatewaySettings {
     let g = &raw.gateway;
+    let admin = g
+        .admin
+        .as_deref()
+        .and_then(|text| match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problems.push(
+                    "gateway.admin",
+                    format!("invalid address {text:?}; write e.g. \"127.0.0.1:9901\""),
+                );
+                None
+            }
+        });
+    let admin_token = match std::env::var("GATEWAY_ADMIN_TOKEN") {
+        Ok(token) if !token.is_empty() => Some(token),
+        _ => g.admin_token_file.as_deref().and_then(|file| {
+            match std::fs::read_to_string(dir.join(file)) {
+                Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+                Ok(_) => {
+                    problems.push("gateway.admin_token_file", format!("{file} is empty"));
+                    None
+                }
+                Err(e) => {
+                    problems.push(
+                        "gateway.admin_token_file",
+                        format!("cannot read {file}: {e}"),
+                    );
+                    None
+                }
+            }
+        }),
+    }
+    .map(super::Secret);
     if g.workers > 1024 {
         problems.push("gateway.workers", "at most 1024 workers");
     }
@@ -244,6 +279,8 @@ fn validate_gateway(raw: &RawConfig, problems: &mut Problems) -> GatewaySettings
         trusted_proxies,
         via: g.via.clone(),
         rate_limit_keys: g.rate_limit_keys,
+        admin,
+        admin_token,
     }
 }
 

@@ -68,6 +68,11 @@ pub(super) struct Connection<S> {
     pub(super) body: BodyState,
     /// Bytes of the response already sent; after any, errors can only close.
     pub(super) response_started: bool,
+    /// What the request log and metrics learn: the route, the status sent, and how
+    /// long the upstream took to its response head.
+    pub(super) route: Option<usize>,
+    pub(super) status: u16,
+    pub(super) upstream_latency: Option<std::time::Duration>,
 }
 
 /// Serves one accepted connection until it closes.
@@ -102,6 +107,9 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
         request_id: Vec::with_capacity(64),
         body: BodyState::Done,
         response_started: false,
+        route: None,
+        status: 0,
+        upstream_latency: None,
     };
     let limits = snapshot.config.limits.clone();
     drop(snapshot);
@@ -113,11 +121,24 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
                 tracing::debug!(peer = %peer, %error, "rejected request");
                 conn.request_id.clear();
                 worker.new_request_id(&mut conn.request_id);
+                let started = Instant::now();
                 conn.answer_error(&error, true, &limits).await;
+                let status = conn.status;
+                worker.metrics(|m| m.request(None, b"", status, started.elapsed(), None));
                 return;
             }
         }
-        if !conn.handle(&worker, &limits).await {
+        let started = Instant::now();
+        let generation = worker.generation();
+        conn.route = None;
+        conn.status = 0;
+        conn.upstream_latency = None;
+        let keep_going = conn.handle(&worker, &limits).await;
+        // After a reload, route indexes belong to the old snapshot: count it unrouted.
+        let route = conn.route.filter(|_| worker.generation() == generation);
+        let (method, status, upstream) = (conn.head.method(), conn.status, conn.upstream_latency);
+        worker.metrics(|m| m.request(route, method, status, started.elapsed(), upstream));
+        if !keep_going {
             return;
         }
         conn.rbuf.shrink_if_idle();
@@ -235,12 +256,17 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 Err(FramingError::BodyTooLarge.into())
             }
             Some(index) => match self.admit(worker, &snapshot, index).await {
-                Err(error) => Err(error),
+                Err(error) => {
+                    self.route = Some(index);
+                    Err(error)
+                }
                 Ok(Admission::Preflight) => {
+                    self.route = Some(index);
                     let close = !self.head.keep_alive || worker.drain.is_draining();
-                    return self.answer_empty(b"204 No Content", close, limits).await;
+                    return self.answer_empty(204, close, limits).await;
                 }
                 Ok(Admission::Forward(_in_flight)) => {
+                    self.route = Some(index);
                     let route = &snapshot.router.routes()[index];
                     Router::upstream_path(route, &self.head.path, &mut self.path);
                     self.forward(worker, &snapshot, route.upstream, limits)
@@ -280,6 +306,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let Some(answer) = error.answer() else {
             return false;
         };
+        self.status = answer.status;
         let Some(close) = self.settle_pending_body(close, limits).await else {
             return false;
         };
@@ -335,19 +362,23 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         }
         out.extend_from_slice(b"\r\n");
         let close = !self.head.keep_alive || draining;
-        self.answer_empty(b"308 Permanent Redirect", close, limits)
-            .await
+        self.answer_empty(308, close, limits).await
     }
 
-    /// Answers the request itself with `status` (e.g. `b"204 No Content"`), no body,
-    /// and the reply headers gathered so far. Returns whether the connection stays open.
-    async fn answer_empty(&mut self, status: &[u8], close: bool, limits: &Limits) -> bool {
+    /// Answers the request itself with `status` (204, 308), no body, and the reply
+    /// headers gathered so far. Returns whether the connection stays open.
+    async fn answer_empty(&mut self, status: u16, close: bool, limits: &Limits) -> bool {
+        self.status = status;
         let Some(close) = self.settle_pending_body(close, limits).await else {
             return false;
         };
         self.out.clear();
         self.out.extend_from_slice(b"HTTP/1.1 ");
-        self.out.extend_from_slice(status);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+        self.out.push(b' ');
+        self.out
+            .extend_from_slice(crate::http::reason_phrase(status).as_bytes());
         self.out
             .extend_from_slice(b"\r\ncontent-length: 0\r\nx-request-id: ");
         self.out.extend_from_slice(&self.request_id);

@@ -110,11 +110,23 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     .flatten()
             };
             let reused = pooled.is_some();
+            if reused {
+                worker.metrics(|m| {
+                    if let Some(u) = m.upstreams.get(upstream_index) {
+                        u.reused.increment(1);
+                    }
+                });
+            }
             let mut stream = match pooled {
                 Some(stream) => stream,
                 None => match connect(addr, config.connect_timeout, config.tls.as_ref()).await {
                     Ok(stream) => {
                         worker.upstream_state(generation, |state| state.pool.opened += 1);
+                        worker.metrics(|m| {
+                            if let Some(u) = m.upstreams.get(upstream_index) {
+                                u.opened.increment(1);
+                            }
+                        });
                         stream
                     }
                     Err(error) => {
@@ -227,8 +239,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 .map_err(downstream_io)?;
         }
 
+        let sent_at = Instant::now();
         self.send_request_body(upstream, config, limits).await?;
         self.read_response_head(upstream, config).await?;
+        self.upstream_latency = Some(sent_at.elapsed());
         self.relay_response(
             upstream,
             config,
@@ -371,6 +385,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         }
         serialize::response_head(&mut self.out, &self.response, framing, &client);
         self.response_started = true;
+        self.status = self.response.status;
         let mut relay = Relay {
             src: upstream,
             buf: &mut self.upstream_buf,

@@ -32,6 +32,7 @@ use crate::{
     auth::{Authenticator, TokenCache},
     config::Config,
     edge::{EdgePolicy, SynLimiter},
+    observe::WorkerMetrics,
     ratelimit::{InFlight, RateTable},
     router::Router,
     tls::{SniResolver, TlsError},
@@ -220,6 +221,8 @@ pub struct Worker {
     pub rate_table: Arc<RateTable>,
     /// Tokens this worker verified (cleared on reload).
     token_cache: RefCell<TokenCache>,
+    /// This worker's metric handles for the current snapshot.
+    metrics: RefCell<WorkerMetrics>,
 }
 
 impl Worker {
@@ -239,6 +242,7 @@ impl Worker {
             .filter(|_| edge_in_userspace)
             .map(SynLimiter::new);
         let token_cache = RefCell::new(TokenCache::new(snapshot.config.auth.token_cache_entries));
+        let metrics = RefCell::new(WorkerMetrics::new(id, &snapshot.config));
         Ok(Self {
             id,
             snapshot: RefCell::new(snapshot),
@@ -252,6 +256,7 @@ impl Worker {
             edge_refusals: Cell::new([0; gateway_common::Verdict::COUNT as usize]),
             rate_table,
             token_cache,
+            metrics,
         })
     }
 
@@ -292,6 +297,7 @@ impl Worker {
             .filter(|_| self.edge_in_userspace)
             .map(SynLimiter::new);
         *self.token_cache.borrow_mut() = TokenCache::new(snapshot.config.auth.token_cache_entries);
+        *self.metrics.borrow_mut() = WorkerMetrics::new(self.id, &snapshot.config);
         *self.snapshot.borrow_mut() = snapshot;
         self.generation.set(self.generation.get() + 1);
         Ok(())
@@ -327,6 +333,11 @@ impl Worker {
         self.edge_refusals.set(refusals);
         tracing::debug!(%ip, reason = verdict.name(), "connection refused by the edge policy");
         false
+    }
+
+    /// Runs `f` on this worker's metric handles (never held across an await).
+    pub fn metrics<R>(&self, f: impl FnOnce(&mut WorkerMetrics) -> R) -> R {
+        f(&mut self.metrics.borrow_mut())
     }
 
     /// This worker's cache of verified tokens (borrow it only between awaits).

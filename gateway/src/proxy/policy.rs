@@ -80,7 +80,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let identity = if policy.auth.is_empty() {
             None
         } else {
-            Some(self.authenticate(worker, snapshot, policy).await?)
+            Some(
+                self.authenticate(worker, snapshot, &route.name, policy)
+                    .await?,
+            )
         };
         self.rate_limit(worker, snapshot, route, client, identity.as_deref())?;
         let enter = |limit: Option<&'s crate::ratelimit::InFlight>| match limit {
@@ -90,8 +93,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 .ok_or(ProxyError::TooManyInFlight),
             None => Ok(None),
         };
-        let route_place = enter(snapshot.in_flight[route_index].as_ref())?;
-        let upstream_place = enter(snapshot.upstream_in_flight[route.upstream].as_ref())?;
+        let places = enter(snapshot.in_flight[route_index].as_ref()).and_then(|route_place| {
+            Ok((
+                route_place,
+                enter(snapshot.upstream_in_flight[route.upstream].as_ref())?,
+            ))
+        });
+        let (route_place, upstream_place) = places.inspect_err(|_| {
+            crate::observe::limit_rejection(&route.name, "in_flight");
+        })?;
         Ok(Admission::Forward(InFlightPlaces {
             _route: route_place,
             _upstream: upstream_place,
@@ -200,6 +210,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         &mut self,
         worker: &Worker,
         snapshot: &Snapshot,
+        route_name: &str,
         policy: &RoutePolicy,
     ) -> Result<Rc<Identity>, ProxyError> {
         let now = SystemTime::now()
@@ -219,6 +230,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             Ok(found) => found,
             Err(failure) => {
                 self.challenge(policy, &failure);
+                crate::observe::auth_failure(route_name, failure.reason());
                 return Err(ProxyError::Auth(failure));
             }
         };
@@ -351,6 +363,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         spec.rate.limit(),
                         ceil_secs(reset_ns)
                     );
+                    crate::observe::limit_rejection(&route.name, "rate");
                     return Err(ProxyError::RateLimited);
                 }
             }

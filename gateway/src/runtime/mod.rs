@@ -25,6 +25,7 @@ use signal_hook::{
 
 pub use self::shutdown::{Mailbox, Shutdown};
 use crate::{
+    admin::{AdminState, Control},
     config::Config,
     proxy::{Snapshot, Worker, serve_connection},
     ratelimit::RateTable,
@@ -47,6 +48,8 @@ pub enum RuntimeError {
         worker: usize,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Admin(#[from] crate::admin::AdminError),
     #[error("XDP on {interface}: {source}")]
     Xdp {
         interface: String,
@@ -69,6 +72,11 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             );
         }
     }
+    // Before any worker registers a metric handle: handles made earlier record nothing.
+    let mut prometheus = config
+        .gateway
+        .admin
+        .and_then(|_| crate::observe::install_recorder());
     let listeners = listener::bind_all(&config, workers)?;
     let snapshot = Arc::new(Snapshot::new(config));
     let mut xdp = start_xdp(&snapshot, &listeners.addrs)?;
@@ -118,23 +126,85 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         handles.push(handle);
     }
 
-    let mut current = snapshot;
-    for signal in signals.forever() {
-        match signal {
-            SIGHUP => {
-                if let Some(next) = reload(&current, xdp.as_mut(), &listeners.addrs) {
-                    for mailbox in &mailboxes {
-                        mailbox.config.post(next.clone());
+    // Signals and admin requests reach this thread as one stream of control messages.
+    let (control, inbox) = std::sync::mpsc::channel();
+    let signal_handle = signals.handle();
+    {
+        let control = control.clone();
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    if control.send(Control::Signal(signal)).is_err() {
+                        return;
                     }
+                }
+            })
+            .map_err(RuntimeError::Signals)?;
+    }
+    let admin = match snapshot.config.gateway.admin {
+        Some(addr) => {
+            let state = Arc::new(AdminState::new(
+                snapshot.clone(),
+                workers,
+                listeners.addrs.clone(),
+                prometheus.take(),
+                control.clone(),
+                if edge_in_userspace {
+                    "userspace"
+                } else {
+                    "xdp"
+                },
+                rate_table.clone(),
+            ));
+            let bound = crate::admin::spawn(addr, state.clone())?;
+            tracing::info!(addr = %bound, "admin API listening");
+            Some(state)
+        }
+        None => None,
+    };
+    drop(control);
+
+    let mut current = snapshot;
+    for message in inbox {
+        match message {
+            Control::Signal(SIGHUP) => {
+                if let Ok(next) = reload(&current, xdp.as_mut(), &listeners.addrs) {
+                    install(&mailboxes, admin.as_deref(), &next);
                     current = next;
                 }
             }
-            _ => {
+            Control::Signal(signal) => {
                 tracing::info!(signal, "shutting down: draining in-flight requests");
                 break;
             }
+            Control::Reload(reply) => {
+                let outcome = reload(&current, xdp.as_mut(), &listeners.addrs).map(|next| {
+                    install(&mailboxes, admin.as_deref(), &next);
+                    current = next;
+                    format!(
+                        "{} routes, {} upstreams",
+                        current.config.routes.len(),
+                        current.config.upstreams.len()
+                    )
+                });
+                let _ = reply.send(outcome);
+            }
+            Control::XdpCounters(reply) => {
+                let counters = xdp
+                    .as_ref()
+                    .and_then(|x| x.verdict_counters().ok())
+                    .map(|list| {
+                        list.into_iter()
+                            .map(|(verdict, c)| (verdict.name(), c.packets, c.bytes))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let _ = reply.send(counters);
+            }
         }
     }
+    signal_handle.close();
     for mailbox in &mailboxes {
         mailbox.shutdown.post(());
     }
@@ -145,6 +215,19 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Puts a reloaded snapshot in service: every worker, and the admin API's view.
+fn install(mailboxes: &[Arc<WorkerMailbox>], admin: Option<&AdminState>, next: &Arc<Snapshot>) {
+    for mailbox in mailboxes {
+        mailbox.config.post(next.clone());
+    }
+    if let Some(admin) = admin {
+        admin.current.store(next.clone());
+        admin
+            .reloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What the main thread sends a worker.
@@ -161,13 +244,13 @@ fn reload(
     current: &Snapshot,
     xdp: Option<&mut XdpProgram>,
     addrs: &[SocketAddr],
-) -> Option<Arc<Snapshot>> {
+) -> Result<Arc<Snapshot>, String> {
     let path = &current.config.source;
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(error) => {
             tracing::error!("reload refused, the running config stays:\n{error}");
-            return None;
+            return Err(error.to_string());
         }
     };
     let same_listeners = config.listeners.len() == current.config.listeners.len()
@@ -182,10 +265,9 @@ fn reload(
                     && a.redirect_to_https == b.redirect_to_https
             });
     if !same_listeners {
-        tracing::error!(
-            "reload refused, the running config stays: listeners changed; restart to apply them"
-        );
-        return None;
+        let message = "listeners changed; restart to apply them";
+        tracing::error!("reload refused, the running config stays: {message}");
+        return Err(message.to_owned());
     }
     if config.gateway.rate_limit_keys != current.config.gateway.rate_limit_keys {
         tracing::warn!(
@@ -205,7 +287,7 @@ fn reload(
         upstreams = next.config.upstreams.len(),
         "config reloaded"
     );
-    Some(next)
+    Ok(next)
 }
 
 fn start_xdp(
@@ -367,6 +449,17 @@ async fn accept_loop(
                 }
                 active.set(active.get() + 1);
                 let guard = ActiveGuard(active.clone());
+                let listener_metrics = worker.metrics(|m| {
+                    m.listeners.get(listener_index).map(|l| {
+                        l.accepted.increment(1);
+                        l.active.increment(1.0);
+                        (
+                            l.active.clone(),
+                            l.tls_handshakes.clone(),
+                            l.tls_failures.clone(),
+                        )
+                    })
+                });
                 let worker = worker.clone();
                 // The acceptor of the current config: a reload rotates certificates for
                 // new handshakes while open connections keep theirs.
@@ -385,7 +478,15 @@ async fn accept_loop(
                         }
                         Some((acceptor, timeout)) => {
                             // A stalled or broken handshake costs at most the timeout.
-                            match monoio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            let handshake =
+                                monoio::time::timeout(timeout, acceptor.accept(stream)).await;
+                            if let Some((_, ok, failed)) = &listener_metrics {
+                                match &handshake {
+                                    Ok(Ok(_)) => ok.increment(1),
+                                    _ => failed.increment(1),
+                                }
+                            }
+                            match handshake {
                                 Ok(Ok(tls_stream)) => {
                                     CatchUnwind(Box::pin(serve_connection(
                                         worker,
@@ -406,6 +507,9 @@ async fn accept_loop(
                             }
                         }
                     };
+                    if let Some((active, ..)) = &listener_metrics {
+                        active.decrement(1.0);
+                    }
                     if served.is_err() {
                         tracing::error!(%peer, "connection handler panicked; connection dropped");
                     }

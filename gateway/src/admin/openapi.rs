@@ -1,0 +1,162 @@
+//! The admin API's OpenAPI 3 document, built from the same endpoint table the server
+//! dispatches on, so the two cannot disagree.
+
+use serde_json::{Value, json};
+
+/// One endpoint: path, method, summary, success status, whether it needs the token.
+struct Endpoint {
+    path: &'static str,
+    method: &'static str,
+    summary: &'static str,
+    ok: u16,
+    content: &'static str,
+    public: bool,
+}
+
+const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        path: "/health",
+        method: "GET",
+        summary: "Liveness: 200 while the admin thread runs. No token needed.",
+        ok: 200,
+        content: "application/json",
+        public: true,
+    },
+    Endpoint {
+        path: "/status",
+        method: "GET",
+        summary: "Version, uptime, workers, listeners, config file, reload count, edge enforcement.",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+    Endpoint {
+        path: "/config",
+        method: "GET",
+        summary: "The running config as loaded, secrets redacted.",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+    Endpoint {
+        path: "/routes",
+        method: "GET",
+        summary: "Routes in config order with their matchers, upstream and policy.",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+    Endpoint {
+        path: "/upstreams",
+        method: "GET",
+        summary: "Upstreams with balancing, targets and requests in flight.",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+    Endpoint {
+        path: "/ratelimit",
+        method: "GET",
+        summary: "Requests that fit now for one key of one limit: ?limit=route:NAME|consumer:NAME&key=VALUE.",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+    Endpoint {
+        path: "/metrics",
+        method: "GET",
+        summary: "Prometheus text exposition of every gateway metric.",
+        ok: 200,
+        content: "text/plain",
+        public: false,
+    },
+    Endpoint {
+        path: "/reload",
+        method: "POST",
+        summary: "Reload the config file: 200 when in service, 422 with every problem when refused (the running config stays).",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+    Endpoint {
+        path: "/openapi.json",
+        method: "GET",
+        summary: "This document.",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+];
+
+/// Whether `path` is an admin endpoint.
+pub fn is_endpoint(path: &str) -> bool {
+    ENDPOINTS.iter().any(|e| e.path == path)
+}
+
+/// The method `path` answers.
+pub fn method_of(path: &str) -> &'static str {
+    ENDPOINTS
+        .iter()
+        .find(|e| e.path == path)
+        .map_or("GET", |e| e.method)
+}
+
+/// The OpenAPI 3.0 document.
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for e in ENDPOINTS {
+        let mut responses = serde_json::Map::new();
+        responses.insert(
+            e.ok.to_string(),
+            json!({ "description": "success", "content": { e.content: {} } }),
+        );
+        if !e.public {
+            responses.insert(
+                "401".into(),
+                json!({ "description": "missing or wrong bearer token", "content": { "application/json": {} } }),
+            );
+        }
+        if e.path == "/reload" {
+            responses.insert(
+                "422".into(),
+                json!({ "description": "the new config was refused; body lists every problem", "content": { "application/json": {} } }),
+            );
+        }
+        if e.path == "/ratelimit" {
+            responses.insert(
+                "400".into(),
+                json!({ "description": "unknown limit or missing parameter", "content": { "application/json": {} } }),
+            );
+        }
+        let mut operation = json!({
+            "summary": e.summary,
+            "operationId": e.path.trim_start_matches('/').replace(['.', '/'], "_"),
+            "responses": responses,
+        });
+        if e.public {
+            operation["security"] = json!([]);
+        }
+        if e.path == "/ratelimit" {
+            operation["parameters"] = json!([
+                { "name": "limit", "in": "query", "required": true, "schema": { "type": "string" } },
+                { "name": "key", "in": "query", "required": false, "schema": { "type": "string" } },
+            ]);
+        }
+        paths.insert(
+            e.path.to_owned(),
+            json!({ e.method.to_ascii_lowercase(): operation }),
+        );
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "gateway admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } }
+        },
+        "security": [ { "bearer": [] } ],
+        "paths": paths,
+    })
+}

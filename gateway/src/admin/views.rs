@@ -1,0 +1,250 @@
+//! The JSON views the admin endpoints return, built from the running snapshot.
+
+use std::{fmt::Write as _, net::IpAddr};
+
+use serde_json::{Value, json};
+
+use super::{AdminState, Control};
+use crate::{
+    auth::AuthMethod,
+    config::{Balance, Config, HostMatch, PathMatch},
+    proxy::Snapshot,
+    ratelimit::{LimitKey, LimitSpec},
+};
+
+/// Config keys whose values never leave the process.
+const SECRET_KEYS: &[&str] = &["secret", "client_secret", "admin_token"];
+
+pub fn status(state: &AdminState, snapshot: &Snapshot) -> Value {
+    let listeners: Vec<Value> = snapshot
+        .config
+        .listeners
+        .iter()
+        .zip(&state.listener_addrs)
+        .map(
+            |(l, addr)| json!({ "name": l.name, "addr": addr.to_string(), "tls": l.tls.is_some() }),
+        )
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "workers": state.workers,
+        "listeners": listeners,
+        "config_file": snapshot.config.source.display().to_string(),
+        "reloads": state.reloads.load(std::sync::atomic::Ordering::Relaxed),
+        "edge_enforcement": state.edge_enforcement,
+        "routes": snapshot.config.routes.len(),
+        "upstreams": snapshot.config.upstreams.len(),
+    })
+}
+
+/// The config file as loaded, as JSON, with secret values replaced.
+pub fn config(config: &Config) -> Value {
+    let mut value = toml::from_str::<toml::Value>(&config.text)
+        .ok()
+        .and_then(|v| serde_json::to_value(v).ok())
+        .unwrap_or(Value::Null);
+    redact(&mut value);
+    json!({ "file": config.source.display().to_string(), "config": value })
+}
+
+fn redact(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                if SECRET_KEYS.contains(&key.as_str()) {
+                    *inner = Value::String("[redacted]".into());
+                } else {
+                    redact(inner);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+fn limit_view(spec: &LimitSpec) -> Value {
+    let key = match &spec.key {
+        LimitKey::ClientIp => "client_ip".to_owned(),
+        LimitKey::Consumer => "consumer".to_owned(),
+        LimitKey::Route => "route".to_owned(),
+        LimitKey::Header(h) => format!("header:{h}"),
+        LimitKey::Claim(c) => format!("claim:{c}"),
+    };
+    json!({
+        "name": spec.name,
+        "count": spec.rate.count,
+        "per_seconds": spec.rate.per.as_secs_f64(),
+        "burst": spec.rate.burst,
+        "key": key,
+    })
+}
+
+pub fn routes(snapshot: &Snapshot) -> Value {
+    let config = &snapshot.config;
+    let list: Vec<Value> = config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let host = match &r.host {
+                None => Value::Null,
+                Some(HostMatch::Exact(h)) => json!(h),
+                Some(HostMatch::Suffix(s)) => json!(format!("*{s}")),
+            };
+            let path = match &r.path {
+                PathMatch::Exact(p) => json!({ "exact": p }),
+                PathMatch::Prefix(p) => json!({ "prefix": p }),
+                PathMatch::Regex(re) => json!({ "regex": re.as_str() }),
+            };
+            let auth: Vec<String> = r
+                .policy
+                .auth
+                .iter()
+                .map(|m| match m {
+                    AuthMethod::Jwt(p) => config.auth.jwt[*p].name.clone(),
+                    AuthMethod::Introspection(p) => config.auth.introspection[*p].name.clone(),
+                    AuthMethod::ApiKey => "api_key".into(),
+                })
+                .collect();
+            let in_flight = snapshot.in_flight[i]
+                .as_ref()
+                .map(|f| json!({ "limit": r.policy.max_in_flight, "current": f.current() }));
+            json!({
+                "name": r.name,
+                "host": host,
+                "path": path,
+                "methods": r.methods,
+                "upstream": config.upstreams[r.upstream].name,
+                "auth": auth,
+                "scopes": r.policy.scopes,
+                "consumers": r.policy.consumers,
+                "rate_limit": r.policy.rate_limit.as_ref().map(limit_view),
+                "max_in_flight": in_flight,
+                "cors": r.policy.cors.is_some(),
+            })
+        })
+        .collect();
+    json!({ "routes": list })
+}
+
+pub fn upstreams(snapshot: &Snapshot) -> Value {
+    let list: Vec<Value> = snapshot
+        .config
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let balance = match &u.balance {
+                Balance::RoundRobin => "round_robin",
+                Balance::LeastConn => "least_conn",
+                Balance::P2cEwma => "p2c_ewma",
+                Balance::ConsistentHash(_) => "consistent_hash",
+            };
+            let targets: Vec<Value> = u
+                .targets
+                .iter()
+                .map(|t| json!({ "addr": t.addr.to_string(), "weight": t.weight }))
+                .collect();
+            let in_flight = snapshot.upstream_in_flight[i]
+                .as_ref()
+                .map(|f| json!({ "limit": u.max_in_flight, "current": f.current() }));
+            json!({
+                "name": u.name,
+                "balance": balance,
+                "targets": targets,
+                "tls": u.tls.is_some(),
+                "max_in_flight": in_flight,
+            })
+        })
+        .collect();
+    json!({ "upstreams": list })
+}
+
+/// `?limit=route:NAME|consumer:NAME&key=VALUE`: requests that fit now.
+pub fn rate_limit(
+    state: &AdminState,
+    snapshot: &Snapshot,
+    query: &str,
+) -> Result<Value, (u16, String)> {
+    let mut limit = None;
+    let mut key = String::new();
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "limit" => limit = Some(value.into_owned()),
+            "key" => key = value.into_owned(),
+            _ => {}
+        }
+    }
+    let limit = limit.ok_or((400, "the limit parameter is required".to_owned()))?;
+    let config = &snapshot.config;
+    let spec = config
+        .routes
+        .iter()
+        .filter_map(|r| r.policy.rate_limit.as_ref())
+        .chain(
+            config
+                .consumers
+                .iter()
+                .filter_map(|c| c.rate_limit.as_ref()),
+        )
+        .find(|spec| spec.name == limit)
+        .ok_or_else(|| {
+            (
+                400,
+                format!("no limit named {limit:?} (route:NAME or consumer:NAME)"),
+            )
+        })?;
+    let table = &state.rate_table;
+    let hash = match &spec.key {
+        LimitKey::ClientIp => {
+            let ip: IpAddr = key
+                .parse()
+                .map_err(|_| (400, format!("key {key:?} is not an IP address")))?;
+            match crate::proxy::canonical_ip(ip) {
+                IpAddr::V4(v4) => table.key_hash(&spec.name, &v4.octets()),
+                IpAddr::V6(v6) => table.key_hash(&spec.name, &v6.octets()),
+            }
+        }
+        LimitKey::Route => table.key_hash(&spec.name, b""),
+        _ => table.key_hash(&spec.name, key.as_bytes()),
+    };
+    let remaining = table.peek(hash, &spec.rate, table.now_ns());
+    Ok(json!({
+        "limit": limit_view(spec),
+        "key": key,
+        "remaining": remaining,
+    }))
+}
+
+/// Prometheus text: the metrics crate's registry, then the XDP counters.
+pub fn metrics(state: &AdminState) -> String {
+    let mut out = match &state.prometheus {
+        Some(handle) => {
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => String::new(),
+    };
+    if let Some(counters) = state.ask(Control::XdpCounters)
+        && !counters.is_empty()
+    {
+        out.push_str("# TYPE gateway_xdp_packets_total counter\n");
+        for (verdict, packets, _) in &counters {
+            let _ = writeln!(
+                out,
+                "gateway_xdp_packets_total{{verdict=\"{verdict}\"}} {packets}"
+            );
+        }
+        out.push_str("# TYPE gateway_xdp_bytes_total counter\n");
+        for (verdict, _, bytes) in &counters {
+            let _ = writeln!(
+                out,
+                "gateway_xdp_bytes_total{{verdict=\"{verdict}\"}} {bytes}"
+            );
+        }
+    }
+    out
+}
