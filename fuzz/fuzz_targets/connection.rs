@@ -8,7 +8,7 @@ use std::{cell::RefCell, path::Path, rc::Rc, sync::Arc};
 
 use gateway::{
     config::Config,
-    proxy::{Snapshot, Worker, serve_connection},
+    proxy::{Snapshot, Worker, WorkerShared, serve_connection},
     ratelimit::RateTable,
 };
 use libfuzzer_sys::fuzz_target;
@@ -136,7 +136,18 @@ fuzz_target!(|data: &[u8]| {
     let snapshot = SNAPSHOT.with(Arc::clone);
     let rate_table = RATE_TABLE.with(Arc::clone);
     RUNTIME.with(|runtime| {
-        let worker = Rc::new(Worker::new(0, snapshot, false, rate_table).expect("worker"));
+        let worker = Rc::new(
+            Worker::new(
+                0,
+                snapshot,
+                WorkerShared {
+                    edge_in_userspace: false,
+                    rate_table,
+                    access_log: None,
+                },
+            )
+            .expect("worker"),
+        );
         runtime.borrow_mut().block_on(serve_connection(
             worker,
             stream,

@@ -32,6 +32,7 @@ pub struct Config {
     pub edge: EdgePolicyConfig,
     pub auth: AuthConfig,
     pub consumers: Vec<ConsumerConfig>,
+    pub access_log: Option<crate::observe::access_log::AccessLogConfig>,
 }
 
 /// `[gateway]`.

@@ -25,6 +25,17 @@ pub struct RawConfig {
     pub auth: RawAuth,
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// `[access_log]`: one JSON line per request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `"stderr"` or a file (appended; reopened on SIGUSR1).
+    pub path: String,
+    /// The fields each line carries (all when absent).
+    pub fields: Option<Vec<String>>,
 }
 
 /// `[gateway]`: process-wide settings.

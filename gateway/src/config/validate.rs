@@ -206,9 +206,35 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
         }
     });
 
+    let access_log = raw.access_log.as_ref().map(|log| {
+        use crate::observe::access_log::{AccessLogConfig, FIELDS, LogTarget};
+        let mut fields = 0u32;
+        match &log.fields {
+            None => fields = (1 << FIELDS.len()) - 1,
+            Some(list) => {
+                for (f, name) in list.iter().enumerate() {
+                    match FIELDS.iter().position(|known| known == name) {
+                        Some(bit) => fields |= 1 << bit,
+                        None => problems.push(
+                            format!("access_log.fields[{f}]"),
+                            format!("unknown field {name:?}; known: {}", FIELDS.join(", ")),
+                        ),
+                    }
+                }
+            }
+        }
+        let target = if log.path == "stderr" {
+            LogTarget::Stderr
+        } else {
+            LogTarget::File(path.parent().unwrap_or(Path::new(".")).join(&log.path))
+        };
+        AccessLogConfig { target, fields }
+    });
+
     Config {
         source: path.to_owned(),
         text: String::new(),
+        access_log,
         gateway,
         limits,
         listeners,

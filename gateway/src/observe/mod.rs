@@ -1,11 +1,13 @@
 //! Metrics (the `metrics` crate, rendered in Prometheus text by
-//! metrics-exporter-prometheus on the admin listener).
+//! metrics-exporter-prometheus on the admin listener) and [`access_log`]s.
 //!
 //! Recorded without contention: every worker registers its own handles, labelled with
 //! `worker`, so each counter and histogram has exactly one writer core (an uncontended
 //! atomic add, or a lock-free bucket append). Handles are resolved when a worker
 //! installs a config snapshot, never looked up by name on the request path. Names follow
 //! `gateway_<subsystem>_<what>_<unit>`; sum over `worker` for process totals.
+
+pub mod access_log;
 
 use std::time::Duration;
 

@@ -73,6 +73,15 @@ pub(super) struct Connection<S> {
     pub(super) route: Option<usize>,
     pub(super) status: u16,
     pub(super) upstream_latency: Option<std::time::Duration>,
+    /// The client as the policy judged it (the peer, or behind a trusted proxy).
+    pub(super) client_ip: std::net::IpAddr,
+    /// The upstream target the request went to.
+    pub(super) target: Option<SocketAddr>,
+    /// Body bytes relayed each way.
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    /// The authenticated consumer (index into the snapshot's consumers).
+    pub(super) consumer: Option<usize>,
 }
 
 /// Serves one accepted connection until it closes.
@@ -110,6 +119,11 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
         route: None,
         status: 0,
         upstream_latency: None,
+        client_ip: super::canonical_ip(peer.ip()),
+        target: None,
+        bytes_in: 0,
+        bytes_out: 0,
+        consumer: None,
     };
     let limits = snapshot.config.limits.clone();
     drop(snapshot);
@@ -130,19 +144,64 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
         }
         let started = Instant::now();
         let generation = worker.generation();
-        conn.route = None;
-        conn.status = 0;
-        conn.upstream_latency = None;
+        conn.reset_record();
         let keep_going = conn.handle(&worker, &limits).await;
         // After a reload, route indexes belong to the old snapshot: count it unrouted.
         let route = conn.route.filter(|_| worker.generation() == generation);
+        let elapsed = started.elapsed();
         let (method, status, upstream) = (conn.head.method(), conn.status, conn.upstream_latency);
-        worker.metrics(|m| m.request(route, method, status, started.elapsed(), upstream));
+        worker.metrics(|m| m.request(route, method, status, elapsed, upstream));
+        if worker.logs_requests() {
+            conn.log(&worker, route, elapsed);
+        }
         if !keep_going {
             return;
         }
         conn.rbuf.shrink_if_idle();
         conn.upstream_buf.shrink_if_idle();
+    }
+}
+
+impl<S> Connection<S> {
+    /// Forgets what was recorded about the previous request.
+    fn reset_record(&mut self) {
+        self.route = None;
+        self.status = 0;
+        self.upstream_latency = None;
+        self.client_ip = super::canonical_ip(self.peer.ip());
+        self.target = None;
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        self.consumer = None;
+    }
+
+    /// The access-log line of the request just handled.
+    fn log(&self, worker: &Worker, route: Option<usize>, elapsed: std::time::Duration) {
+        let snapshot = worker.snapshot();
+        let Some(log) = &snapshot.config.access_log else {
+            return;
+        };
+        let entry = crate::observe::access_log::Entry {
+            request_id: &self.request_id,
+            client: self.client_ip,
+            method: self.head.method(),
+            host: &self.head.host,
+            path: &self.head.path,
+            route: route.map(|r| snapshot.config.routes[r].name.as_str()),
+            upstream: self.target,
+            status: self.status,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            duration: elapsed,
+            upstream_duration: self.upstream_latency,
+            consumer: self
+                .consumer
+                .and_then(|c| snapshot.config.consumers.get(c))
+                .map(|c| c.name.as_str()),
+            scheme: self.proto,
+            worker: worker.id,
+        };
+        worker.log_request(&entry, log.fields);
     }
 }
 

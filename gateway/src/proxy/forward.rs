@@ -100,6 +100,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 .ok_or(ProxyError::NoTarget)?;
             let global = upstream.first_target + target;
             let addr = config.targets[target].addr;
+            self.target = Some(addr);
             let pooled = if fresh_only {
                 None
             } else {
@@ -286,7 +287,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             RequestBody::Length(n) => relay.copy_length(n).await,
             _ => relay.copy_chunked(true, limits.max_body_size).await,
         };
-        result.map_err(|error| {
+        self.bytes_in = result.map_err(|error| {
             ExchangeError::from(match error {
                 RelayError::Read(IoFailure::Timeout) => ProxyError::BodyTimeout,
                 RelayError::Read(IoFailure::Io(e)) => ProxyError::Downstream(e),
@@ -401,7 +402,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             ResponseBody::Chunked => relay.copy_chunked(rechunk, u64::MAX).await,
             ResponseBody::UntilClose => relay.copy_until_close(rechunk).await,
         };
-        result.map_err(|error| match error {
+        self.bytes_out = result.map_err(|error| match error {
             RelayError::Read(failure) => upstream_io(failure),
             RelayError::SourceClosed => ProxyError::UpstreamClosed,
             RelayError::Framing(e) => ProxyError::UpstreamFraming(e),

@@ -32,7 +32,10 @@ use crate::{
     auth::{Authenticator, TokenCache},
     config::Config,
     edge::{EdgePolicy, SynLimiter},
-    observe::WorkerMetrics,
+    observe::{
+        WorkerMetrics,
+        access_log::{Entry, LogMessage, WorkerLog},
+    },
     ratelimit::{InFlight, RateTable},
     router::Router,
     tls::{SniResolver, TlsError},
@@ -223,16 +226,29 @@ pub struct Worker {
     token_cache: RefCell<TokenCache>,
     /// This worker's metric handles for the current snapshot.
     metrics: RefCell<WorkerMetrics>,
+    /// This worker's access-log buffer, when access logs are on.
+    access_log: RefCell<Option<WorkerLog>>,
+}
+
+/// Process-wide things every worker gets at start, besides the config snapshot.
+#[derive(Clone)]
+pub struct WorkerShared {
+    /// XDP is not attached: the edge policy is enforced at accept.
+    pub edge_in_userspace: bool,
+    /// The rate-limit cells shared by every worker.
+    pub rate_table: Arc<RateTable>,
+    /// The access-log writer, when access logs are on.
+    pub access_log: Option<std::sync::mpsc::SyncSender<LogMessage>>,
 }
 
 impl Worker {
     /// State for worker `id` on `snapshot`.
-    pub fn new(
-        id: usize,
-        snapshot: Arc<Snapshot>,
-        edge_in_userspace: bool,
-        rate_table: Arc<RateTable>,
-    ) -> Result<Self, TlsError> {
+    pub fn new(id: usize, snapshot: Arc<Snapshot>, shared: WorkerShared) -> Result<Self, TlsError> {
+        let WorkerShared {
+            edge_in_userspace,
+            rate_table,
+            access_log,
+        } = shared;
         let upstreams = RefCell::new(WorkerUpstreams::new(&snapshot.upstreams, id));
         let tls = RefCell::new(listener_tls(&snapshot)?);
         let syn_limiter = snapshot
@@ -257,6 +273,7 @@ impl Worker {
             rate_table,
             token_cache,
             metrics,
+            access_log: RefCell::new(access_log.map(WorkerLog::new)),
         })
     }
 
@@ -338,6 +355,25 @@ impl Worker {
     /// Runs `f` on this worker's metric handles (never held across an await).
     pub fn metrics<R>(&self, f: impl FnOnce(&mut WorkerMetrics) -> R) -> R {
         f(&mut self.metrics.borrow_mut())
+    }
+
+    /// Whether requests are logged.
+    pub fn logs_requests(&self) -> bool {
+        self.access_log.borrow().is_some()
+    }
+
+    /// Appends the access-log line for `entry` (a no-op when logs are off).
+    pub fn log_request(&self, entry: &Entry<'_>, fields: u32) {
+        if let Some(log) = self.access_log.borrow_mut().as_mut() {
+            log.record(entry, fields);
+        }
+    }
+
+    /// Hands buffered log lines to the writer (the periodic flush, and at shutdown).
+    pub fn flush_log(&self) {
+        if let Some(log) = self.access_log.borrow_mut().as_mut() {
+            log.flush();
+        }
     }
 
     /// This worker's cache of verified tokens (borrow it only between awaits).

@@ -69,6 +69,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             self.drop_identity_headers(snapshot);
         }
         let client = self.client_ip(snapshot);
+        self.client_ip = client;
         if !ip_admitted(policy, client) {
             return Err(ProxyError::IpDenied);
         }
@@ -85,6 +86,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     .await?,
             )
         };
+        self.consumer = identity.as_ref().and_then(|i| i.consumer);
         self.rate_limit(worker, snapshot, route, client, identity.as_deref())?;
         let enter = |limit: Option<&'s crate::ratelimit::InFlight>| match limit {
             Some(limit) => limit

@@ -46,9 +46,9 @@ pub(super) struct Relay<'a, R, W> {
 }
 
 impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
-    /// Sends what `out` holds (a head without a body).
-    pub async fn flush_head(&mut self) -> Result<(), RelayError> {
-        self.flush().await
+    /// Sends what `out` holds (a head without a body): a body of 0 bytes.
+    pub async fn flush_head(&mut self) -> Result<u64, RelayError> {
+        self.flush().await.map(|()| 0)
     }
 
     async fn flush(&mut self) -> Result<(), RelayError> {
@@ -73,8 +73,10 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
     }
 
     /// Copies exactly `remaining` bytes: what the buffer holds first (behind the pending
-    /// head when small), then straight from reads, without copying.
-    pub async fn copy_length(&mut self, mut remaining: u64) -> Result<(), RelayError> {
+    /// head when small), then straight from reads, without copying. Returns the body
+    /// length, like every copy.
+    pub async fn copy_length(&mut self, length: u64) -> Result<u64, RelayError> {
+        let mut remaining = length;
         let buffered = (self.buf.len() as u64).min(remaining) as usize;
         if buffered <= COALESCE_LIMIT {
             self.out.extend_from_slice(&self.buf.data()[..buffered]);
@@ -97,12 +99,12 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
                 .map_err(RelayError::Write)?;
             remaining -= take as u64;
         }
-        Ok(())
+        Ok(length)
     }
 
     /// Decodes a chunked body and writes it re-chunked (`rechunk`) or raw, refusing more
     /// than `max_len` body bytes. Trailers are consumed and dropped.
-    pub async fn copy_chunked(&mut self, rechunk: bool, max_len: u64) -> Result<(), RelayError> {
+    pub async fn copy_chunked(&mut self, rechunk: bool, max_len: u64) -> Result<u64, RelayError> {
         let mut decoder = ChunkedDecoder::new();
         loop {
             match decoder.step(self.buf.data()).map_err(RelayError::Framing)? {
@@ -123,7 +125,8 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
                     if rechunk {
                         self.out.extend_from_slice(LAST_CHUNK);
                     }
-                    return self.flush().await;
+                    self.flush().await?;
+                    return Ok(decoder.body_len);
                 }
                 Decoded::NeedMore => {
                     let all = self.buf.len();
@@ -140,9 +143,11 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
     }
 
     /// Copies until the source closes, re-chunked (`rechunk`) or raw.
-    pub async fn copy_until_close(&mut self, rechunk: bool) -> Result<(), RelayError> {
+    pub async fn copy_until_close(&mut self, rechunk: bool) -> Result<u64, RelayError> {
+        let mut copied = 0u64;
         loop {
             let data = self.buf.data();
+            copied += data.len() as u64;
             if rechunk {
                 encode_chunk(data, self.out);
             } else {
@@ -160,6 +165,7 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
         if rechunk {
             self.out.extend_from_slice(LAST_CHUNK);
         }
-        self.flush().await
+        self.flush().await?;
+        Ok(copied)
     }
 }

@@ -19,7 +19,7 @@ use std::{
 };
 
 use signal_hook::{
-    consts::{SIGHUP, SIGINT, SIGTERM},
+    consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1},
     iterator::Signals,
 };
 
@@ -27,7 +27,7 @@ pub use self::shutdown::{Mailbox, Shutdown};
 use crate::{
     admin::{AdminState, Control},
     config::Config,
-    proxy::{Snapshot, Worker, serve_connection},
+    proxy::{Snapshot, Worker, WorkerShared, serve_connection},
     ratelimit::RateTable,
     xdp::{XdpProgram, is_placeholder},
 };
@@ -50,6 +50,8 @@ pub enum RuntimeError {
     },
     #[error("{0}")]
     Admin(#[from] crate::admin::AdminError),
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
     #[error("XDP on {interface}: {source}")]
     Xdp {
         interface: String,
@@ -99,7 +101,21 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
 
     let rate_table = Arc::new(RateTable::new(snapshot.config.gateway.rate_limit_keys));
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(RuntimeError::Signals)?;
+    let (access_log, log_writer) = match &snapshot.config.access_log {
+        Some(log) => {
+            let (tx, handle) = crate::observe::access_log::start_writer(log.target.clone())
+                .map_err(RuntimeError::AccessLog)?;
+            (Some(tx), Some(handle))
+        }
+        None => (None, None),
+    };
+    let shared = WorkerShared {
+        edge_in_userspace,
+        rate_table: rate_table.clone(),
+        access_log: access_log.clone(),
+    };
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(RuntimeError::Signals)?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::new();
     let mut mailboxes = Vec::new();
@@ -107,21 +123,11 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         let mailbox = Arc::new(WorkerMailbox::default());
         mailboxes.push(mailbox.clone());
         let snapshot = snapshot.clone();
-        let rate_table = rate_table.clone();
+        let shared = shared.clone();
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let handle = thread::Builder::new()
             .name(format!("worker-{id}"))
-            .spawn(move || {
-                worker_main(
-                    id,
-                    core,
-                    snapshot,
-                    edge_in_userspace,
-                    rate_table,
-                    sockets,
-                    mailbox,
-                )
-            })
+            .spawn(move || worker_main(id, core, snapshot, shared, sockets, mailbox))
             .map_err(|source| RuntimeError::Spawn { worker: id, source })?;
         handles.push(handle);
     }
@@ -174,6 +180,11 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                     current = next;
                 }
             }
+            Control::Signal(SIGUSR1) => {
+                if let Some(log) = &access_log {
+                    let _ = log.send(crate::observe::access_log::LogMessage::Reopen);
+                }
+            }
             Control::Signal(signal) => {
                 tracing::info!(signal, "shutting down: draining in-flight requests");
                 break;
@@ -213,6 +224,14 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             tracing::error!("a worker panicked during shutdown");
         }
     }
+    // Every worker has flushed: the writer stops after the last line.
+    if let (Some(log), Some(writer)) = (&access_log, log_writer) {
+        let _ = log.send(crate::observe::access_log::LogMessage::Close);
+        if writer.join().is_err() {
+            tracing::error!("the access-log writer panicked");
+        }
+    }
+    drop(shared);
     tracing::info!("stopped");
     Ok(())
 }
@@ -324,8 +343,7 @@ fn worker_main(
     id: usize,
     core: Option<core_affinity::CoreId>,
     snapshot: Arc<Snapshot>,
-    edge_in_userspace: bool,
-    rate_table: Arc<RateTable>,
+    shared: WorkerShared,
     sockets: Vec<std::net::TcpListener>,
     mailbox: Arc<WorkerMailbox>,
 ) {
@@ -347,7 +365,7 @@ fn worker_main(
     };
     runtime.block_on(async move {
         let drain_timeout = snapshot.config.gateway.drain_timeout;
-        let worker = match Worker::new(id, snapshot, edge_in_userspace, rate_table) {
+        let worker = match Worker::new(id, snapshot, shared) {
             Ok(worker) => Rc::new(worker),
             Err(error) => {
                 tracing::error!(worker = id, %error, "cannot set up TLS; worker not serving");
@@ -373,6 +391,15 @@ fn worker_main(
                 }
             }
         });
+        if worker.logs_requests() {
+            let flusher = worker.clone();
+            monoio::spawn(async move {
+                loop {
+                    monoio::time::sleep(Duration::from_millis(250)).await;
+                    flusher.flush_log();
+                }
+            });
+        }
         mailbox.shutdown.recv().await;
         worker.drain.start();
         let deadline = Instant::now() + drain_timeout;
@@ -386,6 +413,7 @@ fn worker_main(
                 "drain timeout: closing remaining connections"
             );
         }
+        worker.flush_log();
     });
 }
 
