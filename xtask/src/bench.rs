@@ -28,7 +28,7 @@ pub struct BenchArgs {
     /// wrk connections for keep-alive scenarios.
     #[arg(long, default_value_t = 64)]
     pub(crate) connections: usize,
-    /// Only these scenarios (S1, S2-4k, S2-64k, S5, S3, S4, S6, S9); all when empty.
+    /// Only these scenarios (S1, S2-4k, S2-64k, S5, S3, S4, S6, S7, S9); all when empty.
     #[arg(long)]
     pub(crate) only: Vec<String>,
 }
@@ -118,7 +118,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let certificate = BenchCertificate::new(work.path())?;
     let backend_port = free_port()?;
     let wants = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
-    let _backend = if scenarios.is_empty() && !wants("S6") {
+    let _backend = if scenarios.is_empty() && !wants("S6") && !wants("S7") {
         None
     } else {
         let backend = start_backend(work.path(), backend_port)?;
@@ -184,11 +184,18 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         render(&results, args)?
     };
     if wants("S6") {
-        table.push_str(&crate::bench_policy::section(
+        table.push_str(&crate::bench_features::policy_section(
             args,
             work.path(),
             backend_port,
             &object,
+        )?);
+    }
+    if wants("S7") {
+        table.push_str(&crate::bench_features::observability_section(
+            args,
+            work.path(),
+            backend_port,
         )?);
     }
     if wants("S9") {
@@ -611,6 +618,8 @@ fn start_proxy(
 /// route (the policy scenario adds credentials and limits).
 #[derive(Default)]
 pub(crate) struct GatewayPolicy {
+    /// Lines for `[gateway]`.
+    pub gateway: String,
     pub sections: String,
     pub route: String,
 }
@@ -642,7 +651,8 @@ pub(crate) fn start_gateway(
     std::fs::write(
         &conf,
         format!(
-            "[gateway]\nworkers = 1\nlog_level = \"warn\"\n\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n{gateway_tls}\n[[upstreams]]\nname = \"backend\"\ntargets = [ {{ addr = \"127.0.0.1:{backend}\" }} ]\nmax_idle_per_target = 128\n\n[[upstreams]]\nname = \"dummy\"\ntargets = [ {{ addr = \"127.0.0.1:9\" }} ]\n\n{sections}\n{routes}[[routes]]\nname = \"bench\"\npath_prefix = \"/b\"\nupstream = \"backend\"\n{route}",
+            "[gateway]\nworkers = 1\nlog_level = \"warn\"\n{gateway}\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n{gateway_tls}\n[[upstreams]]\nname = \"backend\"\ntargets = [ {{ addr = \"127.0.0.1:{backend}\" }} ]\nmax_idle_per_target = 128\n\n[[upstreams]]\nname = \"dummy\"\ntargets = [ {{ addr = \"127.0.0.1:9\" }} ]\n\n{sections}\n{routes}[[routes]]\nname = \"bench\"\npath_prefix = \"/b\"\nupstream = \"backend\"\n{route}",
+            gateway = policy.gateway,
             sections = policy.sections,
             route = policy.route,
         ),

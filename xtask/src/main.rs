@@ -10,7 +10,7 @@
 //! - `fuzz`: the cargo-fuzz targets, from the committed seed corpora.
 
 mod bench;
-mod bench_policy;
+mod bench_features;
 mod bench_xdp;
 mod ebpf;
 mod fuzz;

@@ -37,12 +37,15 @@ Gateway: http://127.0.0.1:8080 on {}. Try:
   curl -si localhost:8080/partners/report -H 'x-api-key: demo-key'   # 200, RateLimit-* headers
   for i in $(seq 12); do curl -so /dev/null -w '%{{http_code}} ' localhost:8080/partners/x -H 'x-api-key: demo-key'; done
                                                         # the 11th and 12th get 429 (5/s, burst 10)
+  curl -s localhost:9901/metrics -H 'Authorization: Bearer demo' | grep gateway_http_requests_total
+  GATEWAY_ADMIN_TOKEN=demo target/release/gateway status    # the admin API (token "demo")
 
 Ctrl-C stops the gateway (it drains in-flight requests first).
 "#,
         config.display()
     );
     let status = Command::new(root().join("target/release/gateway"))
+        .env("GATEWAY_ADMIN_TOKEN", "demo")
         .args(["run", "--config"])
         .arg(&config)
         .status()

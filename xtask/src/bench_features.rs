@@ -1,8 +1,10 @@
-//! Bench section S6: what the policy phases cost on the proxy path. The same keep-alive
-//! workload runs through the gateway plain and with JWT (ES256; four tokens repeated,
-//! so the per-worker cache is what requests pay for) plus a per-consumer rate limit that
-//! is never hit, interleaved in one run. Then criterion figures for the pieces: a cold
-//! ES256/RS256 verification, a cache hit, a limiter check.
+//! Bench sections that compare the gateway with itself, variants interleaved in one run:
+//! - S6, what the policy phases cost: the same keep-alive workload plain and with JWT
+//!   (ES256; four tokens repeated, so the per-worker cache is what requests pay for) plus
+//!   a per-consumer rate limit that is never hit; then criterion figures for the pieces
+//!   (a cold ES256/RS256 verification, a cache hit, a limiter check);
+//! - S7, what observability costs: metrics (admin API on) and access logs to a file,
+//!   versus neither.
 
 use std::{fmt::Write as _, path::Path};
 
@@ -20,6 +22,14 @@ use crate::{
 const S6: Scenario = Scenario {
     id: "S6",
     what: "keep-alive, 64 B body, JWT ES256 (4 tokens) + per-consumer rate limit never hit",
+    path: "/b/64",
+    close: false,
+    tls: false,
+};
+
+const S7: Scenario = Scenario {
+    id: "S7",
+    what: "keep-alive, 64 B body, metrics + JSON access log to a file",
     path: "/b/64",
     close: false,
     tls: false,
@@ -69,37 +79,40 @@ fn policy(dir: &Path) -> Result<(GatewayPolicy, std::path::PathBuf)> {
         GatewayPolicy {
             sections,
             route: "auth = [\"bench\"]\nscopes = [\"read\"]\n".into(),
+            ..GatewayPolicy::default()
         },
         script,
     ))
 }
 
-/// Runs S6 and the micro-benchmarks; returns the README section.
-pub fn section(args: &BenchArgs, dir: &Path, backend: u16, object: &Path) -> Result<String> {
-    let (with_policy, script) = policy(dir)?;
-    // Both variants get the same requests (with their Authorization headers) from the
-    // same wrk script, so the client side costs the same.
-    let variants = [
-        ("plain", GatewayPolicy::default()),
-        ("JWT + limit", with_policy),
-    ];
+/// Runs `scenario` through each gateway variant `args.runs` times, interleaved; the
+/// first variant is the baseline of the "vs" column. Returns the table.
+fn compare(
+    args: &BenchArgs,
+    dir: &Path,
+    backend: u16,
+    scenario: &Scenario,
+    variants: &[(&str, GatewayPolicy)],
+    script: Option<&Path>,
+) -> Result<String> {
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
     for run in 0..args.runs {
         for (v, (name, policy)) in variants.iter().enumerate() {
             let port = free_port()?;
             let proxy = start_gateway(dir, port, backend, None, policy)?;
-            // The policy variant refuses unauthenticated probes: wait for the port.
+            // A variant may refuse unauthenticated probes: wait for the port.
             wait_tcp(port)?;
             if run == 0 {
-                wrk(port, &S6, args.connections, 1, Some(&script))?;
+                wrk(port, scenario, args.connections, 1, script)?;
             }
             let before = tree_cpu_ticks(proxy.id())?;
-            let result = wrk(port, &S6, args.connections, args.duration, Some(&script))?;
+            let result = wrk(port, scenario, args.connections, args.duration, script)?;
             let after = tree_cpu_ticks(proxy.id())?;
             stop(proxy);
             anyhow::ensure!(
                 result.errors == 0,
-                "S6 {name}: {} errors (non-2xx or socket errors): the run does not count",
+                "{} {name}: {} errors (non-2xx or socket errors): the run does not count",
+                scenario.id,
                 result.errors
             );
             let cpu_us = (after - before) as f64 * 1e6 / crate::bench::clock_ticks_per_sec();
@@ -111,7 +124,8 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16, object: &Path) -> Res
                 p99_ms: result.p99_ms,
             };
             eprintln!(
-                "S6 run {}/{} {name:12} {:7.2} µs/req {:9.0} req/s p99 {:.2} ms",
+                "{} run {}/{} {name:12} {:7.2} µs/req {:9.0} req/s p99 {:.2} ms",
+                scenario.id,
                 run + 1,
                 args.runs,
                 sample.cpu_us_per_request,
@@ -124,12 +138,8 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16, object: &Path) -> Res
     let mut out = String::new();
     writeln!(
         out,
-        "\n### Policy cost (S6: {}; {} runs × {} s, median)\n",
-        S6.what, args.runs, args.duration
-    )?;
-    writeln!(
-        out,
-        "| gateway | CPU µs/request | requests/s | p99 ms | throughput vs plain |"
+        "| gateway | CPU µs/request | requests/s | p99 ms | throughput vs {} |",
+        variants[0].0
     )?;
     writeln!(out, "|---|---|---|---|---|")?;
     let rps = |v: usize| median(samples[v].iter().map(|s| s.requests_per_sec).collect()).0;
@@ -143,11 +153,64 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16, object: &Path) -> Res
             100.0 * rps(v) / rps(0)
         )?;
     }
+    Ok(out)
+}
+
+/// S6 and the policy micro-benchmarks; returns the README section.
+pub fn policy_section(args: &BenchArgs, dir: &Path, backend: u16, object: &Path) -> Result<String> {
+    let (with_policy, script) = policy(dir)?;
+    // Both variants get the same requests (with their Authorization headers) from the
+    // same wrk script, so the client side costs the same.
+    let variants = [
+        ("plain", GatewayPolicy::default()),
+        ("JWT + limit", with_policy),
+    ];
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\nPolicy cost (S6: {}; {} runs × {} s, median)\n",
+        S6.what, args.runs, args.duration
+    )?;
+    out.push_str(&compare(args, dir, backend, &S6, &variants, Some(&script))?);
     writeln!(
         out,
         "\nTarget: the policy variant keeps at least 90% of plain throughput."
     )?;
     out.push_str(&micro_benchmarks(object)?);
+    Ok(out)
+}
+
+/// S7: metrics and access logs on versus off.
+pub fn observability_section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
+    let admin = free_port()?;
+    let token = dir.join("admin.token");
+    std::fs::write(&token, "bench-token\n")?;
+    let observed = GatewayPolicy {
+        sections: format!(
+            "[access_log]\npath = \"{}\"\n\n",
+            dir.join("access.log").display()
+        ),
+        gateway: format!(
+            "admin = \"127.0.0.1:{admin}\"\nadmin_token_file = \"{}\"\n",
+            token.display()
+        ),
+        ..GatewayPolicy::default()
+    };
+    let variants = [
+        ("off", GatewayPolicy::default()),
+        ("metrics + logs", observed),
+    ];
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\nObservability cost (S7: {}; {} runs × {} s, median)\n",
+        S7.what, args.runs, args.duration
+    )?;
+    out.push_str(&compare(args, dir, backend, &S7, &variants, None)?);
+    writeln!(
+        out,
+        "\nTarget: with metrics and access logs on, at least 95% of the throughput with them off."
+    )?;
     Ok(out)
 }
 
