@@ -308,4 +308,46 @@ fn reload_over_the_api_and_the_cli() {
     )
     .expect("status");
     assert_eq!(status_now["reloads"], 2);
+
+    // Every attempt is in the audit trail, with who did it and what changed.
+    let audit = admin_call(admin, "GET", "/audit", Some(TOKEN)).json();
+    let entries = audit["entries"].as_array().expect("entries");
+    let results: Vec<&str> = entries
+        .iter()
+        .map(|e| e["result"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        results,
+        ["applied", "refused", "refused", "applied"],
+        "{audit}"
+    );
+    assert!(entries.iter().all(|e| {
+        e["action"] == "reload"
+            && e["identity"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("token:"))
+            && !e.to_string().contains(TOKEN)
+    }));
+    assert_eq!(entries[0]["before"]["routes"], 1);
+    assert_eq!(entries[0]["after"]["routes"], 2);
+    assert!(
+        entries[1]["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("unknown upstream"))
+    );
+    gw.signal(libc::SIGHUP);
+    gw.wait_for_log("config reloaded");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let audit = admin_call(admin, "GET", "/audit", Some(TOKEN)).json();
+        let last = audit["entries"].as_array().and_then(|e| e.last().cloned());
+        if last.is_some_and(|e| e["identity"] == "signal:SIGHUP") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP reload not audited: {audit}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -7,6 +7,7 @@
 //! Mutations go to the main thread as [`Control`] messages, so reloads from the API and
 //! from SIGHUP run the same code in the same place.
 
+pub mod audit;
 mod openapi;
 mod views;
 
@@ -36,8 +37,11 @@ const MAX_REQUEST: usize = 64 * 1024;
 pub enum Control {
     /// A signal arrived (SIGHUP reloads, SIGTERM/SIGINT stop).
     Signal(i32),
-    /// Reload the config file; the answer says what happened.
-    Reload(mpsc::Sender<Result<String, String>>),
+    /// Reload the config file for `identity`; the answer says what happened.
+    Reload {
+        identity: String,
+        reply: mpsc::Sender<Result<String, String>>,
+    },
     /// The XDP verdict counters, when XDP is attached: (verdict, packets, bytes).
     XdpCounters(mpsc::Sender<Vec<(&'static str, u64, u64)>>),
 }
@@ -56,6 +60,8 @@ pub struct AdminState {
     /// `xdp` or `userspace`: where the edge policy is enforced.
     pub edge_enforcement: &'static str,
     pub rate_table: Arc<RateTable>,
+    /// Every change made to the running gateway.
+    pub audit: Arc<audit::AuditLog>,
     busy: AtomicUsize,
 }
 
@@ -70,6 +76,7 @@ impl AdminState {
         control: mpsc::Sender<Control>,
         edge_enforcement: &'static str,
         rate_table: Arc<RateTable>,
+        audit: Arc<audit::AuditLog>,
     ) -> Self {
         Self {
             current: ArcSwap::new(snapshot),
@@ -81,6 +88,7 @@ impl AdminState {
             reloads: AtomicU64::new(0),
             edge_enforcement,
             rate_table,
+            audit,
             busy: AtomicUsize::new(0),
         }
     }
@@ -304,7 +312,15 @@ fn handle(request: &Request, state: &AdminState) -> Reply {
             content_type: "text/plain; version=0.0.4",
             body: views::metrics(state).into_bytes(),
         },
-        "/reload" => match state.ask(Control::Reload) {
+        "/audit" => Reply::json(200, &json!({ "entries": state.audit.entries() })),
+        "/reload" => match state.ask(|reply| Control::Reload {
+            identity: request
+                .authorization
+                .as_deref()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map_or_else(|| "unknown".to_owned(), |t| audit::token_identity(t.trim())),
+            reply,
+        }) {
             Some(Ok(summary)) => Reply::json(200, &json!({ "reloaded": true, "summary": summary })),
             Some(Err(problems)) => Reply::json(
                 422,

@@ -79,6 +79,14 @@ const ENDPOINTS: &[Endpoint] = &[
         public: false,
     },
     Endpoint {
+        path: "/audit",
+        method: "GET",
+        summary: "The audit trail: recent changes (reloads, ACL edits) with who, when, and before/after.",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+    Endpoint {
         path: "/openapi.json",
         method: "GET",
         summary: "This document.",

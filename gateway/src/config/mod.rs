@@ -54,6 +54,8 @@ pub struct GatewaySettings {
     pub admin: Option<SocketAddr>,
     /// The admin API's bearer token.
     pub admin_token: Option<Secret>,
+    /// Where the audit trail is appended, when set.
+    pub audit_log: Option<PathBuf>,
 }
 
 /// A secret string: never printed by `Debug`.

@@ -61,6 +61,8 @@ pub struct RawGateway {
     pub admin: Option<String>,
     /// File holding the admin API's bearer token (`GATEWAY_ADMIN_TOKEN` wins).
     pub admin_token_file: Option<String>,
+    /// File the audit trail of admin changes is appended to.
+    pub audit_log: Option<String>,
 }
 
 impl Default for RawGateway {
@@ -74,6 +76,7 @@ impl Default for RawGateway {
             rate_limit_keys: defaults::rate_limit_keys(),
             admin: None,
             admin_token_file: None,
+            audit_log: None,
         }
     }
 }

@@ -307,6 +307,7 @@ fn validate_gateway(dir: &Path, raw: &RawConfig, problems: &mut Problems) -> Gat
         rate_limit_keys: g.rate_limit_keys,
         admin,
         admin_token,
+        audit_log: g.audit_log.as_deref().map(|f| dir.join(f)),
     }
 }
 

@@ -2,9 +2,11 @@
 //! path, bounded in memory whatever the number of keys.
 //!
 //! Method: GCRA (the generic cell rate algorithm, equivalent to a token bucket) on one
-//! shared table of atomic cells. A cell holds a key's *theoretical arrival time* (TAT);
-//! a request is admitted when `TAT - now <= burst × interval` and moves the TAT one
-//! interval on with a single compare-and-swap. Every worker updates the same cell, so a
+//! shared table of atomic cells. A cell is one 128-bit word holding a key's hash and its
+//! *theoretical arrival time* (TAT); a request is admitted when
+//! `TAT - now <= burst × interval` and moves the TAT one interval on with a single
+//! compare-and-swap of the whole word, so taking a cell over for a new key and spending
+//! from it can never interleave with another core's update of the old key. Every worker updates the same cell, so a
 //! client spread over many connections and every worker gets exactly the configured rate
 //! — there is no per-worker share to drift — and the only cross-core cost is that one CAS
 //! on a cache line the key owns.
@@ -13,7 +15,8 @@
 //! [`PROBE`] cells after its hash. A cell whose bucket has refilled completely holds no
 //! information and is reused; when every probed cell is busy, the most idle one is taken
 //! over. A key-rotating client therefore cannot grow memory, and the worst it can do is
-//! hand a busy key a fresh burst. Keys are hashed with a per-process random seed, so
+//! hand a busy key a fresh burst. (Two cores meeting a brand-new key at the same instant
+//! may each claim a cell for it: one extra burst, once; the spare cell then idles out.) Keys are hashed with a per-process random seed, so
 //! nobody can aim collisions at a known key. The table outlives reloads: limit state
 //! survives a config change (cells are keyed by limit name and key).
 

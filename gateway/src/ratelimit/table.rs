@@ -2,23 +2,31 @@
 
 use std::{
     hash::{BuildHasher, Hash, Hasher},
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::atomic::Ordering::{AcqRel, Acquire},
     time::Instant,
 };
 
 use foldhash::fast::RandomState;
+use portable_atomic::AtomicU128;
 
 use super::Rate;
 
 /// Cells probed per key: exactly one cache line.
 pub const PROBE: usize = 4;
 
-/// One key's state: its hash (0: never used) and its theoretical arrival time.
+/// One key's state in a single 128-bit word, so that claiming a cell and spending from
+/// it are one compare-and-swap: the key's hash (high half; 0 = never used) and its
+/// theoretical arrival time in nanoseconds since the table's epoch (low half; at or
+/// before "now" means a full bucket).
 #[derive(Default)]
-struct Cell {
-    key: AtomicU64,
-    /// Nanoseconds since the table's epoch; at or before "now" means a full bucket.
-    tat: AtomicU64,
+struct Cell(AtomicU128);
+
+fn pack(key: u64, tat: u64) -> u128 {
+    (u128::from(key) << 64) | u128::from(tat)
+}
+
+fn unpack(word: u128) -> (u64, u64) {
+    ((word >> 64) as u64, word as u64)
 }
 
 /// [`PROBE`] cells sharing a cache line.
@@ -91,27 +99,37 @@ impl RateTable {
 
     /// Takes one request from the bucket of `key_hash` at `rate`.
     pub fn check(&self, key_hash: u64, rate: &Rate, now_ns: u64) -> Decision {
-        let cell = self.cell(key_hash, now_ns);
+        let line = &self.lines[key_hash as usize & self.mask];
         let interval = rate.interval_ns();
         let tolerance = interval.saturating_mul(u64::from(rate.burst.max(1)));
-        let mut tat = cell.tat.load(Relaxed);
         loop {
-            let next = tat.max(now_ns).saturating_add(interval);
+            let (cell, word) = choose(line, key_hash, now_ns);
+            let (owner, stored) = unpack(word);
+            // A cell taken over (never used, refilled, or the most idle one) starts as a
+            // full bucket for this key.
+            let tat = if owner == key_hash {
+                stored.max(now_ns)
+            } else {
+                now_ns
+            };
+            let next = tat.saturating_add(interval);
             let wait = next - now_ns;
             if wait > tolerance {
                 return Decision::Limited {
                     retry_after_ns: wait - tolerance,
-                    reset_ns: tat.max(now_ns) - now_ns,
+                    reset_ns: tat - now_ns,
                 };
             }
-            match cell.tat.compare_exchange_weak(tat, next, Relaxed, Relaxed) {
-                Ok(_) => {
-                    return Decision::Allowed {
-                        remaining: ((tolerance - wait) / interval).min(u64::from(u32::MAX)) as u32,
-                        reset_ns: wait,
-                    };
-                }
-                Err(current) => tat = current,
+            // One CAS claims the cell (if needed) and spends from it; on a race, look again.
+            if cell
+                .0
+                .compare_exchange(word, pack(key_hash, next), AcqRel, Acquire)
+                .is_ok()
+            {
+                return Decision::Allowed {
+                    remaining: ((tolerance - wait) / interval).min(u64::from(u32::MAX)) as u32,
+                    reset_ns: wait,
+                };
             }
         }
     }
@@ -125,40 +143,26 @@ impl RateTable {
         let used = line
             .0
             .iter()
-            .find(|c| c.key.load(Relaxed) == key_hash)
-            .map_or(0, |c| c.tat.load(Relaxed).saturating_sub(now_ns));
+            .map(|c| unpack(c.0.load(Acquire)))
+            .find(|(owner, _)| *owner == key_hash)
+            .map_or(0, |(_, tat)| tat.saturating_sub(now_ns));
         (tolerance.saturating_sub(used) / rate.interval_ns()) as u32
     }
+}
 
-    /// The cell holding `key_hash`, claiming one when the key is new.
-    fn cell(&self, key_hash: u64, now_ns: u64) -> &Cell {
-        let line = &self.lines[key_hash as usize & self.mask];
-        if let Some(cell) = line.0.iter().find(|c| c.key.load(Relaxed) == key_hash) {
-            return cell;
-        }
-        // A never-used cell, or one whose bucket has refilled: its TAT is in the past,
-        // which is exactly a fresh bucket for the new key.
-        for cell in &line.0 {
-            let owner = cell.key.load(Relaxed);
-            if (owner == 0 || cell.tat.load(Relaxed) <= now_ns)
-                && cell
-                    .key
-                    .compare_exchange(owner, key_hash, Relaxed, Relaxed)
-                    .is_ok()
-            {
-                return cell;
-            }
-        }
-        // Every cell is busy: take over the one closest to idle, with a fresh bucket.
-        let victim = line
-            .0
-            .iter()
-            .min_by_key(|c| c.tat.load(Relaxed))
-            .unwrap_or(&line.0[0]);
-        victim.key.store(key_hash, Relaxed);
-        victim.tat.store(now_ns, Relaxed);
-        victim
+/// The cell for `key_hash` in `line` and the word read from it: the key's own cell, else
+/// a never-used or refilled one, else the one closest to idle.
+fn choose(line: &Line, key_hash: u64, now_ns: u64) -> (&Cell, u128) {
+    let words: [u128; PROBE] = std::array::from_fn(|i| line.0[i].0.load(Acquire));
+    if let Some(i) = words.iter().position(|w| unpack(*w).0 == key_hash) {
+        return (&line.0[i], words[i]);
     }
+    let free = words.iter().position(|w| {
+        let (owner, tat) = unpack(*w);
+        owner == 0 || tat <= now_ns
+    });
+    let i = free.unwrap_or_else(|| (0..PROBE).min_by_key(|&i| unpack(words[i]).1).unwrap_or(0));
+    (&line.0[i], words[i])
 }
 
 #[cfg(test)]
@@ -264,6 +268,34 @@ mod tests {
             .collect();
         let admitted: usize = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
         assert_eq!(admitted, 10);
+    }
+
+    #[test]
+    fn concurrent_takeovers_never_charge_a_new_key_for_another() {
+        // 16 cells, every one busy for a minute: each new key takes a cell over while
+        // other threads do the same in the same lines.
+        let table = std::sync::Arc::new(RateTable::new(16));
+        let slow = Rate {
+            count: 1,
+            per: Duration::from_secs(60),
+            burst: 1,
+        };
+        let handles: Vec<_> = (0..4u32)
+            .map(|t| {
+                let table = table.clone();
+                std::thread::spawn(move || {
+                    (0..20_000u32)
+                        .filter(|i| {
+                            let id = u64::from(t) << 32 | u64::from(*i);
+                            let key = table.key_hash("l", &id.to_be_bytes());
+                            !table.check(key, &slow, SECOND).allowed()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let refused: usize = handles.into_iter().map(|h| h.join().unwrap_or(1)).sum();
+        assert_eq!(refused, 0, "a new key always gets its burst");
     }
 
     proptest! {

@@ -25,7 +25,7 @@ use signal_hook::{
 
 pub use self::shutdown::{Mailbox, Shutdown};
 use crate::{
-    admin::{AdminState, Control},
+    admin::{AdminState, Control, audit::AuditLog},
     config::Config,
     proxy::{Snapshot, Worker, WorkerShared, serve_connection},
     ratelimit::RateTable,
@@ -148,6 +148,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             })
             .map_err(RuntimeError::Signals)?;
     }
+    let audit = Arc::new(AuditLog::new(snapshot.config.gateway.audit_log.clone()));
     let admin = match snapshot.config.gateway.admin {
         Some(addr) => {
             let state = Arc::new(AdminState::new(
@@ -162,6 +163,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                     "xdp"
                 },
                 rate_table.clone(),
+                audit.clone(),
             ));
             let bound = crate::admin::spawn(addr, state.clone())?;
             tracing::info!(addr = %bound, "admin API listening");
@@ -175,7 +177,9 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     for message in inbox {
         match message {
             Control::Signal(SIGHUP) => {
-                if let Ok(next) = reload(&current, xdp.as_mut(), &listeners.addrs) {
+                let outcome = reload(&current, xdp.as_mut(), &listeners.addrs);
+                audit_reload(&audit, "signal:SIGHUP", &current, &outcome);
+                if let Ok(next) = outcome {
                     install(&mailboxes, admin.as_deref(), &next);
                     current = next;
                 }
@@ -189,8 +193,10 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                 tracing::info!(signal, "shutting down: draining in-flight requests");
                 break;
             }
-            Control::Reload(reply) => {
-                let outcome = reload(&current, xdp.as_mut(), &listeners.addrs).map(|next| {
+            Control::Reload { identity, reply } => {
+                let outcome = reload(&current, xdp.as_mut(), &listeners.addrs);
+                audit_reload(&audit, &identity, &current, &outcome);
+                let outcome = outcome.map(|next| {
                     install(&mailboxes, admin.as_deref(), &next);
                     current = next;
                     format!(
@@ -234,6 +240,29 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     drop(shared);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Appends a reload attempt to the audit trail.
+fn audit_reload(
+    audit: &AuditLog,
+    identity: &str,
+    current: &Snapshot,
+    outcome: &Result<Arc<Snapshot>, String>,
+) {
+    let before = crate::admin::audit::summary(current);
+    let entry = match outcome {
+        Ok(next) => serde_json::json!({
+            "result": "applied",
+            "before": before,
+            "after": crate::admin::audit::summary(next),
+        }),
+        Err(problems) => serde_json::json!({
+            "result": "refused",
+            "before": before,
+            "problems": problems.lines().collect::<Vec<_>>(),
+        }),
+    };
+    audit.record(identity, "reload", entry);
 }
 
 /// Puts a reloaded snapshot in service: every worker, and the admin API's view.
