@@ -15,6 +15,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "haproxy"),
     ("wrk", "wrk"),
     ("testssl", "testssl.sh"),
+    ("chromium", "chromium"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

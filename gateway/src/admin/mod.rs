@@ -9,6 +9,7 @@
 
 pub mod audit;
 mod openapi;
+mod portal;
 mod views;
 
 use std::{
@@ -27,6 +28,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
 use crate::{proxy::Snapshot, ratelimit::RateTable};
+
+/// The dashboard page: charts drawn by its own script from `/metrics` (no CDN).
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Requests handled at once; more connections wait in the backlog.
 const MAX_CONCURRENT: usize = 16;
@@ -178,9 +182,9 @@ impl Reply {
 fn serve(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let reply = match read_request(&mut stream)? {
-        Some(request) => handle(&request, state),
-        None => Reply::error(400, "bad_request", "malformed request"),
+    let (reply, head_only) = match read_request(&mut stream)? {
+        Some(request) => (handle(&request, state), request.method == "HEAD"),
+        None => (Reply::error(400, "bad_request", "malformed request"), false),
     };
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
@@ -190,7 +194,9 @@ fn serve(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
         reply.body.len()
     )
     .into_bytes();
-    out.extend_from_slice(&reply.body);
+    if !head_only {
+        out.extend_from_slice(&reply.body);
+    }
     stream.write_all(&out)
 }
 
@@ -273,9 +279,35 @@ fn authorized(request: &Request, state: &AdminState) -> bool {
 fn handle(request: &Request, state: &AdminState) -> Reply {
     let method = request.method.as_str();
     let path = request.path.as_str();
-    if path == "/health" {
+    // Public: liveness, and pages that carry no data themselves (the dashboard fetches
+    // with the token; the portal shows what API callers need).
+    let public_page = match path {
+        "/health" => Some(Reply::json(200, &json!({ "status": "ok" }))),
+        "/dashboard" => Some(Reply {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: DASHBOARD.as_bytes().to_vec(),
+        }),
+        "/portal" => {
+            let snapshot = state.current.load_full();
+            let base = state.listener_addrs.first().map_or(String::new(), |addr| {
+                let scheme = match snapshot.config.listeners.first() {
+                    Some(l) if l.tls.is_some() => "https",
+                    _ => "http",
+                };
+                format!("{scheme}://{addr}")
+            });
+            Some(Reply {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: portal::page(&snapshot, &base).into_bytes(),
+            })
+        }
+        _ => None,
+    };
+    if let Some(reply) = public_page {
         return match method {
-            "GET" | "HEAD" => Reply::json(200, &json!({ "status": "ok" })),
+            "GET" | "HEAD" => reply,
             _ => Reply::error(405, "method_not_allowed", "use GET"),
         };
     }

@@ -23,6 +23,22 @@ const ENDPOINTS: &[Endpoint] = &[
         public: true,
     },
     Endpoint {
+        path: "/dashboard",
+        method: "GET",
+        summary: "Live dashboard (HTML): requests/s, errors, latency per route, targets, limits, XDP drops. The page fetches data with the token.",
+        ok: 200,
+        content: "text/html",
+        public: true,
+    },
+    Endpoint {
+        path: "/portal",
+        method: "GET",
+        summary: "Developer portal (HTML): every route with methods, path, credentials, rate limit, OpenAPI operations, and a try-it form.",
+        ok: 200,
+        content: "text/html",
+        public: true,
+    },
+    Endpoint {
         path: "/status",
         method: "GET",
         summary: "Version, uptime, workers, listeners, config file, reload count, edge enforcement.",

@@ -183,6 +183,8 @@ pub struct RouteConfig {
     pub rewrite: Option<String>,
     /// Who may call the route and how often.
     pub policy: RoutePolicy,
+    /// The route's OpenAPI document, for the developer portal.
+    pub openapi: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 /// A route's security policy, checked in this order: client IP, CORS preflight,

@@ -301,6 +301,8 @@ pub struct RawRoute {
     #[serde(default)]
     pub ip_deny: Vec<String>,
     pub cors: Option<RawCors>,
+    /// An OpenAPI 3 document (JSON) describing the route, shown in the developer portal.
+    pub openapi: Option<String>,
 }
 
 /// A rate limit: `rate = "100/s"` (or `/min`, `/h`), `burst`, and what it is keyed by.

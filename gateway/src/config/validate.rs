@@ -157,7 +157,31 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
             );
         }
         let policy = validate_route_policy(&format!("routes[{i}]"), r, &auth, &consumers, problems);
-        if let Some(route) = validate_route(i, r, &upstream_index, policy, problems) {
+        if let Some(mut route) = validate_route(i, r, &upstream_index, policy, problems) {
+            route.openapi = r.openapi.as_deref().and_then(|file| {
+                let loaded = std::fs::read(dir.join(file))
+                    .map_err(|e| format!("cannot read {file}: {e}"))
+                    .and_then(|bytes| {
+                        serde_json::from_slice::<serde_json::Value>(&bytes)
+                            .map_err(|e| format!("{file}: not a JSON OpenAPI document: {e}"))
+                    });
+                match loaded {
+                    Ok(doc) if doc.get("openapi").is_some() || doc.get("swagger").is_some() => {
+                        Some(std::sync::Arc::new(doc))
+                    }
+                    Ok(_) => {
+                        problems.push(
+                            format!("routes[{i}].openapi"),
+                            format!("{file} has no \"openapi\" version field"),
+                        );
+                        None
+                    }
+                    Err(message) => {
+                        problems.push(format!("routes[{i}].openapi"), message);
+                        None
+                    }
+                }
+            });
             routes.push(route);
         }
     }
@@ -742,6 +766,7 @@ fn validate_route(
         strip_prefix: r.strip_prefix,
         rewrite: r.rewrite.clone(),
         policy,
+        openapi: None,
     })
 }
 

@@ -1,0 +1,129 @@
+//! Hitless reload under load: clients fire requests continuously on many keep-alive
+//! connections (and some new connections) while the config is reloaded 20 times, half
+//! through the admin API and half by SIGHUP, alternating between two upstream sets.
+//! Not one request may fail and not one connection may break.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use gateway_tests::{
+    backend::Backend,
+    client::{connect, read_response, request},
+    gateway::Gateway,
+};
+
+const TOKEN: &str = "reload-under-load";
+
+fn config(token: &std::path::Path, backend: &Backend, generation: usize) -> String {
+    format!(
+        r#"
+[gateway]
+workers = 2
+admin = "127.0.0.1:0"
+admin_token_file = "{}"
+
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+
+[[upstreams]]
+name = "app"
+targets = [ {{ addr = "{}" }} ]
+
+[[routes]]
+name = "api-{generation}"
+path_prefix = "/"
+upstream = "app"
+"#,
+        token.display(),
+        backend.addr,
+    )
+}
+
+/// Requests on one connection until told to stop; counts successes and failures.
+fn client(
+    addr: SocketAddr,
+    keep_alive: bool,
+    stop: &AtomicBool,
+    ok: &AtomicU64,
+    failed: &AtomicU64,
+) {
+    let mut stream = connect(addr);
+    while !stop.load(Ordering::Relaxed) {
+        if !keep_alive {
+            stream = connect(addr);
+        }
+        let sent = write!(stream, "GET /item HTTP/1.1\r\nHost: a\r\n\r\n");
+        let status = sent.ok().map(|()| read_response(&mut stream, false).status);
+        if status == Some(200) {
+            ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            failed.fetch_add(1, Ordering::Relaxed);
+            stream = connect(addr);
+        }
+    }
+}
+
+#[test]
+fn twenty_reloads_under_load_lose_nothing() {
+    let first = Backend::start("one");
+    let second = Backend::start("two");
+    let token = tempfile::NamedTempFile::new().expect("token file");
+    std::fs::write(token.path(), TOKEN).expect("write token");
+    let gw = Gateway::start(&config(token.path(), &first, 0));
+    let admin = gw.admin.expect("admin API");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..10)
+        .map(|i| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            let addr = gw.addr();
+            std::thread::spawn(move || client(addr, i % 5 != 0, &stop, &ok, &failed))
+        })
+        .collect();
+
+    for generation in 1..=20 {
+        let backend = if generation % 2 == 0 { &first } else { &second };
+        std::fs::write(gw.config_path(), config(token.path(), backend, generation))
+            .expect("rewrite config");
+        if generation % 2 == 0 {
+            assert!(gw.reload(), "reload {generation} by SIGHUP");
+        } else {
+            let res = request(
+                admin,
+                &format!(
+                    "POST /reload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
+                ),
+            );
+            assert_eq!(
+                res.status,
+                200,
+                "reload {generation} by the API: {}",
+                res.text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("reload under load: {ok} requests, {failed} failed");
+    assert_eq!(failed, 0, "{ok} requests succeeded, {failed} failed");
+    assert!(ok > 500, "the load was real: {ok} requests");
+    assert!(
+        first.requests() > 0 && second.requests() > 0,
+        "both configs served"
+    );
+}
