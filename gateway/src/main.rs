@@ -31,6 +31,58 @@ enum Command {
     Status(AdminArgs),
     /// Make a running gateway reload its config file; prints every problem if refused.
     Reload(AdminArgs),
+    /// List, add or remove deny/allow entries of a running gateway, live.
+    Acl {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        action: AclAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclAction {
+    /// Every entry (config and live) with its remaining TTL.
+    List,
+    /// Add (or renew) an entry: dropped in XDP when attached, else refused at accept.
+    Add {
+        /// An address or CIDR, e.g. 203.0.113.0/24.
+        cidr: String,
+        /// To the allow list (a non-empty allow list admits only its members).
+        #[arg(long)]
+        allow: bool,
+        /// Remove it again after this long, e.g. 10m.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Remove a live entry.
+    Remove {
+        cidr: String,
+        #[arg(long)]
+        allow: bool,
+    },
+}
+
+fn acl_path(action: &AclAction) -> (&'static str, String) {
+    let form = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let list = |allow: bool| if allow { "allow" } else { "deny" };
+    match action {
+        AclAction::List => ("GET", "/acl".into()),
+        AclAction::Add { cidr, allow, ttl } => (
+            "POST",
+            format!(
+                "/acl/add?list={}&cidr={}{}",
+                list(*allow),
+                form(cidr),
+                ttl.as_deref()
+                    .map_or(String::new(), |t| format!("&ttl={}", form(t)))
+            ),
+        ),
+        AclAction::Remove { cidr, allow } => (
+            "POST",
+            format!("/acl/remove?list={}&cidr={}", list(*allow), form(cidr)),
+        ),
+    }
 }
 
 /// How the CLI reaches a running gateway.
@@ -97,6 +149,10 @@ fn main() -> ExitCode {
         },
         Command::Status(args) => args.run("GET", "/status"),
         Command::Reload(args) => args.run("POST", "/reload"),
+        Command::Acl { admin, action } => {
+            let (method, path) = acl_path(&action);
+            admin.run(method, &path)
+        }
         Command::Run { config } => {
             let loaded = match Config::load(&config) {
                 Ok(loaded) => loaded,

@@ -129,3 +129,90 @@ fn a_reload_can_add_a_deny_list_enforced_at_accept() {
     );
     assert_eq!(status_from("127.0.0.13", &gw), Some(200));
 }
+
+/// Live ACL control without XDP: `gateway acl add` refuses a source at accept at once,
+/// a TTL removes it again, `remove` works, a reload keeps live entries, and every change
+/// is in the audit trail.
+#[test]
+fn live_acl_entries_apply_at_once_expire_and_survive_reloads() {
+    let backend = Backend::start("b");
+    let token = tempfile::NamedTempFile::new().expect("token file");
+    std::fs::write(token.path(), "acl-token").expect("token");
+    let text = format!(
+        "[gateway]\nworkers = 2\nadmin = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"all\"\nupstream = \"u\"\n\n[xdp]\ndeny = [\"127.0.9.0/24\"]\n",
+        token.path().display(),
+        backend.addr
+    );
+    let gw = Gateway::start(&text);
+    let admin = format!("http://{}", gw.admin.expect("admin API"));
+    let token_path = token.path().to_str().expect("utf8").to_owned();
+    let acl = |args: &[&str]| {
+        let mut all = vec!["acl", "--admin", &admin, "--token-file", &token_path];
+        all.extend_from_slice(args);
+        let (status, stdout, stderr) = gateway_tests::gateway::run_cli(&all);
+        (status.success(), format!("{stdout}{stderr}"))
+    };
+    assert_eq!(status_from("127.0.0.13", &gw), Some(200));
+
+    let (ok, out) = acl(&["add", "127.0.0.13", "--ttl", "2s"]);
+    assert!(ok, "{out}");
+    for _ in 0..4 {
+        assert_eq!(
+            status_from("127.0.0.13", &gw),
+            None,
+            "refused on every worker"
+        );
+    }
+    assert_eq!(status_from("127.0.0.14", &gw), Some(200));
+    let (ok, out) = acl(&["add", "127.0.0.0/30"]);
+    assert!(ok, "{out}");
+    let (ok, listing) = acl(&["list"]);
+    assert!(ok);
+    let listing: serde_json::Value = serde_json::from_str(&listing).expect("JSON");
+    let deny = listing["deny"].as_array().expect("deny list");
+    assert_eq!(deny.len(), 3, "{listing}");
+    assert_eq!(deny[0]["source"], "config");
+    assert!(
+        deny[1]["expires_in_seconds"]
+            .as_u64()
+            .is_some_and(|s| s <= 2)
+    );
+    assert_eq!(deny[2]["expires_in_seconds"], serde_json::Value::Null);
+    assert_eq!(listing["enforcement"], "userspace");
+
+    // A reload keeps live entries.
+    assert!(gw.reload());
+    assert_eq!(
+        status_from("127.0.0.2", &gw),
+        None,
+        "127.0.0.0/30 is still denied"
+    );
+
+    // The TTL entry expires by itself; the other is removed by hand.
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    assert_eq!(status_from("127.0.0.13", &gw), Some(200), "expired");
+    let (ok, out) = acl(&["remove", "127.0.0.0/30"]);
+    assert!(ok, "{out}");
+    assert_eq!(status_from("127.0.0.2", &gw), Some(200));
+    let (ok, out) = acl(&["remove", "127.0.9.0/24"]);
+    assert!(!ok && out.contains("not a live entry"), "{out}");
+    let (ok, out) = acl(&["add", "127.0.0.1/8"]);
+    assert!(!ok && out.contains("host bits"), "{out}");
+
+    let audit = gateway_tests::client::request(
+        gw.admin.expect("admin"),
+        "GET /audit HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer acl-token\r\n\r\n",
+    )
+    .json();
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        ["acl_add", "acl_add", "reload", "acl_expire", "acl_remove"],
+        "{audit}"
+    );
+}

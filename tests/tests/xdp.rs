@@ -706,3 +706,53 @@ fn denied_namespace_client_cannot_connect_through_xdp() {
         "the IPv6 entry must survive the reload"
     );
 }
+
+/// `gateway acl add` writes into the program's maps: the namespace client is dropped in
+/// the driver at once, and served again after `gateway acl remove`.
+#[test]
+fn live_acl_entries_reach_the_xdp_maps() {
+    if xdp_object_or_skip("live_acl_entries_reach_the_xdp_maps").is_none() {
+        return;
+    }
+    let backend = gateway_tests::Backend::start("behind-xdp");
+    let tag = format!("{}", (std::process::id() + 11) % 100_000);
+    let veth = VethNamespace::create(&tag);
+    let token = tempfile::NamedTempFile::new().expect("token file");
+    std::fs::write(token.path(), "xdp-acl").expect("token");
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 1\nadmin = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n\n[[listeners]]\nname = \"v4\"\nbind = \"10.213.0.1:0\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"all\"\nupstream = \"u\"\n\n[xdp]\ninterface = \"{}\"\nmode = \"driver\"\n",
+        token.path().display(),
+        backend.addr,
+        veth.outer
+    ));
+    let port = gw.addrs[0].port();
+    let admin = format!("http://{}", gw.admin.expect("admin API"));
+    let acl = |args: &[&str]| {
+        let token = token.path().to_str().expect("utf8");
+        let mut all = vec!["acl", "--admin", &admin, "--token-file", token];
+        all.extend_from_slice(args);
+        let (status, stdout, stderr) = gateway_tests::gateway::run_cli(&all);
+        assert!(status.success(), "{stdout}{stderr}");
+        stdout
+    };
+    assert!(
+        veth.http_get_from_inside("10.213.0.1", port, 5)
+            .is_some_and(|l| l.starts_with("HTTP/1.1 200")),
+        "{}",
+        gw.log()
+    );
+    acl(&["add", "10.213.0.2"]);
+    assert_eq!(
+        veth.http_get_from_inside("10.213.0.1", port, 2),
+        None,
+        "a live-denied client was served"
+    );
+    assert!(acl(&["list"]).contains("\"enforcement\": \"xdp\""));
+    acl(&["remove", "10.213.0.2"]);
+    assert!(
+        veth.http_get_from_inside("10.213.0.1", port, 5)
+            .is_some_and(|l| l.starts_with("HTTP/1.1 200")),
+        "{}",
+        gw.log()
+    );
+}

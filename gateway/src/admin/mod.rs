@@ -46,6 +46,12 @@ pub enum Control {
         identity: String,
         reply: mpsc::Sender<Result<String, String>>,
     },
+    /// List, add or remove live ACL entries, for `identity`.
+    Acl {
+        command: crate::runtime::acl::AclCommand,
+        identity: String,
+        reply: mpsc::Sender<Result<Value, String>>,
+    },
     /// The XDP verdict counters, when XDP is attached: (verdict, packets, bytes).
     XdpCounters(mpsc::Sender<Vec<(&'static str, u64, u64)>>),
 }
@@ -345,12 +351,9 @@ fn handle(request: &Request, state: &AdminState) -> Reply {
             body: views::metrics(state).into_bytes(),
         },
         "/audit" => Reply::json(200, &json!({ "entries": state.audit.entries() })),
+        "/acl" | "/acl/add" | "/acl/remove" => acl(state, request),
         "/reload" => match state.ask(|reply| Control::Reload {
-            identity: request
-                .authorization
-                .as_deref()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map_or_else(|| "unknown".to_owned(), |t| audit::token_identity(t.trim())),
+            identity: identity(request),
             reply,
         }) {
             Some(Ok(summary)) => Reply::json(200, &json!({ "reloaded": true, "summary": summary })),
@@ -366,6 +369,62 @@ fn handle(request: &Request, state: &AdminState) -> Reply {
         },
         "/openapi.json" => Reply::json(200, &openapi::document()),
         _ => Reply::error(404, "not_found", "no such admin endpoint"),
+    }
+}
+
+/// Who made an authorized request, for the audit trail (never the token itself).
+fn identity(request: &Request) -> String {
+    request
+        .authorization
+        .as_deref()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map_or_else(|| "unknown".to_owned(), |t| audit::token_identity(t.trim()))
+}
+
+/// `GET /acl`, `POST /acl/add?list=deny&cidr=…&ttl=10m`, `POST /acl/remove?list=…&cidr=…`.
+fn acl(state: &AdminState, request: &Request) -> Reply {
+    use crate::runtime::acl::{AclCommand, AclList, parse_net};
+    let mut list = AclList::Deny;
+    let mut cidr = None;
+    let mut ttl = None;
+    for (name, value) in url::form_urlencoded::parse(request.query.as_bytes()) {
+        match name.as_ref() {
+            "list" => match AclList::parse(&value) {
+                Some(l) => list = l,
+                None => return Reply::error(400, "bad_request", "list is deny or allow"),
+            },
+            "cidr" => cidr = Some(value.into_owned()),
+            "ttl" => match humantime::parse_duration(&value) {
+                Ok(d) => ttl = Some(d),
+                Err(e) => return Reply::error(400, "bad_request", &format!("invalid ttl: {e}")),
+            },
+            _ => {}
+        }
+    }
+    let command = if request.path == "/acl" {
+        AclCommand::List
+    } else {
+        let Some(cidr) = cidr else {
+            return Reply::error(400, "bad_request", "the cidr parameter is required");
+        };
+        let net = match parse_net(&cidr) {
+            Ok(net) => net,
+            Err(message) => return Reply::error(400, "bad_request", &message),
+        };
+        if request.path == "/acl/add" {
+            AclCommand::Add { list, net, ttl }
+        } else {
+            AclCommand::Remove { list, net }
+        }
+    };
+    match state.ask(|reply| Control::Acl {
+        command,
+        identity: identity(request),
+        reply,
+    }) {
+        Some(Ok(value)) => Reply::json(200, &value),
+        Some(Err(message)) => Reply::error(404, "not_found", &message),
+        None => Reply::error(503, "unavailable", "the gateway is shutting down"),
     }
 }
 

@@ -95,6 +95,30 @@ const ENDPOINTS: &[Endpoint] = &[
         public: false,
     },
     Endpoint {
+        path: "/acl",
+        method: "GET",
+        summary: "Deny and allow entries, from the config and live, with their remaining TTL and where they are enforced.",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+    Endpoint {
+        path: "/acl/add",
+        method: "POST",
+        summary: "Add (or renew) a live entry: ?list=deny|allow&cidr=CIDR[&ttl=10m]. Enforced in XDP when attached, else at accept.",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+    Endpoint {
+        path: "/acl/remove",
+        method: "POST",
+        summary: "Remove a live entry: ?list=deny|allow&cidr=CIDR (404 when there is none).",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+    Endpoint {
         path: "/audit",
         method: "GET",
         summary: "The audit trail: recent changes (reloads, ACL edits) with who, when, and before/after.",
@@ -146,6 +170,18 @@ pub fn document() -> Value {
                 json!({ "description": "the new config was refused; body lists every problem", "content": { "application/json": {} } }),
             );
         }
+        if e.path.starts_with("/acl/") {
+            responses.insert(
+                "400".into(),
+                json!({ "description": "missing or invalid cidr, list or ttl", "content": { "application/json": {} } }),
+            );
+        }
+        if e.path == "/acl/remove" {
+            responses.insert(
+                "404".into(),
+                json!({ "description": "no such live entry", "content": { "application/json": {} } }),
+            );
+        }
         if e.path == "/ratelimit" {
             responses.insert(
                 "400".into(),
@@ -159,6 +195,13 @@ pub fn document() -> Value {
         });
         if e.public {
             operation["security"] = json!([]);
+        }
+        if e.path.starts_with("/acl/") {
+            operation["parameters"] = json!([
+                { "name": "list", "in": "query", "required": false, "schema": { "type": "string", "enum": ["deny", "allow"] } },
+                { "name": "cidr", "in": "query", "required": true, "schema": { "type": "string" } },
+                { "name": "ttl", "in": "query", "required": false, "schema": { "type": "string" } },
+            ]);
         }
         if e.path == "/ratelimit" {
             operation["parameters"] = json!([

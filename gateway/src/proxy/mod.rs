@@ -48,7 +48,9 @@ pub struct Snapshot {
     pub config: Config,
     pub router: Router,
     pub upstreams: Upstreams,
-    pub edge: EdgePolicy,
+    /// The effective edge policy: the config's lists plus live ACL entries, swapped by
+    /// the main thread when those change (workers read it lock-free at accept).
+    pub edge: arc_swap::ArcSwap<EdgePolicy>,
     /// Certificate resolvers of the TLS listeners, by listener index.
     pub tls_resolvers: Vec<Option<Arc<SniResolver>>>,
     /// Header lines each listener adds to every response (HSTS), by listener index.
@@ -70,7 +72,7 @@ impl Snapshot {
     pub fn new(config: Config) -> Self {
         let router = Router::new(&config);
         let upstreams = Upstreams::new(&config);
-        let edge = EdgePolicy::new(&config.edge);
+        let edge = arc_swap::ArcSwap::from_pointee(EdgePolicy::new(&config.edge));
         let tls_resolvers = config
             .listeners
             .iter()
@@ -326,12 +328,11 @@ impl Worker {
         if !self.edge_in_userspace {
             return true;
         }
-        let snapshot = self.snapshot.borrow();
-        if !snapshot.edge.is_active() {
+        let edge = self.snapshot.borrow().edge.load_full();
+        if !edge.is_active() {
             return true;
         }
-        let mut verdict = snapshot.edge.judge_source(ip);
-        drop(snapshot);
+        let mut verdict = edge.judge_source(ip);
         if !verdict.drops() {
             let limited = self
                 .syn_limiter

@@ -6,6 +6,7 @@
 //! Shutdown: SIGTERM/SIGINT stop accepting, let in-flight requests finish within
 //! `gateway.drain_timeout`, then return.
 
+pub mod acl;
 mod listener;
 mod shutdown;
 
@@ -23,10 +24,12 @@ use signal_hook::{
     iterator::Signals,
 };
 
+use self::acl::{AclCommand, AclList, LiveAcl};
 pub use self::shutdown::{Mailbox, Shutdown};
 use crate::{
     admin::{AdminState, Control, audit::AuditLog},
     config::Config,
+    edge::EdgePolicy,
     proxy::{Snapshot, Worker, WorkerShared, serve_connection},
     ratelimit::RateTable,
     xdp::{XdpProgram, is_placeholder},
@@ -85,7 +88,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     // Without XDP the policy is checked at accept, whatever it holds now: a reload may
     // add lists later.
     let edge_in_userspace = xdp.is_none();
-    if edge_in_userspace && snapshot.edge.is_active() {
+    if edge_in_userspace && snapshot.edge.load().is_active() {
         tracing::info!("edge policy enforced in userspace at accept (XDP not attached)");
     }
     for (l, addr) in snapshot.config.listeners.iter().zip(listeners.addrs.iter()) {
@@ -174,10 +177,29 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     drop(control);
 
     let mut current = snapshot;
-    for message in inbox {
+    let mut live = LiveAcl::default();
+    loop {
+        let message = match inbox.recv_timeout(Duration::from_secs(1)) {
+            Ok(message) => message,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let expired = live.expire(Instant::now());
+                if !expired.is_empty() {
+                    for (list, net) in &expired {
+                        audit.record(
+                            "ttl",
+                            "acl_expire",
+                            serde_json::json!({ "list": list, "cidr": net.to_string() }),
+                        );
+                    }
+                    apply_live_acl(&current, &live, xdp.as_mut(), &listeners.addrs);
+                }
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         match message {
             Control::Signal(SIGHUP) => {
-                let outcome = reload(&current, xdp.as_mut(), &listeners.addrs);
+                let outcome = reload(&current, &live, xdp.as_mut(), &listeners.addrs);
                 audit_reload(&audit, "signal:SIGHUP", &current, &outcome);
                 if let Ok(next) = outcome {
                     install(&mailboxes, admin.as_deref(), &next);
@@ -194,7 +216,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                 break;
             }
             Control::Reload { identity, reply } => {
-                let outcome = reload(&current, xdp.as_mut(), &listeners.addrs);
+                let outcome = reload(&current, &live, xdp.as_mut(), &listeners.addrs);
                 audit_reload(&audit, &identity, &current, &outcome);
                 let outcome = outcome.map(|next| {
                     install(&mailboxes, admin.as_deref(), &next);
@@ -206,6 +228,52 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                     )
                 });
                 let _ = reply.send(outcome);
+            }
+            Control::Acl {
+                command,
+                identity,
+                reply,
+            } => {
+                let answer = match command {
+                    AclCommand::List => Ok(live.view(
+                        &current.config.edge,
+                        if xdp.is_some() { "xdp" } else { "userspace" },
+                    )),
+                    AclCommand::Add { list, net, ttl } => {
+                        let new = live.add(list, net, ttl, &identity);
+                        audit.record(
+                            &identity,
+                            "acl_add",
+                            serde_json::json!({
+                                "list": if list == AclList::Deny { "deny" } else { "allow" },
+                                "cidr": net.to_string(),
+                                "ttl_seconds": ttl.map(|t| t.as_secs()),
+                                "renewed": !new,
+                            }),
+                        );
+                        apply_live_acl(&current, &live, xdp.as_mut(), &listeners.addrs);
+                        Ok(serde_json::json!({ "added": new, "renewed": !new }))
+                    }
+                    AclCommand::Remove { list, net } => {
+                        if live.remove(list, net) {
+                            audit.record(
+                                &identity,
+                                "acl_remove",
+                                serde_json::json!({
+                                    "list": if list == AclList::Deny { "deny" } else { "allow" },
+                                    "cidr": net.to_string(),
+                                }),
+                            );
+                            apply_live_acl(&current, &live, xdp.as_mut(), &listeners.addrs);
+                            Ok(serde_json::json!({ "removed": true }))
+                        } else {
+                            Err(format!(
+                                "{net} is not a live entry (entries from the config file change by editing it and reloading)"
+                            ))
+                        }
+                    }
+                };
+                let _ = reply.send(answer);
             }
             Control::XdpCounters(reply) => {
                 let counters = xdp
@@ -240,6 +308,24 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     drop(shared);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Swaps in the effective edge policy after a live ACL change: XDP maps first (new
+/// entries before removals), then the policy workers check at accept.
+fn apply_live_acl(
+    current: &Snapshot,
+    live: &LiveAcl,
+    xdp: Option<&mut XdpProgram>,
+    addrs: &[SocketAddr],
+) {
+    let next = Arc::new(EdgePolicy::new(&live.merged(&current.config.edge)));
+    if let Some(xdp) = xdp
+        && let Err(error) = xdp.replace_policy(&current.edge.load(), &next, addrs)
+    {
+        tracing::error!(%error, "ACL change: updating the XDP lists failed");
+    }
+    current.edge.store(next);
+    tracing::info!("ACL updated");
 }
 
 /// Appends a reload attempt to the audit trail.
@@ -290,6 +376,7 @@ struct WorkerMailbox {
 /// in XDP when attached) takes over. Listeners cannot change without a restart.
 fn reload(
     current: &Snapshot,
+    live: &LiveAcl,
     xdp: Option<&mut XdpProgram>,
     addrs: &[SocketAddr],
 ) -> Result<Arc<Snapshot>, String> {
@@ -324,8 +411,11 @@ fn reload(
     }
     let next = Arc::new(Snapshot::new(config));
     next.adopt_remote_keys(current);
+    // Live ACL entries outlive reloads.
+    next.edge
+        .store(Arc::new(EdgePolicy::new(&live.merged(&next.config.edge))));
     if let Some(xdp) = xdp
-        && let Err(error) = xdp.replace_policy(&current.edge, &next.edge, addrs)
+        && let Err(error) = xdp.replace_policy(&current.edge.load(), &next.edge.load(), addrs)
     {
         tracing::error!(%error, "reload: updating the XDP lists failed; they may be partly new");
     }
@@ -358,7 +448,7 @@ fn start_xdp(
     };
     let mut program = XdpProgram::load().map_err(fail)?;
     program
-        .apply_policy(&snapshot.edge, listeners)
+        .apply_policy(&snapshot.edge.load(), listeners)
         .map_err(fail)?;
     program.attach(xdp).map_err(fail)?;
     if xdp.mode == crate::config::XdpMode::Skb {

@@ -1,0 +1,198 @@
+//! Live ACL entries: deny/allow entries added to a running gateway (admin API, `gateway
+//! acl`), optionally with a time to live. They live on the main thread, on top of the
+//! config's lists: the effective edge policy is the config's lists plus these, rebuilt
+//! and swapped in (XDP maps updated new-entries-first) on every change, expiry and
+//! reload. A reload keeps them; a restart forgets them.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use crate::config::EdgePolicyConfig;
+
+/// Which list an entry belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclList {
+    Deny,
+    Allow,
+}
+
+impl AclList {
+    /// Parses `deny` or `allow`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "deny" => Some(Self::Deny),
+            "allow" => Some(Self::Allow),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Allow => "allow",
+        }
+    }
+}
+
+/// What the admin API asks of the ACL.
+pub enum AclCommand {
+    List,
+    Add {
+        list: AclList,
+        net: IpNet,
+        ttl: Option<Duration>,
+    },
+    Remove {
+        list: AclList,
+        net: IpNet,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct LiveEntry {
+    list: AclList,
+    net: IpNet,
+    expires: Option<Instant>,
+    added_by: String,
+}
+
+/// The live entries.
+#[derive(Debug, Default)]
+pub struct LiveAcl {
+    entries: Vec<LiveEntry>,
+}
+
+/// Parses `203.0.113.0/24` or a bare address; host bits are refused like in the config.
+pub fn parse_net(text: &str) -> Result<IpNet, String> {
+    let net = text
+        .parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+        .ok_or_else(|| format!("invalid address or CIDR {text:?}"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{text:?} has host bits set; did you mean \"{}\"?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+impl LiveAcl {
+    /// Adds (or renews) an entry; returns whether it was new.
+    pub fn add(&mut self, list: AclList, net: IpNet, ttl: Option<Duration>, who: &str) -> bool {
+        let expires = ttl.map(|t| Instant::now() + t);
+        if let Some(entry) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.list == list && e.net == net)
+        {
+            entry.expires = expires;
+            entry.added_by = who.to_owned();
+            return false;
+        }
+        self.entries.push(LiveEntry {
+            list,
+            net,
+            expires,
+            added_by: who.to_owned(),
+        });
+        true
+    }
+
+    /// Removes an entry; returns whether it existed.
+    pub fn remove(&mut self, list: AclList, net: IpNet) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|e| !(e.list == list && e.net == net));
+        self.entries.len() != before
+    }
+
+    /// Drops expired entries; returns them as (list, net).
+    pub fn expire(&mut self, now: Instant) -> Vec<(&'static str, IpNet)> {
+        let mut gone = Vec::new();
+        self.entries.retain(|e| {
+            let keep = e.expires.is_none_or(|t| t > now);
+            if !keep {
+                gone.push((e.list.name(), e.net));
+            }
+            keep
+        });
+        gone
+    }
+
+    /// The config's lists with the live entries added.
+    pub fn merged(&self, base: &EdgePolicyConfig) -> EdgePolicyConfig {
+        let mut merged = base.clone();
+        for entry in &self.entries {
+            let list = match entry.list {
+                AclList::Deny => &mut merged.deny,
+                AclList::Allow => &mut merged.allow,
+            };
+            if !list.contains(&entry.net) {
+                list.push(entry.net);
+            }
+        }
+        merged
+    }
+
+    /// Every entry, config and live, for `GET /acl`.
+    pub fn view(&self, base: &EdgePolicyConfig, enforcement: &str) -> Value {
+        let now = Instant::now();
+        let list = |which: AclList, configured: &[IpNet]| {
+            let mut out: Vec<Value> = configured
+                .iter()
+                .map(|n| json!({ "cidr": n.to_string(), "source": "config" }))
+                .collect();
+            out.extend(self.entries.iter().filter(|e| e.list == which).map(|e| {
+                json!({
+                    "cidr": e.net.to_string(),
+                    "source": "live",
+                    "added_by": e.added_by,
+                    "expires_in_seconds": e.expires.map(|t| t.saturating_duration_since(now).as_secs()),
+                })
+            }));
+            out
+        };
+        json!({
+            "enforcement": enforcement,
+            "deny": list(AclList::Deny, &base.deny),
+            "allow": list(AclList::Allow, &base.allow),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_merge_renew_and_expire() {
+        let mut acl = LiveAcl::default();
+        let base = EdgePolicyConfig {
+            deny: vec![parse_net("10.0.0.0/8").expect("net")],
+            ..EdgePolicyConfig::default()
+        };
+        let net = parse_net("192.0.2.7").expect("net");
+        assert!(acl.add(AclList::Deny, net, Some(Duration::from_secs(60)), "t"));
+        assert!(
+            !acl.add(AclList::Deny, net, None, "t"),
+            "renewed, not duplicated"
+        );
+        assert_eq!(acl.merged(&base).deny.len(), 2);
+        assert!(
+            acl.expire(Instant::now() + Duration::from_secs(120))
+                .is_empty(),
+            "no TTL now"
+        );
+        acl.add(AclList::Allow, net, Some(Duration::from_millis(1)), "t");
+        assert_eq!(acl.expire(Instant::now() + Duration::from_secs(1)).len(), 1);
+        assert!(acl.remove(AclList::Deny, net));
+        assert!(!acl.remove(AclList::Deny, net));
+        assert!(parse_net("10.0.0.1/8").is_err());
+    }
+}
