@@ -20,6 +20,10 @@ enum Command {
         /// The TOML config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Take the listening sockets over from the running gateway (through its
+        /// `gateway.upgrade_socket`), which then drains and exits: a zero-downtime upgrade.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a config file and print every problem with file, line and key.
     Check {
@@ -153,13 +157,28 @@ fn main() -> ExitCode {
             let (method, path) = acl_path(&action);
             admin.run(method, &path)
         }
-        Command::Run { config } => {
+        Command::Run { config, takeover } => {
             let loaded = match Config::load(&config) {
                 Ok(loaded) => loaded,
                 Err(error) => return report_config_error(&error),
             };
             init_logging(loaded.gateway.log_level.as_deref());
-            match gateway::runtime::run(loaded) {
+            let takeover = if takeover {
+                let Some(path) = loaded.gateway.upgrade_socket.as_deref() else {
+                    eprintln!("gateway: --takeover needs gateway.upgrade_socket in the config");
+                    return ExitCode::FAILURE;
+                };
+                match gateway::runtime::upgrade::Takeover::connect(path) {
+                    Ok(takeover) => Some(takeover),
+                    Err(error) => {
+                        eprintln!("gateway: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                None
+            };
+            match gateway::runtime::run(loaded, takeover) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error}");

@@ -56,6 +56,16 @@ impl Gateway {
 
     /// Like [`Gateway::start`], returning the log on failure.
     pub fn try_start(config: &str) -> Result<Self, String> {
+        Self::try_start_with(config, &[])
+    }
+
+    /// Starts `gateway run --config FILE <extra args>` (e.g. `--takeover`).
+    pub fn start_with(config: &str, extra: &[&str]) -> Self {
+        Self::try_start_with(config, extra)
+            .unwrap_or_else(|log| panic!("gateway did not start; its log:\n{log}"))
+    }
+
+    fn try_start_with(config: &str, extra: &[&str]) -> Result<Self, String> {
         let listeners = config.matches("[[listeners]]").count();
         let wants_admin = config
             .lines()
@@ -64,6 +74,7 @@ impl Gateway {
         let mut child = Command::new(gateway_bin())
             .args(["run", "--config"])
             .arg(file.path())
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "info".into()),

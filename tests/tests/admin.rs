@@ -97,10 +97,11 @@ fn every_documented_endpoint_answers_as_the_openapi_document_says() {
             .expect("one operation per path");
         let method = method.to_ascii_uppercase();
         let public = operation["security"] == Value::Array(Vec::new());
-        let target = if path == "/ratelimit" {
-            "/ratelimit?limit=route:api&key=127.0.0.1".to_owned()
-        } else {
-            path.clone()
+        // Paths come sorted, so /acl/add runs before /acl/remove.
+        let target = match path.as_str() {
+            "/ratelimit" => "/ratelimit?limit=route:api&key=127.0.0.1".to_owned(),
+            "/acl/add" | "/acl/remove" => format!("{path}?list=deny&cidr=192.0.2.0%2F24&ttl=1m"),
+            _ => path.clone(),
         };
         let responses = operation["responses"].as_object().expect("responses");
         let res = admin_call(admin, &method, &target, Some(TOKEN));

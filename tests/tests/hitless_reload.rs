@@ -1,7 +1,8 @@
-//! Hitless reload under load: clients fire requests continuously on many keep-alive
-//! connections (and some new connections) while the config is reloaded 20 times, half
-//! through the admin API and half by SIGHUP, alternating between two upstream sets.
-//! Not one request may fail and not one connection may break.
+//! Hitless reload and upgrade under load: clients fire requests continuously on many
+//! keep-alive connections (and some new connections) while the config is reloaded 20
+//! times, half through the admin API and half by SIGHUP, alternating between two
+//! upstream sets; and while a new gateway process takes the listening sockets over and
+//! the old one drains. Not one request may fail and not one connection may break.
 
 use std::{
     io::Write,
@@ -15,7 +16,7 @@ use std::{
 
 use gateway_tests::{
     backend::Backend,
-    client::{connect, read_response, request},
+    client::{connect, get, read_response, request},
     gateway::Gateway,
 };
 
@@ -47,7 +48,8 @@ upstream = "app"
     )
 }
 
-/// Requests on one connection until told to stop; counts successes and failures.
+/// Requests on one connection until told to stop; counts successes and failures. A
+/// response saying `connection: close` is honoured like any HTTP client would.
 fn client(
     addr: SocketAddr,
     keep_alive: bool,
@@ -56,19 +58,89 @@ fn client(
     failed: &AtomicU64,
 ) {
     let mut stream = connect(addr);
+    let mut reconnect = false;
     while !stop.load(Ordering::Relaxed) {
-        if !keep_alive {
+        if !keep_alive || reconnect {
             stream = connect(addr);
         }
         let sent = write!(stream, "GET /item HTTP/1.1\r\nHost: a\r\n\r\n");
-        let status = sent.ok().map(|()| read_response(&mut stream, false).status);
-        if status == Some(200) {
+        let response = sent.ok().map(|()| read_response(&mut stream, false));
+        reconnect = response
+            .as_ref()
+            .and_then(|r| r.header("connection"))
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if response.is_some_and(|r| r.status == 200) {
             ok.fetch_add(1, Ordering::Relaxed);
         } else {
             failed.fetch_add(1, Ordering::Relaxed);
-            stream = connect(addr);
+            reconnect = true;
         }
     }
+}
+
+type Load = (
+    Arc<AtomicBool>,
+    Arc<AtomicU64>,
+    Arc<AtomicU64>,
+    Vec<std::thread::JoinHandle<()>>,
+);
+
+/// Starts `threads` clients against `addr`, every fifth on new connections.
+fn load(addr: SocketAddr, threads: usize) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let handles = (0..threads)
+        .map(|i| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || client(addr, i % 5 != 0, &stop, &ok, &failed))
+        })
+        .collect();
+    (stop, ok, failed, handles)
+}
+
+#[test]
+fn a_binary_upgrade_under_load_loses_nothing() {
+    let backend = Backend::start("app");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("upgrade.sock");
+    let config = format!(
+        "[gateway]\nworkers = 2\nupgrade_socket = \"{}\"\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"app\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"all\"\nupstream = \"app\"\n",
+        socket.display(),
+        backend.addr
+    );
+    let mut old = Gateway::start(&config);
+    let (stop, ok, failed, clients) = load(old.addr(), 10);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let new = Gateway::start_with(&config, &["--takeover"]);
+    assert_eq!(new.addrs, old.addrs, "the same sockets, the same addresses");
+    let status = old.wait_exit(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the old process drained and exited: {}",
+        old.log()
+    );
+    assert!(
+        old.log()
+            .contains("upgrade: the new process took over the listeners")
+    );
+    let served_before = backend.requests();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("binary upgrade under load: {ok} requests, {failed} failed");
+    assert_eq!(failed, 0, "{ok} requests succeeded, {failed} failed");
+    assert!(backend.requests() > served_before, "the new process serves");
+    assert!(new.log().contains("upgrade: serving"), "{}", new.log());
+
+    // The new process offers the same hand-off for the next upgrade.
+    let newer = Gateway::start_with(&config, &["--takeover"]);
+    assert_eq!(newer.addrs, new.addrs);
+    assert_eq!(get(newer.addr(), "a", "/x").status, 200);
 }
 
 #[test]
@@ -80,16 +152,7 @@ fn twenty_reloads_under_load_lose_nothing() {
     let gw = Gateway::start(&config(token.path(), &first, 0));
     let admin = gw.admin.expect("admin API");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..10)
-        .map(|i| {
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            let addr = gw.addr();
-            std::thread::spawn(move || client(addr, i % 5 != 0, &stop, &ok, &failed))
-        })
-        .collect();
+    let (stop, ok, failed, clients) = load(gw.addr(), 10);
 
     for generation in 1..=20 {
         let backend = if generation % 2 == 0 { &first } else { &second };

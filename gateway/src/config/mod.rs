@@ -56,6 +56,8 @@ pub struct GatewaySettings {
     pub admin_token: Option<Secret>,
     /// Where the audit trail is appended, when set.
     pub audit_log: Option<PathBuf>,
+    /// The hand-off socket for zero-downtime binary upgrades, when set.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 /// A secret string: never printed by `Debug`.

@@ -63,6 +63,8 @@ pub struct RawGateway {
     pub admin_token_file: Option<String>,
     /// File the audit trail of admin changes is appended to.
     pub audit_log: Option<String>,
+    /// Unix socket a new binary connects to for a zero-downtime upgrade.
+    pub upgrade_socket: Option<String>,
 }
 
 impl Default for RawGateway {
@@ -77,6 +79,7 @@ impl Default for RawGateway {
             admin: None,
             admin_token_file: None,
             audit_log: None,
+            upgrade_socket: None,
         }
     }
 }

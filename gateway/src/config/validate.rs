@@ -332,6 +332,7 @@ fn validate_gateway(dir: &Path, raw: &RawConfig, problems: &mut Problems) -> Gat
         admin,
         admin_token,
         audit_log: g.audit_log.as_deref().map(|f| dir.join(f)),
+        upgrade_socket: g.upgrade_socket.as_deref().map(|f| dir.join(f)),
     }
 }
 

@@ -26,6 +26,8 @@ use crate::{
 
 /// Initial read buffer of a client connection; grows for large heads and bodies.
 const CLIENT_BUFFER: usize = 4096;
+/// How long an idle keep-alive connection may still bring a request once draining.
+const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Where the current request's body stands on the client side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,19 +250,33 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             }
             let read = match first_byte_at {
                 // Between requests: idle timeout, and the drain signal closes us.
+                // Between requests. When the gateway drains, an idle connection gets
+                // a short grace for a request already on its way (answered with
+                // `connection: close`) instead of being cut while the client sends.
                 None => {
-                    if worker.drain.is_draining() {
-                        return Ok(false);
-                    }
-                    let fill =
-                        self.rbuf
-                            .fill_within(&mut self.stream, CLIENT_BUFFER, limits.idle_timeout);
-                    monoio::select! {
-                        read = fill => match read {
-                            Ok(n) => n,
-                            Err(_) => return Ok(false),
-                        },
-                        () = worker.drain.wait() => return Ok(false),
+                    let idle = if worker.drain.is_draining() {
+                        limits.idle_timeout.min(DRAIN_IDLE_GRACE)
+                    } else {
+                        limits.idle_timeout
+                    };
+                    let mut fill = std::pin::pin!(self.rbuf.fill_within(
+                        &mut self.stream,
+                        CLIENT_BUFFER,
+                        idle
+                    ));
+                    let read = monoio::select! {
+                        read = &mut fill => read,
+                        () = worker.drain.wait() => {
+                            // The pending read is kept (cancelling it could lose bytes).
+                            match monoio::time::timeout(DRAIN_IDLE_GRACE, fill).await {
+                                Ok(read) => read,
+                                Err(_) => return Ok(false),
+                            }
+                        }
+                    };
+                    match read {
+                        Ok(n) => n,
+                        Err(_) => return Ok(false),
                     }
                 }
                 Some(start) => {

@@ -11,17 +11,17 @@ use crate::config::Config;
 
 /// The sockets of every worker.
 pub struct BoundListeners {
-    /// `per_worker[w]` holds worker `w`'s socket for each listener, in config order.
-    pub per_worker: Vec<Vec<TcpListener>>,
+    /// `per_worker[w]` holds worker `w`'s sockets, each with its listener's index.
+    pub per_worker: Vec<Vec<(usize, TcpListener)>>,
     /// The address each listener actually bound (port 0 resolved).
     pub addrs: Vec<SocketAddr>,
 }
 
 /// Binds `workers` sockets for every configured listener.
 pub fn bind_all(config: &Config, workers: usize) -> Result<BoundListeners, RuntimeError> {
-    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<(usize, TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
-    for l in &config.listeners {
+    for (index, l) in config.listeners.iter().enumerate() {
         let mut addr = l.bind;
         for sockets in &mut per_worker {
             let socket = bind_one(addr, l.backlog).map_err(|source| RuntimeError::Bind {
@@ -34,9 +34,52 @@ pub fn bind_all(config: &Config, workers: usize) -> Result<BoundListeners, Runti
                 addr,
                 source,
             })?;
-            sockets.push(socket);
+            sockets.push((index, socket));
         }
         addrs.push(addr);
+    }
+    Ok(BoundListeners { per_worker, addrs })
+}
+
+/// The sockets handed over by the running gateway (binary upgrade), spread over
+/// `workers`: every received socket is served by some worker (a socket nobody accepts
+/// on would strand the connections the kernel queues on it), and a listener with fewer
+/// sockets than workers gets more bound next to them (`SO_REUSEPORT`).
+pub fn from_takeover(
+    config: &Config,
+    workers: usize,
+    addrs: Vec<SocketAddr>,
+    sockets: Vec<(usize, TcpListener)>,
+) -> Result<BoundListeners, RuntimeError> {
+    let same = addrs.len() == config.listeners.len()
+        && config.listeners.iter().zip(&addrs).all(|(l, addr)| {
+            l.bind.ip() == addr.ip() && (l.bind.port() == 0 || l.bind.port() == addr.port())
+        });
+    if !same {
+        return Err(RuntimeError::Takeover(
+            "the listeners differ from the running gateway's: restart instead".into(),
+        ));
+    }
+    let mut per_worker: Vec<Vec<(usize, TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut served = vec![0usize; addrs.len()];
+    for (listener, socket) in sockets {
+        if listener >= addrs.len() {
+            return Err(RuntimeError::Takeover(format!(
+                "socket for unknown listener {listener}"
+            )));
+        }
+        per_worker[served[listener] % workers].push((listener, socket));
+        served[listener] += 1;
+    }
+    for (index, (l, addr)) in config.listeners.iter().zip(&addrs).enumerate() {
+        for sockets in per_worker.iter_mut().skip(served[index]) {
+            let socket = bind_one(*addr, l.backlog).map_err(|source| RuntimeError::Bind {
+                name: l.name.clone(),
+                addr: *addr,
+                source,
+            })?;
+            sockets.push((index, socket));
+        }
     }
     Ok(BoundListeners { per_worker, addrs })
 }

@@ -9,6 +9,7 @@
 pub mod acl;
 mod listener;
 mod shutdown;
+pub mod upgrade;
 
 use std::{
     cell::Cell,
@@ -55,6 +56,8 @@ pub enum RuntimeError {
     Admin(#[from] crate::admin::AdminError),
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
+    #[error("binary upgrade: {0}")]
+    Takeover(String),
     #[error("XDP on {interface}: {source}")]
     Xdp {
         interface: String,
@@ -62,8 +65,10 @@ pub enum RuntimeError {
     },
 }
 
-/// Runs the appliance until SIGTERM or SIGINT, then drains and returns.
-pub fn run(config: Config) -> Result<(), RuntimeError> {
+/// Runs the appliance until SIGTERM or SIGINT, then drains and returns. With `takeover`,
+/// the listening sockets come from the gateway being upgraded, which is told to drain
+/// once this one serves.
+pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), RuntimeError> {
     let workers = config.worker_count();
     for upstream in &config.upstreams {
         if upstream
@@ -82,7 +87,33 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         .gateway
         .admin
         .and_then(|_| crate::observe::install_recorder());
-    let listeners = listener::bind_all(&config, workers)?;
+    let (listeners, takeover) = match takeover {
+        None => (listener::bind_all(&config, workers)?, None),
+        Some(mut takeover) => {
+            if config.xdp.as_ref().is_some_and(|x| x.interface.is_some()) {
+                return Err(RuntimeError::Takeover(
+                    "a binary upgrade with XDP attached needs pinned maps (not supported yet): restart instead".into(),
+                ));
+            }
+            let addrs = std::mem::take(&mut takeover.addrs);
+            let sockets = std::mem::take(&mut takeover.sockets);
+            (
+                listener::from_takeover(&config, workers, addrs, sockets)?,
+                Some(takeover),
+            )
+        }
+    };
+    // Duplicates of every listening socket, for the next upgrade's hand-off.
+    let handoff: Vec<(usize, std::os::fd::OwnedFd)> = if config.gateway.upgrade_socket.is_some() {
+        listeners
+            .per_worker
+            .iter()
+            .flatten()
+            .filter_map(|(index, socket)| socket.try_clone().ok().map(|s| (*index, s.into())))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let snapshot = Arc::new(Snapshot::new(config));
     let mut xdp = start_xdp(&snapshot, &listeners.addrs)?;
     // Without XDP the policy is checked at accept, whatever it holds now: a reload may
@@ -174,7 +205,17 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         }
         None => None,
     };
+    if let Some(path) = &snapshot.config.gateway.upgrade_socket {
+        upgrade::serve(path, handoff, listeners.addrs.clone(), control.clone())
+            .map_err(|e| RuntimeError::Takeover(e.to_string()))?;
+    }
     drop(control);
+    if let Some(takeover) = takeover {
+        match takeover.ready() {
+            Ok(()) => tracing::info!("upgrade: serving; the previous process drains"),
+            Err(error) => tracing::warn!(%error, "upgrade: could not tell the previous process"),
+        }
+    }
 
     let mut current = snapshot;
     let mut live = LiveAcl::default();
@@ -463,7 +504,7 @@ fn worker_main(
     core: Option<core_affinity::CoreId>,
     snapshot: Arc<Snapshot>,
     shared: WorkerShared,
-    sockets: Vec<std::net::TcpListener>,
+    sockets: Vec<(usize, std::net::TcpListener)>,
     mailbox: Arc<WorkerMailbox>,
 ) {
     if let Some(core) = core
@@ -492,7 +533,7 @@ fn worker_main(
             }
         };
         let active = Rc::new(Cell::new(0usize));
-        for (index, socket) in sockets.into_iter().enumerate() {
+        for (index, socket) in sockets {
             match monoio::net::TcpListener::from_std(socket) {
                 Ok(listener) => {
                     monoio::spawn(accept_loop(listener, worker.clone(), active.clone(), index));
