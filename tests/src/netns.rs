@@ -27,7 +27,11 @@ pub struct VethNamespace {
     pub namespace: String,
     pub outer: String,
     pub inner: String,
+    /// Every fixture uses the same addresses: one at a time per test process.
+    _exclusive: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -53,6 +57,7 @@ impl VethNamespace {
             namespace: format!("gwt{tag}"),
             outer: format!("gwx{tag}o"),
             inner: format!("gwx{tag}i"),
+            _exclusive: ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()),
         };
         me.cleanup();
         let steps: [&[&str]; 9] = [

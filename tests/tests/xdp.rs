@@ -747,7 +747,14 @@ fn live_acl_entries_reach_the_xdp_maps() {
         None,
         "a live-denied client was served"
     );
-    assert!(acl(&["list"]).contains("\"enforcement\": \"xdp\""));
+    let listing: serde_json::Value = serde_json::from_str(&acl(&["list"])).expect("JSON");
+    assert_eq!(listing["enforcement"], "xdp");
+    let entry = &listing["deny"][0];
+    assert_eq!(entry["cidr"], "10.213.0.2/32");
+    assert!(
+        entry["hits"].as_u64().is_some_and(|h| h >= 1),
+        "the driver counted the dropped SYNs: {listing}"
+    );
     acl(&["remove", "10.213.0.2"]);
     assert!(
         veth.http_get_from_inside("10.213.0.1", port, 5)

@@ -140,13 +140,25 @@ impl LiveAcl {
         merged
     }
 
-    /// Every entry, config and live, for `GET /acl`.
-    pub fn view(&self, base: &EdgePolicyConfig, enforcement: &str) -> Value {
+    /// Every entry, config and live, for `GET /acl`; `hits(deny, merged list)` gives
+    /// each entry's packet count when XDP counts them.
+    pub fn view(
+        &self,
+        base: &EdgePolicyConfig,
+        enforcement: &str,
+        hits: impl Fn(bool, &[IpNet]) -> Option<Vec<u64>>,
+    ) -> Value {
         let now = Instant::now();
-        let list = |which: AclList, configured: &[IpNet]| {
+        let merged = self.merged(base);
+        let list = |which: AclList, configured: &[IpNet], effective: &[IpNet]| {
+            let counts = hits(which == AclList::Deny, effective);
+            let hits_of = |net: &IpNet| {
+                let id = effective.iter().position(|n| n == net)?;
+                counts.as_ref()?.get(id).copied()
+            };
             let mut out: Vec<Value> = configured
                 .iter()
-                .map(|n| json!({ "cidr": n.to_string(), "source": "config" }))
+                .map(|n| json!({ "cidr": n.to_string(), "source": "config", "hits": hits_of(n) }))
                 .collect();
             out.extend(self.entries.iter().filter(|e| e.list == which).map(|e| {
                 json!({
@@ -154,14 +166,15 @@ impl LiveAcl {
                     "source": "live",
                     "added_by": e.added_by,
                     "expires_in_seconds": e.expires.map(|t| t.saturating_duration_since(now).as_secs()),
+                    "hits": hits_of(&e.net),
                 })
             }));
             out
         };
         json!({
             "enforcement": enforcement,
-            "deny": list(AclList::Deny, &base.deny),
-            "allow": list(AclList::Allow, &base.allow),
+            "deny": list(AclList::Deny, &base.deny, &merged.deny),
+            "allow": list(AclList::Allow, &base.allow, &merged.allow),
         })
     }
 }

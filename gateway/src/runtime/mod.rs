@@ -279,6 +279,7 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
                     AclCommand::List => Ok(live.view(
                         &current.config.edge,
                         if xdp.is_some() { "xdp" } else { "userspace" },
+                        |deny, list| xdp.as_ref()?.entry_hits(deny, list.len()).ok(),
                     )),
                     AclCommand::Add { list, net, ttl } => {
                         let new = live.add(list, net, ttl, &identity);

@@ -12,9 +12,10 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
 };
 use gateway_common::{
-    ALLOW_V4_MAP, ALLOW_V6_MAP, DENY_V4_MAP, DENY_V6_MAP, EDGE_ALLOW_ACTIVE, EDGE_PROTECT_ALL,
-    EDGE_SYN_GUARD, EdgeSettings, PROTECTED_MAP, PROTO_STATS_MAP, PacketCounter, ProtoCounter,
-    SETTINGS_MAP, VERDICT_MAP, Verdict, XDP_PROGRAM, protected_slot,
+    ALLOW_HITS_MAP, ALLOW_V4_MAP, ALLOW_V6_MAP, DENY_HITS_MAP, DENY_V4_MAP, DENY_V6_MAP,
+    EDGE_ALLOW_ACTIVE, EDGE_PROTECT_ALL, EDGE_SYN_GUARD, EdgeSettings, PROTECTED_MAP,
+    PROTO_STATS_MAP, PacketCounter, ProtoCounter, SETTINGS_MAP, VERDICT_MAP, Verdict, XDP_PROGRAM,
+    protected_slot,
 };
 use ipnet::IpNet;
 
@@ -141,6 +142,23 @@ impl XdpProgram {
     pub fn verdict_counters(&self) -> Result<Vec<(Verdict, PacketCounter)>, XdpError> {
         let sums = self.sum_per_cpu(VERDICT_MAP, Verdict::COUNT)?;
         Ok(Verdict::ALL.iter().copied().zip(sums).collect())
+    }
+
+    /// Packets each of the first `entries` deny (or allow) entries matched, summed over
+    /// CPUs; entry ids are positions in the effective list.
+    pub fn entry_hits(&self, deny: bool, entries: usize) -> Result<Vec<u64>, XdpError> {
+        let name = if deny { DENY_HITS_MAP } else { ALLOW_HITS_MAP };
+        let map = self.ebpf.map(name).ok_or_else(|| missing_map(name))?;
+        let array = PerCpuArray::<_, u64>::try_from(map)
+            .map_err(|source| XdpError::Map { name, source })?;
+        (0..entries as u32)
+            .map(|id| {
+                array
+                    .get(&id, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .map_err(|source| XdpError::Map { name, source })
+            })
+            .collect()
     }
 
     fn sum_per_cpu(&self, name: &'static str, slots: u32) -> Result<Vec<PacketCounter>, XdpError> {
