@@ -144,6 +144,7 @@ fuzz_target!(|data: &[u8]| {
                     edge_in_userspace: false,
                     rate_table,
                     access_log: None,
+                    control: None,
                 },
             )
             .expect("worker"),

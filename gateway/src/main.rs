@@ -46,45 +46,57 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AclAction {
-    /// Every entry (config and live) with its remaining TTL.
+    /// Every entry (config and live) with hit counts and remaining TTL.
     List,
-    /// Add (or renew) an entry: dropped in XDP when attached, else refused at accept.
+    /// Live entries of the deny list: dropped in XDP when attached, else at accept.
+    Deny {
+        #[command(subcommand)]
+        change: AclChange,
+    },
+    /// Live entries of the allow list (a non-empty allow list admits only its members).
+    Allow {
+        #[command(subcommand)]
+        change: AclChange,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclChange {
+    /// Add (or renew) an entry.
     Add {
         /// An address or CIDR, e.g. 203.0.113.0/24.
         cidr: String,
-        /// To the allow list (a non-empty allow list admits only its members).
-        #[arg(long)]
-        allow: bool,
         /// Remove it again after this long, e.g. 10m.
         #[arg(long)]
         ttl: Option<String>,
     },
     /// Remove a live entry.
-    Remove {
+    Del {
+        /// The address or CIDR as added.
         cidr: String,
-        #[arg(long)]
-        allow: bool,
     },
 }
 
 fn acl_path(action: &AclAction) -> (&'static str, String) {
     let form = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let list = |allow: bool| if allow { "allow" } else { "deny" };
-    match action {
-        AclAction::List => ("GET", "/acl".into()),
-        AclAction::Add { cidr, allow, ttl } => (
+    let (list, change) = match action {
+        AclAction::List => return ("GET", "/acl".into()),
+        AclAction::Deny { change } => ("deny", change),
+        AclAction::Allow { change } => ("allow", change),
+    };
+    match change {
+        AclChange::Add { cidr, ttl } => (
             "POST",
             format!(
-                "/acl/add?list={}&cidr={}{}",
-                list(*allow),
+                "/acl/add?list={list}&cidr={}{}",
                 form(cidr),
                 ttl.as_deref()
                     .map_or(String::new(), |t| format!("&ttl={}", form(t)))
             ),
         ),
-        AclAction::Remove { cidr, allow } => (
+        AclChange::Del { cidr } => (
             "POST",
-            format!("/acl/remove?list={}&cidr={}", list(*allow), form(cidr)),
+            format!("/acl/remove?list={list}&cidr={}", form(cidr)),
         ),
     }
 }

@@ -111,8 +111,19 @@ impl VethNamespace {
     /// client tool needed); the first response line, or `None` when nothing answered
     /// within `timeout_secs`.
     pub fn http_get_from_inside(&self, host: &str, port: u16, timeout_secs: u32) -> Option<String> {
+        self.http_get_path_from_inside(host, port, "/", timeout_secs)
+    }
+
+    /// Like [`VethNamespace::http_get_from_inside`], for `path`.
+    pub fn http_get_path_from_inside(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        timeout_secs: u32,
+    ) -> Option<String> {
         let script = format!(
-            "exec 3<>/dev/tcp/{host}/{port} && printf 'GET / HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -n1 <&3"
+            "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -n1 <&3"
         );
         let out = Command::new("ip")
             .args([

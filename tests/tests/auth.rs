@@ -174,6 +174,13 @@ auth = ["api_key", "idp"]
 consumers = ["gold"]
 
 [[routes]]
+name = "admins"
+path_prefix = "/admin"
+upstream = "app"
+auth = ["idp"]
+claims = {{ roles = "admin", tenant = "acme" }}
+
+[[routes]]
 name = "public"
 path_prefix = "/"
 upstream = "app"
@@ -389,6 +396,33 @@ fn every_bad_token_gets_401_with_the_reason() {
     assert_eq!(res.status, 200);
     assert_eq!(upstream_header(&res, "x-consumer"), None);
     assert_eq!(upstream_header(&res, "x-tenant"), None);
+}
+
+#[test]
+fn route_claims_must_match_exactly_or_be_in_the_array() {
+    let (keys, _backend, gw) = start();
+    for (roles, status) in [
+        (json!(["user", "admin"]), 200),
+        (json!("admin"), 200),
+        (json!(["user"]), 403),
+        (json!("administrator"), 403),
+    ] {
+        let token = keys.ec.sign(&with(good_claims(), "roles", roles.clone()));
+        let res = bearer(&gw, "/admin/x", &token);
+        assert_eq!(res.status, status, "roles {roles}: {}", res.text());
+        if status == 403 {
+            assert_eq!(res.json()["code"], "claim_mismatch");
+        }
+    }
+    let other_tenant = with(
+        with(good_claims(), "roles", json!("admin")),
+        "tenant",
+        json!("globex"),
+    );
+    assert_eq!(
+        bearer(&gw, "/admin/x", &keys.ec.sign(&other_tenant)).status,
+        403
+    );
 }
 
 #[test]

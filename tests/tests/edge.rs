@@ -154,7 +154,7 @@ fn live_acl_entries_apply_at_once_expire_and_survive_reloads() {
     };
     assert_eq!(status_from("127.0.0.13", &gw), Some(200));
 
-    let (ok, out) = acl(&["add", "127.0.0.13", "--ttl", "2s"]);
+    let (ok, out) = acl(&["deny", "add", "127.0.0.13", "--ttl", "2s"]);
     assert!(ok, "{out}");
     for _ in 0..4 {
         assert_eq!(
@@ -164,7 +164,7 @@ fn live_acl_entries_apply_at_once_expire_and_survive_reloads() {
         );
     }
     assert_eq!(status_from("127.0.0.14", &gw), Some(200));
-    let (ok, out) = acl(&["add", "127.0.0.0/30"]);
+    let (ok, out) = acl(&["deny", "add", "127.0.0.0/30"]);
     assert!(ok, "{out}");
     let (ok, listing) = acl(&["list"]);
     assert!(ok);
@@ -191,12 +191,12 @@ fn live_acl_entries_apply_at_once_expire_and_survive_reloads() {
     // The TTL entry expires by itself; the other is removed by hand.
     std::thread::sleep(std::time::Duration::from_millis(3200));
     assert_eq!(status_from("127.0.0.13", &gw), Some(200), "expired");
-    let (ok, out) = acl(&["remove", "127.0.0.0/30"]);
+    let (ok, out) = acl(&["deny", "del", "127.0.0.0/30"]);
     assert!(ok, "{out}");
     assert_eq!(status_from("127.0.0.2", &gw), Some(200));
-    let (ok, out) = acl(&["remove", "127.0.9.0/24"]);
+    let (ok, out) = acl(&["deny", "del", "127.0.9.0/24"]);
     assert!(!ok && out.contains("not a live entry"), "{out}");
-    let (ok, out) = acl(&["add", "127.0.0.1/8"]);
+    let (ok, out) = acl(&["deny", "add", "127.0.0.1/8"]);
     assert!(!ok && out.contains("host bits"), "{out}");
 
     let audit = gateway_tests::client::request(
@@ -215,4 +215,59 @@ fn live_acl_entries_apply_at_once_expire_and_survive_reloads() {
         ["acl_add", "acl_add", "reload", "acl_expire", "acl_remove"],
         "{audit}"
     );
+}
+
+/// L7-to-edge feedback without XDP: a source that collects `threshold` rejected
+/// requests (401 here) is banned at accept for `duration`, other sources are not, and
+/// the ban lifts by itself; it is logged and audited.
+#[test]
+fn repeated_rejections_ban_the_source_for_a_while() {
+    let backend = Backend::start("b");
+    let token = tempfile::NamedTempFile::new().expect("token file");
+    std::fs::write(token.path(), "ban-token").expect("token");
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 2\nadmin = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"private\"\npath_prefix = \"/private\"\nupstream = \"u\"\nauth = [\"api_key\"]\n\n[[routes]]\nname = \"public\"\nupstream = \"u\"\n\n[xdp]\nban = {{ threshold = 5, window = \"10s\", duration = \"2s\" }}\n",
+        token.path().display(),
+        backend.addr
+    ));
+    let get_from = |source: &str, path: &str| -> Option<u16> {
+        let source: IpAddr = source.parse().expect("source ip");
+        let mut stream = client::connect_from(source, gw.addr()).ok()?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut first = [0u8; 12];
+        match stream.read(&mut first) {
+            Ok(12) => std::str::from_utf8(&first[9..12]).ok()?.parse().ok(),
+            _ => None,
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(get_from("127.0.0.21", "/private/x"), Some(401));
+    }
+    // The next rejection crosses the threshold: this connection is answered, then the
+    // source is refused at accept.
+    assert_eq!(get_from("127.0.0.21", "/private/x"), Some(401));
+    gw.wait_for_log("source banned at the edge");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(get_from("127.0.0.21", "/"), None, "banned");
+    assert_eq!(get_from("127.0.0.22", "/"), Some(200), "others are not");
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    assert_eq!(
+        get_from("127.0.0.21", "/"),
+        Some(200),
+        "the ban lifted by itself"
+    );
+    let audit = client::request(
+        gw.admin.expect("admin"),
+        "GET /audit HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ban-token\r\n\r\n",
+    )
+    .json();
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["ban", "acl_expire"], "{audit}");
 }

@@ -314,6 +314,7 @@ fn edge_policy(
             rate_per_sec,
             burst,
         }),
+        ban: None,
     })
 }
 
@@ -741,7 +742,7 @@ fn live_acl_entries_reach_the_xdp_maps() {
         "{}",
         gw.log()
     );
-    acl(&["add", "10.213.0.2"]);
+    acl(&["deny", "add", "10.213.0.2"]);
     assert_eq!(
         veth.http_get_from_inside("10.213.0.1", port, 2),
         None,
@@ -755,11 +756,51 @@ fn live_acl_entries_reach_the_xdp_maps() {
         entry["hits"].as_u64().is_some_and(|h| h >= 1),
         "the driver counted the dropped SYNs: {listing}"
     );
-    acl(&["remove", "10.213.0.2"]);
+    acl(&["deny", "del", "10.213.0.2"]);
     assert!(
         veth.http_get_from_inside("10.213.0.1", port, 5)
             .is_some_and(|l| l.starts_with("HTTP/1.1 200")),
         "{}",
+        gw.log()
+    );
+}
+
+/// L7-to-XDP feedback: a namespace client that collects the configured number of 401s is
+/// banned in the driver (its next connection cannot even open) and released after the
+/// ban time.
+#[test]
+fn a_client_provoking_401s_is_banned_at_xdp_and_released() {
+    if xdp_object_or_skip("a_client_provoking_401s_is_banned_at_xdp_and_released").is_none() {
+        return;
+    }
+    let backend = gateway_tests::Backend::start("behind-xdp");
+    let tag = format!("{}", (std::process::id() + 13) % 100_000);
+    let veth = VethNamespace::create(&tag);
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 1\n\n[[listeners]]\nname = \"v4\"\nbind = \"10.213.0.1:0\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"private\"\npath_prefix = \"/private\"\nupstream = \"u\"\nauth = [\"api_key\"]\n\n[[routes]]\nname = \"public\"\nupstream = \"u\"\n\n[xdp]\ninterface = \"{}\"\nmode = \"driver\"\nban = {{ threshold = 3, window = \"10s\", duration = \"3s\" }}\n",
+        backend.addr, veth.outer
+    ));
+    let port = gw.addrs[0].port();
+    for _ in 0..4 {
+        assert!(
+            veth.http_get_path_from_inside("10.213.0.1", port, "/private/x", 5)
+                .is_some_and(|l| l.starts_with("HTTP/1.1 401")),
+            "{}",
+            gw.log()
+        );
+    }
+    gw.wait_for_log("source banned at the edge");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        veth.http_get_from_inside("10.213.0.1", port, 2),
+        None,
+        "the banned client got through the driver"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        veth.http_get_from_inside("10.213.0.1", port, 5)
+            .is_some_and(|l| l.starts_with("HTTP/1.1 200")),
+        "the ban was lifted: {}",
         gw.log()
     );
 }

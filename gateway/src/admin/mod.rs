@@ -52,6 +52,8 @@ pub enum Control {
         identity: String,
         reply: mpsc::Sender<Result<Value, String>>,
     },
+    /// A source crossed the ban threshold at L7 (`status` was its last rejection).
+    Ban { ip: std::net::IpAddr, status: u16 },
     /// The XDP verdict counters, when XDP is attached: (verdict, packets, bytes).
     XdpCounters(mpsc::Sender<Vec<(&'static str, u64, u64)>>),
 }

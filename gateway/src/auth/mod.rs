@@ -45,6 +45,18 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Whether selected claim `name` is `wanted`, or, for an array claim, contains it.
+    pub fn claim_matches(&self, name: &str, wanted: &str) -> bool {
+        match self.claim(name) {
+            Some(value) if value == wanted => true,
+            Some(value) if value.starts_with('[') => {
+                serde_json::from_str::<Vec<serde_json::Value>>(value)
+                    .is_ok_and(|items| items.iter().any(|item| item.as_str() == Some(wanted)))
+            }
+            _ => false,
+        }
+    }
+
     /// The value of a selected claim.
     pub fn claim(&self, name: &str) -> Option<&str> {
         self.claims
@@ -93,6 +105,8 @@ pub enum AuthFailure {
     InsufficientScope,
     #[error("this consumer may not call this route")]
     ConsumerNotAllowed,
+    #[error("the token lacks a claim this route requires")]
+    ClaimMismatch,
     #[error("the token cannot be checked now")]
     Unavailable,
 }
@@ -106,6 +120,7 @@ impl AuthFailure {
             Self::UnknownApiKey => "unknown_api_key",
             Self::InsufficientScope => "insufficient_scope",
             Self::ConsumerNotAllowed => "consumer_not_allowed",
+            Self::ClaimMismatch => "claim_mismatch",
             Self::Unavailable => "unavailable",
         }
     }
@@ -211,6 +226,13 @@ impl Authenticator {
             .all(|scope| identity.scopes.contains(scope))
         {
             return Err(AuthFailure::InsufficientScope);
+        }
+        if !policy
+            .claims
+            .iter()
+            .all(|(claim, wanted)| identity.claim_matches(claim, wanted))
+        {
+            return Err(AuthFailure::ClaimMismatch);
         }
         if !policy.consumers.is_empty() {
             let admitted = identity.consumer.is_some_and(|c| {

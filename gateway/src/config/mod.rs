@@ -197,6 +197,8 @@ pub struct RoutePolicy {
     pub auth: Vec<crate::auth::AuthMethod>,
     /// Scopes a JWT must all carry.
     pub scopes: Vec<String>,
+    /// (claim, value) pairs the token must carry.
+    pub claims: Vec<(String, String)>,
     /// Consumer names or groups admitted; empty: any identified caller.
     pub consumers: Vec<String>,
     pub strip_credentials: bool,
@@ -326,6 +328,18 @@ pub struct EdgePolicyConfig {
     pub protect_all: bool,
     /// Per-source budget of new TCP connections.
     pub syn_guard: Option<SynGuardConfig>,
+    /// L7-to-XDP bans.
+    pub ban: Option<BanPolicy>,
+}
+
+/// When a source's rejected requests get it banned at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanPolicy {
+    /// Statuses that count (malformed requests answered 400 included when listed).
+    pub statuses: Vec<u16>,
+    pub threshold: u32,
+    pub window: Duration,
+    pub duration: Duration,
 }
 
 /// Token bucket of the SYN guard.

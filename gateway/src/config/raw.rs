@@ -288,6 +288,10 @@ pub struct RawRoute {
     /// Scopes the verified JWT must all carry.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Claims the verified token must carry with these values (for an array claim such
+    /// as `roles`, the value must be one of its members).
+    #[serde(default)]
+    pub claims: std::collections::BTreeMap<String, String>,
     /// Consumers (by name or group) allowed on the route; empty: any authenticated one.
     #[serde(default)]
     pub consumers: Vec<String>,
@@ -537,6 +541,24 @@ pub struct RawXdp {
     #[serde(default)]
     pub protect_all: bool,
     pub syn_guard: Option<RawSynGuard>,
+    /// Ban sources in the deny list when they collect too many rejected requests.
+    pub ban: Option<RawBan>,
+}
+
+/// `[xdp.ban]`: L7-to-XDP feedback.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBan {
+    /// Response statuses that count against a source.
+    #[serde(default = "defaults::ban_statuses")]
+    pub statuses: Vec<u16>,
+    /// Rejections within `window` that trigger a ban.
+    pub threshold: u32,
+    #[serde(deserialize_with = "human_duration")]
+    pub window: Duration,
+    /// How long the ban lasts.
+    #[serde(deserialize_with = "human_duration")]
+    pub duration: Duration,
 }
 
 /// `[xdp.syn_guard]`: per-source budget of new TCP connections.
@@ -700,6 +722,9 @@ pub mod defaults {
     }
     pub fn introspection_negative_ttl() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn ban_statuses() -> Vec<u16> {
+        vec![400, 401, 403, 429]
     }
     pub fn consumer_claim() -> String {
         "sub".to_owned()

@@ -185,12 +185,18 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
             routes.push(route);
         }
     }
-    // Claims that limits are keyed on are copied into identities too.
+    // Claims that limits are keyed on or routes require are copied into identities too.
     for route in &routes {
-        if let Some(crate::ratelimit::LimitSpec {
-            key: crate::ratelimit::LimitKey::Claim(claim),
-            ..
-        }) = &route.policy.rate_limit
+        let limit_claim = match &route.policy.rate_limit {
+            Some(crate::ratelimit::LimitSpec {
+                key: crate::ratelimit::LimitKey::Claim(claim),
+                ..
+            }) => Some(claim),
+            _ => None,
+        };
+        for claim in limit_claim
+            .into_iter()
+            .chain(route.policy.claims.iter().map(|(c, _)| c))
         {
             let selections = auth
                 .jwt
@@ -467,11 +473,32 @@ fn validate_edge(x: &RawXdp, problems: &mut Problems) -> EdgePolicyConfig {
             burst: g.burst,
         }
     });
+    let ban = x.ban.as_ref().map(|b| {
+        if b.threshold == 0 || b.window.is_zero() || b.duration.is_zero() {
+            problems.push(
+                "xdp.ban",
+                "threshold, window and duration must be above zero",
+            );
+        }
+        if let Some(bad) = b.statuses.iter().find(|s| !(400..600).contains(*s)) {
+            problems.push(
+                "xdp.ban.statuses",
+                format!("{bad} is not an error status (400-599)"),
+            );
+        }
+        super::BanPolicy {
+            statuses: b.statuses.clone(),
+            threshold: b.threshold,
+            window: b.window,
+            duration: b.duration,
+        }
+    });
     EdgePolicyConfig {
         deny,
         allow,
         protect_all: x.protect_all,
         syn_guard,
+        ban,
     }
 }
 

@@ -374,6 +374,7 @@ pub(super) fn validate_route_policy(
         }
     };
     needs_auth("scopes", !r.scopes.is_empty(), problems);
+    needs_auth("claims", !r.claims.is_empty(), problems);
     needs_auth("consumers", !r.consumers.is_empty(), problems);
     for (c, name) in r.consumers.iter().enumerate() {
         let known = consumers
@@ -422,6 +423,11 @@ pub(super) fn validate_route_policy(
     RoutePolicy {
         auth: methods,
         scopes: r.scopes.clone(),
+        claims: r
+            .claims
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         consumers: r.consumers.clone(),
         strip_credentials: r.strip_credentials,
         rate_limit,

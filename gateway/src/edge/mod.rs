@@ -161,6 +161,7 @@ mod tests {
             allow: allow.iter().map(|s| s.parse().expect("cidr")).collect(),
             protect_all: false,
             syn_guard: None,
+            ban: None,
         })
     }
 

@@ -141,6 +141,9 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
                 conn.answer_error(&error, true, &limits).await;
                 let status = conn.status;
                 worker.metrics(|m| m.request(None, b"", status, started.elapsed(), None));
+                if status >= 400 {
+                    worker.count_rejection(&worker.snapshot(), conn.client_ip, peer.ip(), status);
+                }
                 return;
             }
         }
@@ -156,7 +159,10 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
         if worker.logs_requests() {
             conn.log(&worker, route, elapsed);
         }
-        if !keep_going {
+        // A source that just got banned loses this connection too.
+        let banned = status >= 400
+            && worker.count_rejection(&worker.snapshot(), conn.client_ip, peer.ip(), status);
+        if !keep_going || banned {
             return;
         }
         conn.rbuf.shrink_if_idle();

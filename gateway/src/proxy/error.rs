@@ -69,6 +69,7 @@ impl ProxyError {
             Self::IpDenied => (403, "ip_denied"),
             Self::Auth(AuthFailure::InsufficientScope) => (403, "insufficient_scope"),
             Self::Auth(AuthFailure::ConsumerNotAllowed) => (403, "consumer_not_allowed"),
+            Self::Auth(AuthFailure::ClaimMismatch) => (403, "claim_mismatch"),
             Self::Auth(AuthFailure::Missing) => (401, "unauthorized"),
             Self::Auth(AuthFailure::InvalidToken(_)) => (401, "invalid_token"),
             Self::Auth(AuthFailure::UnknownApiKey) => (401, "invalid_api_key"),

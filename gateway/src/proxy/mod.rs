@@ -230,6 +230,8 @@ pub struct Worker {
     metrics: RefCell<WorkerMetrics>,
     /// This worker's access-log buffer, when access logs are on.
     access_log: RefCell<Option<WorkerLog>>,
+    /// Where bans are reported.
+    control: Option<std::sync::mpsc::Sender<crate::admin::Control>>,
 }
 
 /// Process-wide things every worker gets at start, besides the config snapshot.
@@ -241,6 +243,8 @@ pub struct WorkerShared {
     pub rate_table: Arc<RateTable>,
     /// The access-log writer, when access logs are on.
     pub access_log: Option<std::sync::mpsc::SyncSender<LogMessage>>,
+    /// The main thread's control channel (L7-to-XDP bans).
+    pub control: Option<std::sync::mpsc::Sender<crate::admin::Control>>,
 }
 
 impl Worker {
@@ -250,6 +254,7 @@ impl Worker {
             edge_in_userspace,
             rate_table,
             access_log,
+            control,
         } = shared;
         let upstreams = RefCell::new(WorkerUpstreams::new(&snapshot.upstreams, id));
         let tls = RefCell::new(listener_tls(&snapshot)?);
@@ -276,6 +281,7 @@ impl Worker {
             token_cache,
             metrics,
             access_log: RefCell::new(access_log.map(WorkerLog::new)),
+            control,
         })
     }
 
@@ -356,6 +362,45 @@ impl Worker {
     /// Runs `f` on this worker's metric handles (never held across an await).
     pub fn metrics<R>(&self, f: impl FnOnce(&mut WorkerMetrics) -> R) -> R {
         f(&mut self.metrics.borrow_mut())
+    }
+
+    /// L7-to-XDP feedback: counts a rejected request against `ip` (global, in the rate
+    /// table) and reports a ban when the source crosses the threshold. Returns whether
+    /// the source is now banned (its connection should close). Only the peer itself can
+    /// be banned: a client behind a trusted proxy is not dropped at the edge.
+    pub fn count_rejection(
+        &self,
+        snapshot: &Snapshot,
+        ip: IpAddr,
+        peer: IpAddr,
+        status: u16,
+    ) -> bool {
+        let Some(ban) = &snapshot.config.edge.ban else {
+            return false;
+        };
+        if !ban.statuses.contains(&status) || ip != canonical_ip(peer) {
+            return false;
+        }
+        let rate = crate::ratelimit::Rate {
+            count: ban.threshold,
+            per: ban.window,
+            burst: ban.threshold,
+        };
+        let key = match ip {
+            IpAddr::V4(v4) => self.rate_table.key_hash("edge:ban", &v4.octets()),
+            IpAddr::V6(v6) => self.rate_table.key_hash("edge:ban", &v6.octets()),
+        };
+        if self
+            .rate_table
+            .check(key, &rate, self.rate_table.now_ns())
+            .allowed()
+        {
+            return false;
+        }
+        if let Some(control) = &self.control {
+            let _ = control.send(crate::admin::Control::Ban { ip, status });
+        }
+        true
     }
 
     /// Whether requests are logged.

@@ -111,23 +111,33 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     }
 
     /// The client's address: the peer, or when the peer is a trusted proxy, the last
-    /// untrusted address of `X-Forwarded-For`.
+    /// untrusted hop of `Forwarded` (RFC 7239) or, without it, of `X-Forwarded-For`.
     fn client_ip(&self, snapshot: &Snapshot) -> IpAddr {
         let peer = super::canonical_ip(self.peer.ip());
         if !snapshot.is_trusted_proxy(peer) {
             return peer;
         }
         let fields = &self.head.fields;
+        let standard = fields.get(b"forwarded").is_some();
+        let name: &[u8] = if standard {
+            b"forwarded"
+        } else {
+            b"x-forwarded-for"
+        };
         let mut client = peer;
         for i in (0..fields.len()).rev() {
-            if !fields.name(i).eq_ignore_ascii_case(b"x-forwarded-for") {
+            if !fields.name(i).eq_ignore_ascii_case(name) {
                 continue;
             }
             for hop in fields.value(i).rsplit(|&b| b == b',') {
-                let Some(ip) = std::str::from_utf8(crate::http::trim_ows(hop))
-                    .ok()
-                    .and_then(|s| s.parse::<IpAddr>().ok())
-                else {
+                let hop = crate::http::trim_ows(hop);
+                let parsed = if standard {
+                    forwarded_for(hop)
+                } else {
+                    std::str::from_utf8(hop).ok().and_then(|s| s.parse().ok())
+                };
+                // An unparsable or obfuscated hop ends what can be believed.
+                let Some(ip) = parsed else {
                     return client;
                 };
                 client = super::canonical_ip(ip);
@@ -265,7 +275,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let scheme = if bearer { "Bearer" } else { "ApiKey" };
         let _ = write!(out, "www-authenticate: {scheme} realm=\"gateway\"");
         match failure {
-            AuthFailure::Missing | AuthFailure::ConsumerNotAllowed | AuthFailure::Unavailable => {}
+            AuthFailure::Missing
+            | AuthFailure::ConsumerNotAllowed
+            | AuthFailure::ClaimMismatch
+            | AuthFailure::Unavailable => {}
             AuthFailure::InvalidToken(reason) => {
                 let _ = write!(
                     out,
@@ -419,6 +432,27 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     }
 }
 
+/// The `for=` address of one `Forwarded` element: `for=192.0.2.60`,
+/// `for="192.0.2.60:4711"`, `for="[2001:db8::1]:4711"`; `None` for `unknown`,
+/// obfuscated names and anything malformed.
+fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(element).ok()?;
+    let value = text.split(';').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("for")
+            .then_some(value.trim())
+    })?;
+    let value = value.trim_matches('"');
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    match value.split_once(':') {
+        Some((v4, _port)) => v4.parse().ok(),
+        None => value.parse().ok(),
+    }
+}
+
 /// Per-route IP lists: deny wins; a non-empty allow list admits only its members.
 fn ip_admitted(policy: &RoutePolicy, client: IpAddr) -> bool {
     let contains = |list: &[IpNet]| list.iter().any(|net| net.contains(&client));
@@ -439,4 +473,29 @@ fn origin_allowed(cors: &CorsConfig, origin: &[u8]) -> bool {
                 && origin[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
                 && ends_with(&origin[scheme.len()..], suffix.as_bytes())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_for;
+
+    #[test]
+    fn forwarded_elements_give_their_for_address() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().ok();
+        assert_eq!(
+            forwarded_for(b"for=192.0.2.60;proto=http;by=203.0.113.43"),
+            ip("192.0.2.60")
+        );
+        assert_eq!(
+            forwarded_for(b"For=\"[2001:db8:cafe::17]:4711\""),
+            ip("2001:db8:cafe::17")
+        );
+        assert_eq!(
+            forwarded_for(b"proto=https; for=\"198.51.100.17:80\""),
+            ip("198.51.100.17")
+        );
+        assert_eq!(forwarded_for(b"for=unknown"), None);
+        assert_eq!(forwarded_for(b"for=_hidden"), None);
+        assert_eq!(forwarded_for(b"by=203.0.113.43"), None);
+    }
 }

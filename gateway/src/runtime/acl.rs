@@ -105,6 +105,11 @@ impl LiveAcl {
         true
     }
 
+    /// Whether `net` is a live entry of `list`.
+    pub fn contains(&self, list: AclList, net: IpNet) -> bool {
+        self.entries.iter().any(|e| e.list == list && e.net == net)
+    }
+
     /// Removes an entry; returns whether it existed.
     pub fn remove(&mut self, list: AclList, net: IpNet) -> bool {
         let before = self.entries.len();

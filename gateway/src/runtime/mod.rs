@@ -143,10 +143,13 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
         }
         None => (None, None),
     };
+    // Signals, admin requests and bans reach the main thread as one stream of messages.
+    let (control, inbox) = std::sync::mpsc::channel();
     let shared = WorkerShared {
         edge_in_userspace,
         rate_table: rate_table.clone(),
         access_log: access_log.clone(),
+        control: Some(control.clone()),
     };
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(RuntimeError::Signals)?;
@@ -166,8 +169,6 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
         handles.push(handle);
     }
 
-    // Signals and admin requests reach this thread as one stream of control messages.
-    let (control, inbox) = std::sync::mpsc::channel();
     let signal_handle = signals.handle();
     {
         let control = control.clone();
@@ -316,6 +317,28 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
                     }
                 };
                 let _ = reply.send(answer);
+            }
+            Control::Ban { ip, status } => {
+                let net = ipnet::IpNet::from(ip);
+                let Some(ban) = current.config.edge.ban.as_ref() else {
+                    continue;
+                };
+                if live.contains(AclList::Deny, net) {
+                    continue;
+                }
+                live.add(AclList::Deny, net, Some(ban.duration), "l7-ban");
+                tracing::warn!(%ip, status, duration = ?ban.duration, "source banned at the edge after repeated rejected requests");
+                metrics::counter!("gateway_edge_bans_total").increment(1);
+                audit.record(
+                    "l7-ban",
+                    "ban",
+                    serde_json::json!({
+                        "cidr": net.to_string(),
+                        "last_status": status,
+                        "ttl_seconds": ban.duration.as_secs(),
+                    }),
+                );
+                apply_live_acl(&current, &live, xdp.as_mut(), &listeners.addrs);
             }
             Control::XdpCounters(reply) => {
                 let counters = xdp
