@@ -92,6 +92,45 @@ rate_limit = { rate = "5/s", burst = 5, key = "route" }
     assert_eq!(send_on(&mut stream, "/x", "").status, 200);
 }
 
+#[test]
+fn sliding_window_mode_admits_the_count_and_no_burst_beyond() {
+    let backend = Backend::start("app");
+    let gw = Gateway::start(&config(
+        &backend,
+        "",
+        r#"
+[[routes]]
+name = "windowed"
+upstream = "app"
+rate_limit = { rate = "10/s", key = "route", mode = "sliding_window" }
+"#,
+    ));
+    let mut stream = connect(gw.addr());
+    let statuses: Vec<u16> = (0..15)
+        .map(|_| send_on(&mut stream, "/x", "").status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    let res = send_on(&mut stream, "/x", "");
+    assert_eq!(res.status, 429);
+    assert_eq!(header_u64(&res, "ratelimit-limit"), 10);
+    assert!((1..=1).contains(&header_u64(&res, "retry-after")));
+    let bad = gateway_tests::gateway::write_config(&config(
+        &backend,
+        "",
+        "[[routes]]\nname = \"w\"\nupstream = \"app\"\nrate_limit = { rate = \"10/s\", burst = 5, mode = \"sliding_window\" }\n",
+    ));
+    let (status, _, stderr) =
+        gateway_tests::gateway::run_cli(&["check", "--config", bad.path().to_str().expect("utf8")]);
+    assert!(
+        !status.success() && stderr.contains("routes[0].rate_limit.burst"),
+        "{stderr}"
+    );
+}
+
 /// Requests from `threads` keep-alive connections for `run`; returns (admitted, elapsed
 /// from the first request to the last).
 fn hammer(

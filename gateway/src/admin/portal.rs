@@ -76,10 +76,16 @@ fn rate_limit(route: &RouteConfig) -> String {
         LimitKey::Header(h) => format!("{h} header"),
         LimitKey::Claim(c) => format!("token claim {c}"),
     };
-    format!(
-        "{}/{unit}, burst {}, per {key}",
-        spec.rate.count, spec.rate.burst
-    )
+    match spec.mode {
+        crate::ratelimit::LimitMode::Gcra => format!(
+            "{}/{unit}, burst {}, per {key}",
+            spec.rate.count, spec.rate.burst
+        ),
+        crate::ratelimit::LimitMode::SlidingWindow => format!(
+            "{}/{unit} in any sliding window, per {key}",
+            spec.rate.count
+        ),
+    }
 }
 
 /// Operations of an OpenAPI document: (method, path, summary).

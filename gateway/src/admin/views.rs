@@ -79,6 +79,10 @@ fn limit_view(spec: &LimitSpec) -> Value {
         "per_seconds": spec.rate.per.as_secs_f64(),
         "burst": spec.rate.burst,
         "key": key,
+        "mode": match spec.mode {
+            crate::ratelimit::LimitMode::Gcra => "gcra",
+            crate::ratelimit::LimitMode::SlidingWindow => "sliding_window",
+        },
     })
 }
 
@@ -211,7 +215,7 @@ pub fn rate_limit(
         LimitKey::Route => table.key_hash(&spec.name, b""),
         _ => table.key_hash(&spec.name, key.as_bytes()),
     };
-    let remaining = table.peek(hash, &spec.rate, table.now_ns());
+    let remaining = spec.peek(table, hash, table.now_ns());
     Ok(json!({
         "limit": limit_view(spec),
         "key": key,

@@ -322,6 +322,9 @@ pub struct RawRateLimit {
     /// `client_ip`, `consumer`, `route`, `header:NAME` or `claim:NAME`.
     #[serde(default = "defaults::rate_limit_key")]
     pub key: String,
+    /// `gcra` (token bucket, the default) or `sliding_window`.
+    #[serde(default = "defaults::rate_limit_mode")]
+    pub mode: String,
 }
 
 /// `cors = { ... }` of a route.
@@ -683,6 +686,9 @@ pub mod defaults {
     }
     pub fn rate_limit_key() -> String {
         "client_ip".to_owned()
+    }
+    pub fn rate_limit_mode() -> String {
+        "gcra".to_owned()
     }
     pub fn cors_methods() -> Vec<String> {
         ["GET", "HEAD", "POST"].map(str::to_owned).to_vec()

@@ -18,7 +18,7 @@ use crate::{
         jwks::RemoteJwks,
         jwt::{ClaimRules, JwtVerifier, VerificationKey, parse_algorithm},
     },
-    ratelimit::{LimitKey, LimitSpec, Rate},
+    ratelimit::{LimitKey, LimitMode, LimitSpec, Rate, SLIDING_MAX},
 };
 
 /// Name routes use for API keys in `auth`.
@@ -494,10 +494,38 @@ fn validate_rate_limit(
             return None;
         }
     };
+    let mode = match r.mode.as_str() {
+        "gcra" => LimitMode::Gcra,
+        "sliding_window" => {
+            if r.burst.is_some() {
+                problems.push(
+                    format!("{key}.burst"),
+                    "a sliding window has no burst: at most `rate` in any window",
+                );
+            }
+            if count > SLIDING_MAX || per.subsec_nanos() % 1_000_000 != 0 {
+                problems.push(
+                    format!("{key}.rate"),
+                    format!(
+                        "a sliding window counts up to {SLIDING_MAX} requests per window of whole milliseconds"
+                    ),
+                );
+            }
+            LimitMode::SlidingWindow
+        }
+        other => {
+            problems.push(
+                format!("{key}.mode"),
+                format!("{other:?}: write \"gcra\" or \"sliding_window\""),
+            );
+            return None;
+        }
+    };
     Some(LimitSpec {
         name: owner.to_owned(),
         rate: Rate { count, per, burst },
         key: limit_key,
+        mode,
     })
 }
 

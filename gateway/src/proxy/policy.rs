@@ -353,14 +353,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 identity,
                 consumer.map(|c| c.name.as_str()),
             );
-            match table.check(hash, &spec.rate, now) {
+            match spec.check(table, hash, now) {
                 Decision::Allowed {
                     remaining,
                     reset_ns,
                 } => {
                     if tightest.as_ref().is_none_or(|t| remaining < t.remaining) {
                         tightest = Some(Tightest {
-                            limit: spec.rate.limit(),
+                            limit: spec.limit(),
                             remaining,
                             reset_ns,
                         });
@@ -375,7 +375,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         out,
                         "retry-after: {}\r\nratelimit-limit: {}\r\nratelimit-remaining: 0\r\nratelimit-reset: {}\r\n",
                         ceil_secs(retry_after_ns).max(1),
-                        spec.rate.limit(),
+                        spec.limit(),
                         ceil_secs(reset_ns)
                     );
                     crate::observe::limit_rejection(&route.name, "rate");

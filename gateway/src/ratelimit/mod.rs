@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use self::{
     concurrency::{InFlight, InFlightGuard},
-    table::{Decision, RateTable},
+    table::{Decision, RateTable, SLIDING_MAX},
 };
 
 /// A configured rate: `rate` requests per `per`, with up to `burst` at once.
@@ -44,11 +44,6 @@ impl Rate {
     /// Nanoseconds between two requests at the sustained rate (at least 1).
     pub fn interval_ns(&self) -> u64 {
         (self.per.as_nanos() / u128::from(self.count.max(1))).clamp(1, u128::from(u64::MAX)) as u64
-    }
-
-    /// `RateLimit-Limit`: the burst, as RFC 9331 drafts use the quota of the window.
-    pub fn limit(&self) -> u32 {
-        self.burst
     }
 }
 
@@ -67,6 +62,17 @@ pub enum LimitKey {
     Claim(String),
 }
 
+/// How a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitMode {
+    /// GCRA (a token bucket): `burst` at once, then the sustained rate.
+    #[default]
+    Gcra,
+    /// A sliding window: at most `count` in any window of `per` (estimated from the
+    /// current and previous fixed windows), no burst beyond that.
+    SlidingWindow,
+}
+
 /// One rate limit of the config: its name (the table key space), rate and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitSpec {
@@ -74,4 +80,31 @@ pub struct LimitSpec {
     pub name: String,
     pub rate: Rate,
     pub key: LimitKey,
+    pub mode: LimitMode,
+}
+
+impl LimitSpec {
+    /// Counts one request for `key_hash` the way this limit counts.
+    pub fn check(&self, table: &RateTable, key_hash: u64, now_ns: u64) -> Decision {
+        match self.mode {
+            LimitMode::Gcra => table.check(key_hash, &self.rate, now_ns),
+            LimitMode::SlidingWindow => table.check_sliding(key_hash, &self.rate, now_ns),
+        }
+    }
+
+    /// Requests that fit now for `key_hash`, taking nothing.
+    pub fn peek(&self, table: &RateTable, key_hash: u64, now_ns: u64) -> u32 {
+        match self.mode {
+            LimitMode::Gcra => table.peek(key_hash, &self.rate, now_ns),
+            LimitMode::SlidingWindow => table.peek_sliding(key_hash, &self.rate, now_ns),
+        }
+    }
+
+    /// `RateLimit-Limit`: the burst for GCRA, the window's count for sliding windows.
+    pub fn limit(&self) -> u32 {
+        match self.mode {
+            LimitMode::Gcra => self.rate.burst,
+            LimitMode::SlidingWindow => self.rate.count,
+        }
+    }
 }

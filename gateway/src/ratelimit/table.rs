@@ -29,6 +29,23 @@ fn unpack(word: u128) -> (u64, u64) {
     ((word >> 64) as u64, word as u64)
 }
 
+/// Key-hash bit marking a sliding-window cell; GCRA keys never have it.
+const SLIDING: u64 = 1 << 63;
+/// Largest count a sliding-window cell holds per window (12 bits).
+pub const SLIDING_MAX: u32 = 4095;
+
+/// When a cell's state has no more effect (its bucket refilled, or its windows passed),
+/// in nanoseconds: what decides whether a cell is free and which is the most idle.
+fn idle_at(word: u128) -> u64 {
+    let (owner, low) = unpack(word);
+    if owner & SLIDING != 0 {
+        // A sliding cell: bits 24.. hold when its count stops counting, in milliseconds.
+        (low >> 24).saturating_mul(1_000_000)
+    } else {
+        low
+    }
+}
+
 /// [`PROBE`] cells sharing a cache line.
 #[repr(C, align(64))]
 #[derive(Default)]
@@ -94,7 +111,54 @@ impl RateTable {
         let mut hasher = self.seed.build_hasher();
         limit.hash(&mut hasher);
         key.hash(&mut hasher);
-        hasher.finish().max(1)
+        (hasher.finish() & !SLIDING).max(1)
+    }
+
+    /// Counts one request against `key_hash` in sliding-window mode: at most `rate.count`
+    /// per `rate.per`, estimated as the previous window's count weighted by how much of
+    /// it still overlaps the sliding window, plus the current window's count. Windows are
+    /// whole milliseconds (validated); counts go up to [`SLIDING_MAX`].
+    pub fn check_sliding(&self, key_hash: u64, rate: &Rate, now_ns: u64) -> Decision {
+        let key = key_hash | SLIDING;
+        let line = &self.lines[key as usize & self.mask];
+        let window = (rate.per.as_millis() as u64).max(1);
+        let limit = u64::from(rate.count.min(SLIDING_MAX));
+        let now_ms = now_ns / 1_000_000;
+        let index = now_ms / window;
+        let elapsed = now_ms - index * window;
+        let window_end_ns = ((index + 1) * window).saturating_mul(1_000_000);
+        loop {
+            let (cell, word) = choose(line, key, now_ns);
+            let (prev, cur) = sliding_counts(word, key, index, window);
+            // prev × (window − elapsed) / window + cur, compared in units of 1/window.
+            let weighted = prev * (window - elapsed) + cur * window;
+            if weighted + window > limit * window {
+                let wait_ms = if cur + 1 > limit || prev == 0 {
+                    window - elapsed
+                } else {
+                    // The previous window's weight must fall enough for one more.
+                    let excess = weighted + window - limit * window;
+                    excess.div_ceil(prev).max(1).min(window - elapsed)
+                };
+                return Decision::Limited {
+                    retry_after_ns: wait_ms.saturating_mul(1_000_000),
+                    reset_ns: window_end_ns - now_ns,
+                };
+            }
+            let stale_at_ms = (index + 2) * window;
+            let low = (stale_at_ms << 24) | (prev << 12) | (cur + 1);
+            if cell
+                .0
+                .compare_exchange(word, pack(key, low), AcqRel, Acquire)
+                .is_ok()
+            {
+                let left = (limit * window - weighted - window) / window;
+                return Decision::Allowed {
+                    remaining: left as u32,
+                    reset_ns: window_end_ns - now_ns,
+                };
+            }
+        }
     }
 
     /// Takes one request from the bucket of `key_hash` at `rate`.
@@ -134,6 +198,25 @@ impl RateTable {
         }
     }
 
+    /// Requests that fit now for `key_hash` in sliding-window mode, taking nothing.
+    pub fn peek_sliding(&self, key_hash: u64, rate: &Rate, now_ns: u64) -> u32 {
+        let key = key_hash | SLIDING;
+        let line = &self.lines[key as usize & self.mask];
+        let window = (rate.per.as_millis() as u64).max(1);
+        let limit = u64::from(rate.count.min(SLIDING_MAX));
+        let now_ms = now_ns / 1_000_000;
+        let index = now_ms / window;
+        let elapsed = now_ms - index * window;
+        let (prev, cur) = line
+            .0
+            .iter()
+            .map(|c| c.0.load(Acquire))
+            .find(|w| unpack(*w).0 == key)
+            .map_or((0, 0), |w| sliding_counts(w, key, index, window));
+        let weighted = prev * (window - elapsed) + cur * window;
+        (limit * window).saturating_sub(weighted).div_euclid(window) as u32
+    }
+
     /// The state of `key_hash` without taking anything: requests that fit now.
     pub fn peek(&self, key_hash: u64, rate: &Rate, now_ns: u64) -> u32 {
         let line = &self.lines[key_hash as usize & self.mask];
@@ -157,12 +240,27 @@ fn choose(line: &Line, key_hash: u64, now_ns: u64) -> (&Cell, u128) {
     if let Some(i) = words.iter().position(|w| unpack(*w).0 == key_hash) {
         return (&line.0[i], words[i]);
     }
-    let free = words.iter().position(|w| {
-        let (owner, tat) = unpack(*w);
-        owner == 0 || tat <= now_ns
-    });
-    let i = free.unwrap_or_else(|| (0..PROBE).min_by_key(|&i| unpack(words[i]).1).unwrap_or(0));
+    let free = words
+        .iter()
+        .position(|w| unpack(*w).0 == 0 || idle_at(*w) <= now_ns);
+    let i = free.unwrap_or_else(|| (0..PROBE).min_by_key(|&i| idle_at(words[i])).unwrap_or(0));
     (&line.0[i], words[i])
+}
+
+/// (previous, current) window counts of a sliding cell as of window `index`; a cell of
+/// another key counts as empty (it is being taken over).
+fn sliding_counts(word: u128, key: u64, index: u64, window: u64) -> (u64, u64) {
+    let (owner, low) = unpack(word);
+    if owner != key {
+        return (0, 0);
+    }
+    let stored = (low >> 24) / window - 2;
+    let (prev, cur) = ((low >> 12) & 0xFFF, low & 0xFFF);
+    match index.checked_sub(stored) {
+        Some(0) => (prev, cur),
+        Some(1) => (cur, 0),
+        _ => (0, 0),
+    }
 }
 
 #[cfg(test)]
@@ -296,6 +394,80 @@ mod tests {
             .collect();
         let refused: usize = handles.into_iter().map(|h| h.join().unwrap_or(1)).sum();
         assert_eq!(refused, 0, "a new key always gets its burst");
+    }
+
+    #[test]
+    fn sliding_windows_count_exactly_and_weigh_the_previous_one() {
+        let table = RateTable::new(64);
+        let key = table.key_hash("route:s", b"k");
+        let r = Rate {
+            count: 10,
+            per: Duration::from_secs(1),
+            burst: 10,
+        };
+        // Window [1 s, 2 s): exactly 10 fit, however fast they come.
+        let start = SECOND;
+        let admitted = (0..30)
+            .filter(|_| table.check_sliding(key, &r, start).allowed())
+            .count();
+        assert_eq!(admitted, 10);
+        assert_eq!(table.peek_sliding(key, &r, start), 0);
+        // A quarter into the next window the previous one still weighs 3/4: 10 × 0.75 =
+        // 7.5, so 2 more fit (9.5 < 10), not 3.
+        let later = 2 * SECOND + SECOND / 4;
+        let more = (0..10)
+            .filter(|_| table.check_sliding(key, &r, later).allowed())
+            .count();
+        assert_eq!(more, 2);
+        // Two windows later nothing of it is left.
+        assert_eq!(table.peek_sliding(key, &r, 4 * SECOND), 10);
+        // The GCRA cells of the same key are separate.
+        assert!(table.check(key, &r, start).allowed());
+    }
+
+    #[test]
+    fn a_limited_sliding_answer_says_when_to_retry() {
+        let table = RateTable::new(16);
+        let key = table.key_hash("route:s", b"k");
+        let r = Rate {
+            count: 2,
+            per: Duration::from_secs(10),
+            burst: 2,
+        };
+        let at = 10 * SECOND + 4 * SECOND;
+        assert!(table.check_sliding(key, &r, at).allowed());
+        assert!(table.check_sliding(key, &r, at).allowed());
+        let Decision::Limited {
+            retry_after_ns,
+            reset_ns,
+        } = table.check_sliding(key, &r, at)
+        else {
+            panic!("the third is refused");
+        };
+        assert_eq!(retry_after_ns, 6 * SECOND, "the window ends in 6 s");
+        assert_eq!(reset_ns, 6 * SECOND);
+    }
+
+    proptest! {
+        /// In every aligned window, sliding mode admits at most the limit.
+        #[test]
+        fn sliding_admissions_never_exceed_the_limit_per_window(
+            count in 1u32..50,
+            gaps in proptest::collection::vec(0u64..SECOND / 20, 1..400),
+        ) {
+            let table = RateTable::new(16);
+            let key = table.key_hash("p", b"k");
+            let r = Rate { count, per: Duration::from_secs(1), burst: count };
+            let mut now = SECOND;
+            let mut per_window = std::collections::HashMap::new();
+            for gap in gaps {
+                now += gap;
+                if table.check_sliding(key, &r, now).allowed() {
+                    *per_window.entry(now / SECOND).or_insert(0u32) += 1;
+                }
+            }
+            prop_assert!(per_window.values().all(|&n| n <= count));
+        }
     }
 
     proptest! {
