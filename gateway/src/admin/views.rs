@@ -147,10 +147,19 @@ pub fn upstreams(snapshot: &Snapshot) -> Value {
                 Balance::P2cEwma => "p2c_ewma",
                 Balance::ConsistentHash(_) => "consistent_hash",
             };
+            let first = snapshot.upstreams.entries[i].first_target;
+            let health = &snapshot.upstreams.health;
             let targets: Vec<Value> = u
                 .targets
                 .iter()
-                .map(|t| json!({ "addr": t.addr.to_string(), "weight": t.weight }))
+                .enumerate()
+                .map(|(t, target)| {
+                    json!({
+                        "addr": target.addr.to_string(),
+                        "weight": target.weight,
+                        "state": health.state(first + t),
+                    })
+                })
                 .collect();
             let in_flight = snapshot.upstream_in_flight[i]
                 .as_ref()

@@ -130,10 +130,36 @@ pub struct UpstreamConfig {
     pub max_idle_per_target: usize,
     /// Most requests in flight at once, all workers together (503 beyond).
     pub max_in_flight: Option<u32>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub outlier: Option<OutlierConfig>,
+    /// Below this share of available targets, every target is used.
+    pub panic_threshold: f64,
     /// How long an idle pooled connection may be reused.
     pub idle_timeout: Duration,
     /// TLS towards the targets, when configured.
     pub tls: Option<crate::tls::UpstreamTls>,
+}
+
+/// Active health checks of an upstream's targets.
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    /// HTTP path to GET; `None`: a TCP connect is the check.
+    pub path: Option<String>,
+    pub host: Option<String>,
+    /// Healthy statuses; empty means 200-399.
+    pub expect: Vec<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy: u32,
+    pub unhealthy: u32,
+}
+
+/// Passive outlier ejection of an upstream's targets.
+#[derive(Debug, Clone)]
+pub struct OutlierConfig {
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
 }
 
 /// One backend.

@@ -228,6 +228,13 @@ pub struct RawUpstream {
     pub max_idle_per_target: usize,
     /// Most requests to this upstream in flight at once, across all workers.
     pub max_in_flight: Option<u32>,
+    /// Active health checks of every target.
+    pub health_check: Option<RawHealthCheck>,
+    /// Passive outlier ejection.
+    pub outlier: Option<RawOutlier>,
+    /// Below this share of available targets, health is ignored (all targets used).
+    #[serde(default = "defaults::panic_threshold")]
+    pub panic_threshold: f64,
     #[serde(
         default = "defaults::pool_idle_timeout",
         deserialize_with = "human_duration"
@@ -243,6 +250,49 @@ pub struct RawUpstream {
     /// Accept any certificate (labs only; logged loudly).
     #[serde(default)]
     pub tls_insecure_skip_verify: bool,
+}
+
+/// `health_check = { … }` of an upstream: an HTTP GET (with `path`) or a TCP connect.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<String>,
+    /// Host header of the probe (the target's address otherwise).
+    pub host: Option<String>,
+    /// Statuses that count as healthy (200-399 when empty).
+    #[serde(default)]
+    pub expect: Vec<u16>,
+    #[serde(
+        default = "defaults::health_interval",
+        deserialize_with = "human_duration"
+    )]
+    pub interval: Duration,
+    #[serde(
+        default = "defaults::health_timeout",
+        deserialize_with = "human_duration"
+    )]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a target back.
+    #[serde(default = "defaults::health_threshold")]
+    pub healthy: u32,
+    /// Consecutive failures that take it out.
+    #[serde(default = "defaults::health_threshold")]
+    pub unhealthy: u32,
+}
+
+/// `outlier = { … }` of an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    #[serde(default = "defaults::outlier_failures")]
+    pub consecutive_failures: u32,
+    #[serde(
+        default = "defaults::outlier_base",
+        deserialize_with = "human_duration"
+    )]
+    pub base_ejection: Duration,
+    #[serde(default = "defaults::outlier_max", deserialize_with = "human_duration")]
+    pub max_ejection: Duration,
 }
 
 /// One backend of an upstream.
@@ -671,6 +721,27 @@ pub mod defaults {
     }
     pub fn pool_idle_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn panic_threshold() -> f64 {
+        0.5
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn health_threshold() -> u32 {
+        2
+    }
+    pub fn outlier_failures() -> u32 {
+        5
+    }
+    pub fn outlier_base() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn outlier_max() -> Duration {
+        Duration::from_secs(300)
     }
     pub fn weight() -> u32 {
         1

@@ -623,6 +623,45 @@ fn validate_upstream(
         write_timeout: u.write_timeout,
         max_idle_per_target: u.max_idle_per_target,
         max_in_flight: u.max_in_flight,
+        health_check: u.health_check.as_ref().map(|h| {
+            if let Some(path) = &h.path {
+                check_path(&format!("{key}.health_check.path"), path, problems);
+            }
+            if h.interval.is_zero() || h.timeout.is_zero() || h.healthy == 0 || h.unhealthy == 0 {
+                problems.push(
+                    format!("{key}.health_check"),
+                    "interval, timeout, healthy and unhealthy must be above zero",
+                );
+            }
+            crate::config::HealthCheckConfig {
+                path: h.path.clone(),
+                host: h.host.clone(),
+                expect: h.expect.clone(),
+                interval: h.interval,
+                timeout: h.timeout,
+                healthy: h.healthy,
+                unhealthy: h.unhealthy,
+            }
+        }),
+        outlier: u.outlier.as_ref().map(|o| {
+            if o.consecutive_failures == 0 || o.base_ejection.is_zero() {
+                problems.push(
+                    format!("{key}.outlier"),
+                    "consecutive_failures and base_ejection must be above zero",
+                );
+            }
+            crate::config::OutlierConfig {
+                consecutive_failures: o.consecutive_failures,
+                base_ejection: o.base_ejection,
+                max_ejection: o.max_ejection.max(o.base_ejection),
+            }
+        }),
+        panic_threshold: if (0.0..=1.0).contains(&u.panic_threshold) {
+            u.panic_threshold
+        } else {
+            problems.push(format!("{key}.panic_threshold"), "a share between 0 and 1");
+            0.5
+        },
         idle_timeout: u.idle_timeout,
         tls: validate_upstream_tls(base, &key, u, problems),
     }

@@ -86,14 +86,20 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let generation = worker.generation();
         let mut excluded = None;
         let mut fresh_only = false;
+        let health = &snapshot.upstreams.health;
         loop {
+            // Healthy targets only (unless the upstream is in panic), never the one a
+            // retry moves away from.
+            let healthy =
+                crate::upstream::health::availability(health, config, upstream.first_target);
+            let allowed = |i: usize| Some(i) != excluded && healthy.as_ref().is_none_or(|ok| ok(i));
             let target = worker
                 .upstream_state(generation, |state| {
                     state.balancers[upstream_index].pick(
                         config,
                         upstream.maglev.as_ref(),
                         key_hash,
-                        excluded,
+                        &allowed,
                     )
                 })
                 .flatten()
@@ -131,6 +137,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         stream
                     }
                     Err(error) => {
+                        self.target_outcome(health, config, global, false);
                         let can_retry = excluded.is_none()
                             && config.targets.len() > 1
                             && self.head.is_idempotent();
@@ -161,6 +168,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     upstream_reusable,
                     keep_alive,
                 }) => {
+                    let failed = matches!(self.response.status, 502..=504);
+                    self.target_outcome(health, config, global, !failed);
                     if upstream_reusable {
                         worker.upstream_state(generation, |state| {
                             state.pool.put(global, stream, config.max_idle_per_target)
@@ -169,6 +178,16 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     return Ok(keep_alive);
                 }
                 Err(ExchangeError { error, retry_fresh }) => {
+                    let upstream_fault = matches!(
+                        error,
+                        ProxyError::UpstreamTimeout
+                            | ProxyError::UpstreamIo(_)
+                            | ProxyError::UpstreamClosed
+                            | ProxyError::UpstreamFraming(_)
+                    );
+                    if upstream_fault && !(reused && retry_fresh) {
+                        self.target_outcome(health, config, global, false);
+                    }
                     // A pooled connection the upstream had already closed: the request
                     // never reached it, so an idempotent one is resent on a fresh one.
                     if reused && retry_fresh && !fresh_only && self.head.is_idempotent() {
@@ -180,6 +199,30 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     return Err(error);
                 }
             }
+        }
+    }
+
+    /// Passive outlier detection: tells the shared health table how target `global` did.
+    fn target_outcome(
+        &self,
+        health: &crate::upstream::health::Health,
+        config: &UpstreamConfig,
+        global: usize,
+        success: bool,
+    ) {
+        let Some(outlier) = &config.outlier else {
+            return;
+        };
+        let now = health.now_ms();
+        if success {
+            health.record_success(global, outlier, now);
+        } else if let Some(backoff) = health.record_failure(global, outlier, now) {
+            tracing::warn!(
+                upstream = %config.name,
+                target = ?self.target,
+                ?backoff,
+                "target ejected after consecutive failures"
+            );
         }
     }
 

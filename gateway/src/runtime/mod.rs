@@ -476,6 +476,12 @@ fn reload(
     }
     let next = Arc::new(Snapshot::new(config));
     next.adopt_remote_keys(current);
+    // Targets that stay keep their health (no flapping back into rotation on reload).
+    next.upstreams.health.adopt(
+        &next.upstreams.target_ids(),
+        &current.upstreams.health,
+        &current.upstreams.target_ids(),
+    );
     // Live ACL entries outlive reloads.
     next.edge
         .store(Arc::new(EdgePolicy::new(&live.merged(&next.config.edge))));
@@ -648,11 +654,22 @@ async fn accept_loop(
     active: Rc<Cell<usize>>,
     listener_index: usize,
 ) {
+    // Draining cancels the pending accept through io_uring and still awaits it: an accept
+    // that completed in the same instant yields its connection (served, and closed after
+    // one answer) instead of leaking an accepted socket nobody reads. That matters on a
+    // binary upgrade, where the new process keeps accepting on the same sockets.
+    let canceller = monoio::io::Canceller::new();
+    let cancel = canceller.handle();
+    let drain = worker.clone();
+    monoio::spawn(async move {
+        drain.drain.wait().await;
+        canceller.cancel();
+    });
     loop {
-        let accepted = monoio::select! {
-            accepted = listener.accept() => accepted,
-            () = worker.drain.wait() => return,
-        };
+        let accepted = listener.cancelable_accept(cancel.clone()).await;
+        if accepted.is_err() && worker.drain.is_draining() {
+            return;
+        }
         match accepted {
             Ok((stream, peer)) => {
                 if !worker.admit_source(peer.ip()) {

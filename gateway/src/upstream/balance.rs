@@ -35,22 +35,22 @@ impl BalancerState {
         }
     }
 
-    /// Picks a target, never `exclude` when another exists.
+    /// Picks a target among those `allowed` says may be used (not excluded for a
+    /// retry, not ejected by health checks).
     pub fn pick(
         &mut self,
         upstream: &UpstreamConfig,
         maglev: Option<&Maglev>,
         key_hash: Option<u64>,
-        exclude: Option<usize>,
+        allowed: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
         let n = upstream.targets.len();
         if n == 0 {
             return None;
         }
         if n == 1 {
-            return Some(0);
+            return allowed(0).then_some(0);
         }
-        let allowed = |i: usize| Some(i) != exclude;
         match &upstream.balance {
             Balance::RoundRobin => {
                 let mut total = 0i64;
@@ -83,8 +83,8 @@ impl BalancerState {
                     })
             }
             Balance::P2cEwma => {
-                let a = self.random_except(n, exclude, None)?;
-                let Some(b) = self.random_except(n, exclude, Some(a)) else {
+                let a = self.random_where(n, allowed)?;
+                let Some(b) = self.random_where(n, |i| i != a && allowed(i)) else {
                     return Some(a);
                 };
                 let score = |i: usize| {
@@ -96,35 +96,22 @@ impl BalancerState {
             Balance::ConsistentHash(_) => {
                 let maglev = maglev?;
                 let hash = key_hash.unwrap_or_else(|| self.rng.u64(..));
-                match exclude {
-                    Some(excluded) => maglev.lookup_excluding(hash, excluded),
-                    None => maglev.lookup(hash),
-                }
+                maglev.lookup_where(hash, allowed)
             }
         }
     }
 
-    /// A uniformly random index in `0..n` other than `skip_a` and `skip_b`.
-    fn random_except(
-        &mut self,
-        n: usize,
-        skip_a: Option<usize>,
-        skip_b: Option<usize>,
-    ) -> Option<usize> {
-        let (low, high) = match (skip_a, skip_b) {
-            (Some(x), Some(y)) if x != y => (Some(x.min(y)), Some(x.max(y))),
-            (Some(x), _) | (None, Some(x)) => (Some(x), None),
-            (None, None) => (None, None),
-        };
-        let skipped = usize::from(low.is_some()) + usize::from(high.is_some());
-        let choices = n.checked_sub(skipped).filter(|&c| c > 0)?;
-        let mut i = self.rng.usize(..choices);
-        for skip in [low, high].into_iter().flatten() {
-            if i >= skip {
-                i += 1;
+    /// A random index in `0..n` that `ok` accepts: a few random draws, then a scan
+    /// from a random start (so the common case costs one draw and no allocation).
+    fn random_where(&mut self, n: usize, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        for _ in 0..4 {
+            let i = self.rng.usize(..n);
+            if ok(i) {
+                return Some(i);
             }
         }
-        Some(i)
+        let start = self.rng.usize(..n);
+        (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
     }
 
     /// A request to `target` started.
@@ -171,6 +158,9 @@ mod tests {
             write_timeout: Duration::from_secs(1),
             max_idle_per_target: 1,
             max_in_flight: None,
+            health_check: None,
+            outlier: None,
+            panic_threshold: 0.5,
             idle_timeout: Duration::from_secs(1),
             tls: None,
         }
@@ -196,12 +186,12 @@ mod tests {
         let mut state = BalancerState::new(4, 1);
         let mut counts = [0; 4];
         for _ in 0..10_000 {
-            counts[state.pick(&up, None, None, None).expect("target")] += 1;
+            counts[state.pick(&up, None, None, &|_| true).expect("target")] += 1;
         }
         assert_shares(&counts, &weights, 0.001);
         // Smooth: the heavy target never runs more than its weight in a row.
         let picks: Vec<usize> = (0..20)
-            .map(|_| state.pick(&up, None, None, None).expect("target"))
+            .map(|_| state.pick(&up, None, None, &|_| true).expect("target"))
             .collect();
         assert!(
             picks
@@ -219,7 +209,7 @@ mod tests {
         let mut counts = [0; 3];
         // Hold every request open: picks must balance in-flight counts by weight.
         for _ in 0..10_000 {
-            let t = state.pick(&up, None, None, None).expect("target");
+            let t = state.pick(&up, None, None, &|_| true).expect("target");
             state.started(t);
             counts[t] += 1;
         }
@@ -232,7 +222,7 @@ mod tests {
         let mut state = BalancerState::new(3, 7);
         let mut counts = [0; 3];
         for _ in 0..10_000 {
-            let t = state.pick(&up, None, None, None).expect("target");
+            let t = state.pick(&up, None, None, &|_| true).expect("target");
             state.started(t);
             let latency = if t == 2 { 50_000 } else { 1_000 };
             state.finished(t, Some(Duration::from_micros(latency)));
@@ -243,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn exclusion_is_honoured_by_every_algorithm() {
+    fn unavailable_targets_are_never_picked_by_any_algorithm() {
         for balance in [
             Balance::RoundRobin,
             Balance::LeastConn,
@@ -259,10 +249,18 @@ mod tests {
                     &up,
                     Some(&maglev),
                     Some(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-                    Some(1),
+                    &|i| i != 1,
                 );
                 assert_ne!(t, Some(1), "{balance:?}");
                 assert!(t.is_some(), "{balance:?}");
+                // With every target but one out, that one is always chosen.
+                let only = state.pick(
+                    &up,
+                    Some(&maglev),
+                    Some(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                    &|i| i == 2,
+                );
+                assert_eq!(only, Some(2), "{balance:?}");
             }
         }
     }

@@ -85,12 +85,16 @@ impl Maglev {
         Some(self.table[(hash % self.table.len() as u64) as usize] as usize)
     }
 
-    /// The target for `hash`, skipping `exclude` by walking to the next slots.
-    pub fn lookup_excluding(&self, hash: u64, exclude: usize) -> Option<usize> {
+    /// The target for `hash` among those `ok` accepts, walking to the next slots past
+    /// the others (so keys of a usable target never move).
+    pub fn lookup_where(&self, hash: u64, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
         let len = self.table.len();
+        if len == 0 {
+            return None;
+        }
         (0..len.min(4096))
             .map(|step| self.table[((hash % len as u64) as usize + step) % len] as usize)
-            .find(|&t| t != exclude)
+            .find(|&t| ok(t))
     }
 }
 

@@ -3,6 +3,7 @@
 //! ([`WorkerUpstreams`]: balancer state, keep-alive pools, connection counters).
 
 pub mod balance;
+pub mod health;
 pub mod maglev;
 pub mod pool;
 pub mod stream;
@@ -48,13 +49,28 @@ pub struct Upstreams {
     pub entries: Vec<UpstreamEntry>,
     /// Total targets across upstreams.
     pub target_count: usize,
+    /// Every target's health, shared by all workers.
+    pub health: std::sync::Arc<health::Health>,
 }
 
 impl Upstreams {
+    /// (upstream name, address) of every target, in global order.
+    pub fn target_ids(&self) -> Vec<(String, SocketAddr)> {
+        self.entries
+            .iter()
+            .flat_map(|e| {
+                e.config
+                    .targets
+                    .iter()
+                    .map(|t| (e.config.name.clone(), t.addr))
+            })
+            .collect()
+    }
+
     /// Builds the shared tables for `config`.
     pub fn new(config: &Config) -> Self {
         let mut first_target = 0;
-        let entries = config
+        let entries: Vec<UpstreamEntry> = config
             .upstreams
             .iter()
             .map(|u| {
@@ -72,9 +88,18 @@ impl Upstreams {
                 entry
             })
             .collect();
+        let health = std::sync::Arc::new(health::Health::new(first_target));
+        health::start_checker(
+            &health,
+            entries
+                .iter()
+                .map(|e: &UpstreamEntry| (e.first_target, e.config.clone()))
+                .collect(),
+        );
         Self {
             entries,
             target_count: first_target,
+            health,
         }
     }
 }
