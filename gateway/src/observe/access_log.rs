@@ -149,6 +149,9 @@ pub struct WorkerLog {
     tx: SyncSender<LogMessage>,
     /// Buffers dropped because the writer was behind.
     pub dropped: u64,
+    /// The current second as `2026-11-27T17:10:03`, formatted once per second.
+    second: u64,
+    second_text: String,
 }
 
 impl WorkerLog {
@@ -158,11 +161,22 @@ impl WorkerLog {
             buf: Vec::with_capacity(FLUSH_AT + 4096),
             tx,
             dropped: 0,
+            second: u64::MAX,
+            second_text: String::new(),
         }
     }
 
     /// Appends the line for `entry` with the fields in `fields`.
     pub fn record(&mut self, entry: &Entry<'_>, fields: u32) {
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        if fields & 1 != 0 && now.as_secs() != self.second {
+            self.second = now.as_secs();
+            let text = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + now).to_string();
+            self.second_text = text.trim_end_matches('Z').to_owned();
+        }
+        let millis = now.subsec_millis();
         let out = &mut self.buf;
         out.push(b'{');
         let mut first = true;
@@ -177,7 +191,20 @@ impl WorkerLog {
             out.push(b'"');
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b"\":");
-            write_field(out, bit, entry);
+            if bit == 0 {
+                out.push(b'"');
+                out.extend_from_slice(self.second_text.as_bytes());
+                out.extend_from_slice(&[
+                    b'.',
+                    b'0' + (millis / 100) as u8,
+                    b'0' + (millis / 10 % 10) as u8,
+                    b'0' + (millis % 10) as u8,
+                    b'Z',
+                    b'"',
+                ]);
+            } else {
+                write_field(out, bit, entry);
+            }
         }
         out.extend_from_slice(b"}\n");
         if self.buf.len() >= FLUSH_AT {
@@ -199,6 +226,16 @@ impl WorkerLog {
 }
 
 fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+    // The common case (printable ASCII, nothing to escape) is copied as is.
+    if bytes
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let text = String::from_utf8_lossy(bytes);
     // Serializing a string cannot fail.
     let _ = serde_json::to_writer(&mut *out, text.as_ref());
@@ -220,47 +257,40 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
     ]);
 }
 
+/// Every field but `time` (written by [`WorkerLog::record`] from its per-second cache),
+/// by its position in [`FIELDS`].
 fn write_field(out: &mut Vec<u8>, bit: usize, e: &Entry<'_>) {
-    match FIELDS[bit] {
-        "time" => {
-            out.push(b'"');
-            let _ = write!(
-                out,
-                "{}",
-                humantime::format_rfc3339_millis(SystemTime::now())
-            );
-            out.push(b'"');
-        }
-        "request_id" => string(out, e.request_id),
-        "client" => {
+    match bit {
+        1 => string(out, e.request_id),
+        2 => {
             let _ = write!(out, "\"{}\"", e.client);
         }
-        "method" => string(out, e.method),
-        "host" => string(out, e.host),
-        "path" => string(out, e.path),
-        "route" => match e.route {
+        3 => string(out, e.method),
+        4 => string(out, e.host),
+        5 => string(out, e.path),
+        6 => match e.route {
             Some(route) => string(out, route.as_bytes()),
             None => out.extend_from_slice(b"null"),
         },
-        "upstream" => match e.upstream {
+        7 => match e.upstream {
             Some(addr) => {
                 let _ = write!(out, "\"{addr}\"");
             }
             None => out.extend_from_slice(b"null"),
         },
-        "status" => number(out, u64::from(e.status)),
-        "bytes_in" => number(out, e.bytes_in),
-        "bytes_out" => number(out, e.bytes_out),
-        "duration_ms" => millis(out, e.duration),
-        "upstream_ms" => match e.upstream_duration {
+        8 => number(out, u64::from(e.status)),
+        9 => number(out, e.bytes_in),
+        10 => number(out, e.bytes_out),
+        11 => millis(out, e.duration),
+        12 => match e.upstream_duration {
             Some(d) => millis(out, d),
             None => out.extend_from_slice(b"null"),
         },
-        "consumer" => match e.consumer {
+        13 => match e.consumer {
             Some(c) => string(out, c.as_bytes()),
             None => out.extend_from_slice(b"null"),
         },
-        "scheme" => string(out, e.scheme.as_bytes()),
+        14 => string(out, e.scheme.as_bytes()),
         _ => number(out, e.worker as u64),
     }
 }
@@ -304,6 +334,9 @@ mod tests {
         assert_eq!(full["duration_ms"], 1.234);
         assert_eq!(full["upstream_ms"], serde_json::Value::Null);
         assert_eq!(full["upstream"], "127.0.0.1:9000");
+        let time = full["time"].as_str().expect("time");
+        assert_eq!(time.len(), 24, "{time}");
+        assert!(time.ends_with('Z') && time.as_bytes()[19] == b'.', "{time}");
         assert_eq!(full.as_object().map(|o| o.len()), Some(FIELDS.len()));
         let some: serde_json::Value =
             serde_json::from_str(lines.next().expect("line")).expect("json");
