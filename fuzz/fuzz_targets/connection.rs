@@ -145,6 +145,7 @@ fuzz_target!(|data: &[u8]| {
                     rate_table,
                     access_log: None,
                     control: None,
+                    takeover_started: None,
                 },
             )
             .expect("worker"),

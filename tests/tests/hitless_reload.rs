@@ -16,7 +16,7 @@ use std::{
 
 use gateway_tests::{
     backend::Backend,
-    client::{connect, get, read_response, request},
+    client::{connect, read_response, request},
     gateway::Gateway,
 };
 
@@ -140,7 +140,20 @@ fn a_binary_upgrade_under_load_loses_nothing() {
     // The new process offers the same hand-off for the next upgrade.
     let newer = Gateway::start_with(&config, &["--takeover"]);
     assert_eq!(newer.addrs, new.addrs);
-    assert_eq!(get(newer.addr(), "a", "/x").status, 200);
+    let mut stream = connect(newer.addr());
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(stream, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n").expect("send");
+    let mut first = [0u8; 12];
+    let read = std::io::Read::read(&mut stream, &mut first);
+    assert!(
+        matches!(read, Ok(12)) && first.starts_with(b"HTTP/1.1 200"),
+        "{read:?} {:?}\n--- previous process:\n{}\n--- new process:\n{}",
+        String::from_utf8_lossy(&first),
+        new.log(),
+        newer.log()
+    );
 }
 
 #[test]

@@ -232,6 +232,8 @@ pub struct Worker {
     access_log: RefCell<Option<WorkerLog>>,
     /// Where bans are reported.
     control: Option<std::sync::mpsc::Sender<crate::admin::Control>>,
+    /// When this process took its listeners over (binary upgrade), if it did.
+    pub takeover_started: Option<std::time::Instant>,
 }
 
 /// Process-wide things every worker gets at start, besides the config snapshot.
@@ -245,6 +247,8 @@ pub struct WorkerShared {
     pub access_log: Option<std::sync::mpsc::SyncSender<LogMessage>>,
     /// The main thread's control channel (L7-to-XDP bans).
     pub control: Option<std::sync::mpsc::Sender<crate::admin::Control>>,
+    /// When this process took the listeners over from a running gateway.
+    pub takeover_started: Option<std::time::Instant>,
 }
 
 impl Worker {
@@ -255,6 +259,7 @@ impl Worker {
             rate_table,
             access_log,
             control,
+            takeover_started,
         } = shared;
         let upstreams = RefCell::new(WorkerUpstreams::new(&snapshot.upstreams, id));
         let tls = RefCell::new(listener_tls(&snapshot)?);
@@ -282,6 +287,7 @@ impl Worker {
             metrics,
             access_log: RefCell::new(access_log.map(WorkerLog::new)),
             control,
+            takeover_started,
         })
     }
 

@@ -150,6 +150,7 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
         rate_table: rate_table.clone(),
         access_log: access_log.clone(),
         control: Some(control.clone()),
+        takeover_started: takeover.as_ref().map(|_| Instant::now()),
     };
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(RuntimeError::Signals)?;
@@ -648,6 +649,10 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// How long after a takeover the accept is re-armed, and how often.
+const TAKEOVER_REARM_WINDOW: Duration = Duration::from_secs(3);
+const TAKEOVER_REARM: Duration = Duration::from_millis(50);
+
 async fn accept_loop(
     listener: monoio::net::TcpListener,
     worker: Rc<Worker>,
@@ -656,17 +661,26 @@ async fn accept_loop(
 ) {
     // Draining cancels the pending accept through io_uring and still awaits it: an accept
     // that completed in the same instant yields its connection (served, and closed after
-    // one answer) instead of leaking an accepted socket nobody reads. That matters on a
-    // binary upgrade, where the new process keeps accepting on the same sockets.
-    let canceller = monoio::io::Canceller::new();
-    let cancel = canceller.handle();
-    let drain = worker.clone();
-    monoio::spawn(async move {
-        drain.drain.wait().await;
-        canceller.cancel();
-    });
+    // one answer) instead of leaking an accepted socket nobody reads. After a binary
+    // upgrade takeover, the pending accept is also re-armed every 50 ms for a few
+    // seconds: a wakeup the draining process's cancelled accept swallowed would otherwise
+    // leave a connection queued until the next one arrives.
+    let rearm_until = worker.takeover_started.map(|t| t + TAKEOVER_REARM_WINDOW);
     loop {
-        let accepted = listener.cancelable_accept(cancel.clone()).await;
+        let canceller = monoio::io::Canceller::new();
+        let mut accept = std::pin::pin!(listener.cancelable_accept(canceller.handle()));
+        let rearm = rearm_until.is_some_and(|until| Instant::now() < until);
+        let accepted = monoio::select! {
+            accepted = &mut accept => accepted,
+            () = worker.drain.wait() => {
+                canceller.cancel();
+                accept.await
+            }
+            () = monoio::time::sleep(TAKEOVER_REARM), if rearm => {
+                canceller.cancel();
+                accept.await
+            }
+        };
         if accepted.is_err() && worker.drain.is_draining() {
             return;
         }
@@ -745,6 +759,8 @@ async fn accept_loop(
                     drop(guard);
                 });
             }
+            // A re-armed accept (after a takeover) was cancelled: arm it again.
+            Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(worker = worker.id, %error, "accept failed");
