@@ -18,11 +18,16 @@ fn gateway(backend: &Backend, xdp: &str) -> Gateway {
 /// Sends a GET from `source`; `Some(status)` when served, `None` when the gateway closed
 /// the connection without answering.
 fn status_from(source: &str, gw: &Gateway) -> Option<u16> {
+    status_of_path_from(source, gw, "/")
+}
+
+/// Like [`status_from`], for `path`.
+fn status_of_path_from(source: &str, gw: &Gateway, path: &str) -> Option<u16> {
     let source: IpAddr = source.parse().expect("source ip");
     let mut stream = client::connect_from(source, gw.addr())
         .expect("TCP connect (the kernel accepts before the policy runs)");
     if stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
         .is_err()
     {
         return None;
@@ -32,6 +37,22 @@ fn status_from(source: &str, gw: &Gateway) -> Option<u16> {
         Ok(n) if n >= 12 => std::str::from_utf8(&first[9..12]).ok()?.parse().ok(),
         _ => None,
     }
+}
+
+/// The actions of the audit trail, oldest first, and the whole document.
+fn audit_actions(gw: &Gateway, token: &str) -> (Vec<String>, serde_json::Value) {
+    let audit = client::request(
+        gw.admin.expect("admin API"),
+        &format!("GET /audit HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\r\n"),
+    )
+    .json();
+    let actions = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str().map(str::to_owned))
+        .collect();
+    (actions, audit)
 }
 
 #[test]
@@ -199,17 +220,7 @@ fn live_acl_entries_apply_at_once_expire_and_survive_reloads() {
     let (ok, out) = acl(&["deny", "add", "127.0.0.1/8"]);
     assert!(!ok && out.contains("host bits"), "{out}");
 
-    let audit = gateway_tests::client::request(
-        gw.admin.expect("admin"),
-        "GET /audit HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer acl-token\r\n\r\n",
-    )
-    .json();
-    let actions: Vec<&str> = audit["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter_map(|e| e["action"].as_str())
-        .collect();
+    let (actions, audit) = audit_actions(&gw, "acl-token");
     assert_eq!(
         actions,
         ["acl_add", "acl_add", "reload", "acl_expire", "acl_remove"],
@@ -230,44 +241,32 @@ fn repeated_rejections_ban_the_source_for_a_while() {
         token.path().display(),
         backend.addr
     ));
-    let get_from = |source: &str, path: &str| -> Option<u16> {
-        let source: IpAddr = source.parse().expect("source ip");
-        let mut stream = client::connect_from(source, gw.addr()).ok()?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
-            .ok()?;
-        let mut first = [0u8; 12];
-        match stream.read(&mut first) {
-            Ok(12) => std::str::from_utf8(&first[9..12]).ok()?.parse().ok(),
-            _ => None,
-        }
-    };
     for _ in 0..5 {
-        assert_eq!(get_from("127.0.0.21", "/private/x"), Some(401));
+        assert_eq!(
+            status_of_path_from("127.0.0.21", &gw, "/private/x"),
+            Some(401)
+        );
     }
     // The next rejection crosses the threshold: this connection is answered, then the
     // source is refused at accept.
-    assert_eq!(get_from("127.0.0.21", "/private/x"), Some(401));
+    assert_eq!(
+        status_of_path_from("127.0.0.21", &gw, "/private/x"),
+        Some(401)
+    );
     gw.wait_for_log("source banned at the edge");
     std::thread::sleep(std::time::Duration::from_millis(50));
-    assert_eq!(get_from("127.0.0.21", "/"), None, "banned");
-    assert_eq!(get_from("127.0.0.22", "/"), Some(200), "others are not");
+    assert_eq!(status_of_path_from("127.0.0.21", &gw, "/"), None, "banned");
+    assert_eq!(
+        status_of_path_from("127.0.0.22", &gw, "/"),
+        Some(200),
+        "others are not"
+    );
     std::thread::sleep(std::time::Duration::from_millis(3200));
     assert_eq!(
-        get_from("127.0.0.21", "/"),
+        status_of_path_from("127.0.0.21", &gw, "/"),
         Some(200),
         "the ban lifted by itself"
     );
-    let audit = client::request(
-        gw.admin.expect("admin"),
-        "GET /audit HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ban-token\r\n\r\n",
-    )
-    .json();
-    let actions: Vec<&str> = audit["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter_map(|e| e["action"].as_str())
-        .collect();
+    let (actions, audit) = audit_actions(&gw, "ban-token");
     assert_eq!(actions, ["ban", "acl_expire"], "{audit}");
 }

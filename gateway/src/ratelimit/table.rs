@@ -119,13 +119,14 @@ impl RateTable {
     /// it still overlaps the sliding window, plus the current window's count. Windows are
     /// whole milliseconds (validated); counts go up to [`SLIDING_MAX`].
     pub fn check_sliding(&self, key_hash: u64, rate: &Rate, now_ns: u64) -> Decision {
-        let key = key_hash | SLIDING;
+        let SlidingAt {
+            key,
+            window,
+            limit,
+            index,
+            elapsed,
+        } = SlidingAt::new(key_hash, rate, now_ns);
         let line = &self.lines[key as usize & self.mask];
-        let window = (rate.per.as_millis() as u64).max(1);
-        let limit = u64::from(rate.count.min(SLIDING_MAX));
-        let now_ms = now_ns / 1_000_000;
-        let index = now_ms / window;
-        let elapsed = now_ms - index * window;
         let window_end_ns = ((index + 1) * window).saturating_mul(1_000_000);
         loop {
             let (cell, word) = choose(line, key, now_ns);
@@ -200,13 +201,14 @@ impl RateTable {
 
     /// Requests that fit now for `key_hash` in sliding-window mode, taking nothing.
     pub fn peek_sliding(&self, key_hash: u64, rate: &Rate, now_ns: u64) -> u32 {
-        let key = key_hash | SLIDING;
+        let SlidingAt {
+            key,
+            window,
+            limit,
+            index,
+            elapsed,
+        } = SlidingAt::new(key_hash, rate, now_ns);
         let line = &self.lines[key as usize & self.mask];
-        let window = (rate.per.as_millis() as u64).max(1);
-        let limit = u64::from(rate.count.min(SLIDING_MAX));
-        let now_ms = now_ns / 1_000_000;
-        let index = now_ms / window;
-        let elapsed = now_ms - index * window;
         let (prev, cur) = line
             .0
             .iter()
@@ -245,6 +247,31 @@ fn choose(line: &Line, key_hash: u64, now_ns: u64) -> (&Cell, u128) {
         .position(|w| unpack(*w).0 == 0 || idle_at(*w) <= now_ns);
     let i = free.unwrap_or_else(|| (0..PROBE).min_by_key(|&i| idle_at(words[i])).unwrap_or(0));
     (&line.0[i], words[i])
+}
+
+/// Where `now` falls for a sliding-window limit: the flagged key, the window length and
+/// limit, the current window's index and how far into it (milliseconds).
+struct SlidingAt {
+    key: u64,
+    window: u64,
+    limit: u64,
+    index: u64,
+    elapsed: u64,
+}
+
+impl SlidingAt {
+    fn new(key_hash: u64, rate: &Rate, now_ns: u64) -> Self {
+        let window = (rate.per.as_millis() as u64).max(1);
+        let now_ms = now_ns / 1_000_000;
+        let index = now_ms / window;
+        Self {
+            key: key_hash | SLIDING,
+            window,
+            limit: u64::from(rate.count.min(SLIDING_MAX)),
+            index,
+            elapsed: now_ms - index * window,
+        }
+    }
 }
 
 /// (previous, current) window counts of a sliding cell as of window `index`; a cell of
