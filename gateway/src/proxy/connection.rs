@@ -142,7 +142,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
                 let status = conn.status;
                 worker.metrics(|m| m.request(None, b"", status, started.elapsed(), None));
                 if status >= 400 {
-                    worker.count_rejection(&worker.snapshot(), conn.client_ip, peer.ip(), status);
+                    worker.count_rejection(conn.client_ip, peer.ip(), status);
                 }
                 return;
             }
@@ -160,8 +160,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
             conn.log(&worker, route, elapsed);
         }
         // A source that just got banned loses this connection too.
-        let banned = status >= 400
-            && worker.count_rejection(&worker.snapshot(), conn.client_ip, peer.ip(), status);
+        let banned = status >= 400 && worker.count_rejection(conn.client_ip, peer.ip(), status);
         if !keep_going || banned {
             return;
         }
@@ -185,7 +184,16 @@ impl<S> Connection<S> {
 
     /// The access-log line of the request just handled.
     fn log(&self, worker: &Worker, route: Option<usize>, elapsed: std::time::Duration) {
-        let snapshot = worker.snapshot();
+        worker.with_snapshot(|snapshot| self.log_on(worker, snapshot, route, elapsed));
+    }
+
+    fn log_on(
+        &self,
+        worker: &Worker,
+        snapshot: &super::Snapshot,
+        route: Option<usize>,
+        elapsed: std::time::Duration,
+    ) {
         let Some(log) = &snapshot.config.access_log else {
             return;
         };

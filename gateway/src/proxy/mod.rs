@@ -296,6 +296,12 @@ impl Worker {
         self.snapshot.borrow().clone()
     }
 
+    /// Runs `f` on the current snapshot without taking a reference to it (no shared
+    /// counter touched): for work after a request that needs no snapshot of its own.
+    pub fn with_snapshot<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        f(&self.snapshot.borrow())
+    }
+
     /// The generation of the per-snapshot state; changes on every install.
     pub fn generation(&self) -> u64 {
         self.generation.get()
@@ -374,23 +380,22 @@ impl Worker {
     /// table) and reports a ban when the source crosses the threshold. Returns whether
     /// the source is now banned (its connection should close). Only the peer itself can
     /// be banned: a client behind a trusted proxy is not dropped at the edge.
-    pub fn count_rejection(
-        &self,
-        snapshot: &Snapshot,
-        ip: IpAddr,
-        peer: IpAddr,
-        status: u16,
-    ) -> bool {
-        let Some(ban) = &snapshot.config.edge.ban else {
-            return false;
-        };
-        if !ban.statuses.contains(&status) || ip != canonical_ip(peer) {
+    pub fn count_rejection(&self, ip: IpAddr, peer: IpAddr, status: u16) -> bool {
+        if ip != canonical_ip(peer) {
             return false;
         }
-        let rate = crate::ratelimit::Rate {
-            count: ban.threshold,
-            per: ban.window,
-            burst: ban.threshold,
+        let rate = self.with_snapshot(|snapshot| {
+            let ban = snapshot.config.edge.ban.as_ref()?;
+            ban.statuses
+                .contains(&status)
+                .then_some(crate::ratelimit::Rate {
+                    count: ban.threshold,
+                    per: ban.window,
+                    burst: ban.threshold,
+                })
+        });
+        let Some(rate) = rate else {
+            return false;
         };
         let key = match ip {
             IpAddr::V4(v4) => self.rate_table.key_hash("edge:ban", &v4.octets()),

@@ -119,14 +119,16 @@ impl RateTable {
     /// it still overlaps the sliding window, plus the current window's count. Windows are
     /// whole milliseconds (validated); counts go up to [`SLIDING_MAX`].
     pub fn check_sliding(&self, key_hash: u64, rate: &Rate, now_ns: u64) -> Decision {
-        let SlidingAt {
-            key,
-            window,
-            limit,
-            index,
-            elapsed,
-        } = SlidingAt::new(key_hash, rate, now_ns);
-        let line = &self.lines[key as usize & self.mask];
+        let (
+            line,
+            SlidingAt {
+                key,
+                window,
+                limit,
+                index,
+                elapsed,
+            },
+        ) = self.sliding_line(key_hash, rate, now_ns);
         let window_end_ns = ((index + 1) * window).saturating_mul(1_000_000);
         loop {
             let (cell, word) = choose(line, key, now_ns);
@@ -199,16 +201,24 @@ impl RateTable {
         }
     }
 
+    /// The cache line of a sliding-window key and where `now` falls for it.
+    fn sliding_line(&self, key_hash: u64, rate: &Rate, now_ns: u64) -> (&Line, SlidingAt) {
+        let at = SlidingAt::new(key_hash, rate, now_ns);
+        (&self.lines[at.key as usize & self.mask], at)
+    }
+
     /// Requests that fit now for `key_hash` in sliding-window mode, taking nothing.
     pub fn peek_sliding(&self, key_hash: u64, rate: &Rate, now_ns: u64) -> u32 {
-        let SlidingAt {
-            key,
-            window,
-            limit,
-            index,
-            elapsed,
-        } = SlidingAt::new(key_hash, rate, now_ns);
-        let line = &self.lines[key as usize & self.mask];
+        let (
+            line,
+            SlidingAt {
+                key,
+                window,
+                limit,
+                index,
+                elapsed,
+            },
+        ) = self.sliding_line(key_hash, rate, now_ns);
         let (prev, cur) = line
             .0
             .iter()
