@@ -8,7 +8,8 @@
 //!   `/close/N`: N bytes delimited by closing the connection;
 //! - `/status/CODE`: the echo with that status.
 //!
-//! A backend made with [`Backend::raw`] answers every request with fixed bytes instead.
+//! A backend made with [`Backend::raw`] answers every request with fixed bytes instead;
+//! one made with [`Behavior::Hang`] reads requests and never answers.
 
 use std::{
     io::{Read, Write},
@@ -29,6 +30,8 @@ pub enum Behavior {
     Raw(Vec<u8>),
     /// Path-driven behaviour over TLS with this server config.
     Tls(std::sync::Arc<rustls::ServerConfig>),
+    /// Read each request and never answer (until the client closes).
+    Hang,
 }
 
 /// Counters a test can assert on.
@@ -285,9 +288,13 @@ fn serve<S: Read + Write>(
             }
         }
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        if let Behavior::Raw(bytes) = behavior {
-            conn.stream.write_all(bytes)?;
-            return Ok(());
+        match behavior {
+            Behavior::Raw(bytes) => {
+                conn.stream.write_all(bytes)?;
+                return Ok(());
+            }
+            Behavior::Hang => while conn.fill()? > 0 {},
+            Behavior::Normal | Behavior::Tls(_) => {}
         }
         let path = target.split('?').next().unwrap_or("").to_owned();
         let mut parts = path.trim_start_matches('/').splitn(2, '/');

@@ -65,7 +65,7 @@ const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         path: "/upstreams",
         method: "GET",
-        summary: "Upstreams with balancing, targets and requests in flight.",
+        summary: "Upstreams with balancing, target health, requests in flight and circuit-breaker state (open connections, waiting requests).",
         ok: 200,
         content: "application/json",
         public: false,

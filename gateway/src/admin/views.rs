@@ -164,12 +164,21 @@ pub fn upstreams(snapshot: &Snapshot) -> Value {
             let in_flight = snapshot.upstream_in_flight[i]
                 .as_ref()
                 .map(|f| json!({ "limit": u.max_in_flight, "current": f.current() }));
+            let connections = snapshot.upstreams.entries[i].connections.as_ref().map(|c| {
+                json!({
+                    "limit": c.max_open(),
+                    "open": c.open(),
+                    "pending_limit": u.max_pending,
+                    "pending": c.pending(),
+                })
+            });
             json!({
                 "name": u.name,
                 "balance": balance,
                 "targets": targets,
                 "tls": u.tls.is_some(),
                 "max_in_flight": in_flight,
+                "max_connections": connections,
             })
         })
         .collect();

@@ -8,6 +8,7 @@ mod locate;
 pub mod raw;
 mod validate;
 mod validate_policy;
+mod validate_traffic;
 
 use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, time::Duration};
 
@@ -130,6 +131,12 @@ pub struct UpstreamConfig {
     pub max_idle_per_target: usize,
     /// Most requests in flight at once, all workers together (503 beyond).
     pub max_in_flight: Option<u32>,
+    /// Connection limits (circuit breaking), all workers together.
+    pub max_connections: Option<u32>,
+    /// Requests allowed to wait for a connection at `max_connections` (503 beyond).
+    pub max_pending: u32,
+    /// How far retries may add to the upstream's load.
+    pub retry_budget: RetryBudgetConfig,
     pub health_check: Option<HealthCheckConfig>,
     pub outlier: Option<OutlierConfig>,
     /// Below this share of available targets, every target is used.
@@ -138,6 +145,61 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// TLS towards the targets, when configured.
     pub tls: Option<crate::tls::UpstreamTls>,
+}
+
+/// An upstream's retry budget: in any 10 s window, retries may reach `ratio` of the
+/// requests plus `min_per_second` per second (per worker), so retries cannot multiply
+/// an outage.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryBudgetConfig {
+    pub ratio: f64,
+    pub min_per_second: f64,
+}
+
+/// When and how a route's failed tries are tried again (on another target when there is
+/// one). Requests whose body was already sent are never retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included (1: never retry).
+    pub attempts: u32,
+    pub on_connect_failure: bool,
+    /// The connection failed after the request went out, before any response byte.
+    pub on_reset: bool,
+    /// No response head within the per-try timeout (or the upstream's read timeout).
+    pub on_timeout: bool,
+    /// Upstream response statuses that are retried.
+    pub on_statuses: Vec<u16>,
+    /// Also retry methods that are not idempotent.
+    pub non_idempotent: bool,
+    /// Backoff before retry n: a random wait up to `backoff × 2^(n-1)`, capped.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Without a `retry` table: one more try on another target when connecting fails.
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            on_connect_failure: true,
+            on_reset: false,
+            on_timeout: false,
+            on_statuses: Vec::new(),
+            non_idempotent: false,
+            backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+        }
+    }
+}
+
+/// A route's timeouts and retries.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTraffic {
+    pub retry: RetryPolicy,
+    /// Until the response starts, every try and backoff included (504 beyond).
+    pub timeout: Option<Duration>,
+    /// One try's wait for the response head after its request was sent.
+    pub per_try_timeout: Option<Duration>,
 }
 
 /// Active health checks of an upstream's targets.
@@ -211,6 +273,8 @@ pub struct RouteConfig {
     pub rewrite: Option<String>,
     /// Who may call the route and how often.
     pub policy: RoutePolicy,
+    /// Timeouts and retries.
+    pub traffic: RouteTraffic,
     /// The route's OpenAPI document, for the developer portal.
     pub openapi: Option<std::sync::Arc<serde_json::Value>>,
 }

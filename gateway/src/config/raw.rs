@@ -228,6 +228,14 @@ pub struct RawUpstream {
     pub max_idle_per_target: usize,
     /// Most requests to this upstream in flight at once, across all workers.
     pub max_in_flight: Option<u32>,
+    /// Most connections open to this upstream at once, across all workers.
+    pub max_connections: Option<u32>,
+    /// Requests that may wait for a connection when `max_connections` are open.
+    #[serde(default = "defaults::max_pending")]
+    pub max_pending: u32,
+    /// How many retries the upstream accepts on top of its requests.
+    #[serde(default)]
+    pub retry_budget: RawRetryBudget,
     /// Active health checks of every target.
     pub health_check: Option<RawHealthCheck>,
     /// Passive outlier ejection.
@@ -250,6 +258,51 @@ pub struct RawUpstream {
     /// Accept any certificate (labs only; logged loudly).
     #[serde(default)]
     pub tls_insecure_skip_verify: bool,
+}
+
+/// `retry_budget = { … }` of an upstream: retries in a 10 s window may reach `ratio` of
+/// the requests plus `min_per_second` per second (per worker).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryBudget {
+    #[serde(default = "defaults::retry_ratio")]
+    pub ratio: f64,
+    #[serde(default = "defaults::retry_min_per_second")]
+    pub min_per_second: f64,
+}
+
+impl Default for RawRetryBudget {
+    fn default() -> Self {
+        Self {
+            ratio: defaults::retry_ratio(),
+            min_per_second: defaults::retry_min_per_second(),
+        }
+    }
+}
+
+/// `retry = { … }` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Tries in all, the first one included.
+    #[serde(default = "defaults::retry_attempts")]
+    pub attempts: u32,
+    /// `connect_failure`, `reset`, `timeout`, or an upstream status such as `"503"`.
+    #[serde(default = "defaults::retry_on")]
+    pub on: Vec<String>,
+    /// Retry POST and PATCH too (only ever when the body was not sent yet).
+    #[serde(default)]
+    pub non_idempotent: bool,
+    #[serde(
+        default = "defaults::retry_backoff",
+        deserialize_with = "human_duration"
+    )]
+    pub backoff: Duration,
+    #[serde(
+        default = "defaults::retry_max_backoff",
+        deserialize_with = "human_duration"
+    )]
+    pub max_backoff: Duration,
 }
 
 /// `health_check = { … }` of an upstream: an HTTP GET (with `path`) or a TCP connect.
@@ -360,6 +413,14 @@ pub struct RawRoute {
     pub cors: Option<RawCors>,
     /// An OpenAPI 3 document (JSON) describing the route, shown in the developer portal.
     pub openapi: Option<String>,
+    /// How failed tries are retried.
+    pub retry: Option<RawRetry>,
+    /// Longest time until the response starts, every try and backoff included.
+    #[serde(default, deserialize_with = "human_duration_opt")]
+    pub timeout: Option<Duration>,
+    /// Longest wait for the response head after a try sent the request.
+    #[serde(default, deserialize_with = "human_duration_opt")]
+    pub per_try_timeout: Option<Duration>,
 }
 
 /// A rate limit: `rate = "100/s"` (or `/min`, `/h`), `burst`, and what it is keyed by.
@@ -665,6 +726,29 @@ pub mod defaults {
 
     use super::{RawBalance, RawXdpMode};
 
+    pub fn max_pending() -> u32 {
+        1024
+    }
+    pub fn retry_ratio() -> f64 {
+        0.2
+    }
+    pub fn retry_min_per_second() -> f64 {
+        5.0
+    }
+    pub fn retry_attempts() -> u32 {
+        3
+    }
+    pub fn retry_on() -> Vec<String> {
+        ["connect_failure", "reset", "502", "503", "504"]
+            .map(String::from)
+            .to_vec()
+    }
+    pub fn retry_backoff() -> Duration {
+        Duration::from_millis(25)
+    }
+    pub fn retry_max_backoff() -> Duration {
+        Duration::from_millis(250)
+    }
     pub fn drain_timeout() -> Duration {
         Duration::from_secs(10)
     }

@@ -623,6 +623,9 @@ fn validate_upstream(
         write_timeout: u.write_timeout,
         max_idle_per_target: u.max_idle_per_target,
         max_in_flight: u.max_in_flight,
+        max_connections: u.max_connections,
+        max_pending: u.max_pending,
+        retry_budget: super::validate_traffic::validate_circuit(&key, u, problems),
         health_check: u.health_check.as_ref().map(|h| {
             if let Some(path) = &h.path {
                 check_path(&format!("{key}.health_check.path"), path, problems);
@@ -833,6 +836,7 @@ fn validate_route(
         strip_prefix: r.strip_prefix,
         rewrite: r.rewrite.clone(),
         policy,
+        traffic: super::validate_traffic::validate_route_traffic(&key, r, problems),
         openapi: None,
     })
 }

@@ -71,6 +71,11 @@ pub struct ListenerMetrics {
 pub struct UpstreamMetrics {
     pub opened: Counter,
     pub reused: Counter,
+    /// Retries sent, and retries the budget refused.
+    pub retries: Counter,
+    pub retries_refused: Counter,
+    /// Requests refused by the circuit breaker (max_connections / max_pending).
+    pub overflows: Counter,
 }
 
 /// A worker's metric handles for one config snapshot.
@@ -122,6 +127,12 @@ impl WorkerMetrics {
                 UpstreamMetrics {
                     opened: counter!("gateway_upstream_connections_opened_total", &labels),
                     reused: counter!("gateway_upstream_connections_reused_total", &labels),
+                    retries: counter!("gateway_upstream_retries_total", &labels),
+                    retries_refused: counter!(
+                        "gateway_upstream_retries_budget_exhausted_total",
+                        &labels
+                    ),
+                    overflows: counter!("gateway_upstream_overflows_total", &labels),
                 }
             })
             .collect();

@@ -358,8 +358,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     self.route = Some(index);
                     let route = &snapshot.router.routes()[index];
                     Router::upstream_path(route, &self.head.path, &mut self.path);
-                    self.forward(worker, &snapshot, route.upstream, limits)
-                        .await
+                    self.forward(worker, &snapshot, route, limits).await
                 }
             },
         };

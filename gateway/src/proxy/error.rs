@@ -30,6 +30,8 @@ pub enum ProxyError {
     TooManyInFlight,
     #[error("upstream has no available target")]
     NoTarget,
+    #[error("upstream is at its {0} limit")]
+    Overloaded(&'static str),
     #[error("{0}")]
     Connect(#[from] UpstreamError),
     #[error("upstream timed out")]
@@ -77,6 +79,7 @@ impl ProxyError {
             Self::RateLimited => (429, "rate_limited"),
             Self::TooManyInFlight => (503, "too_many_in_flight"),
             Self::NoTarget => (503, "no_upstream_target"),
+            Self::Overloaded(_) => (503, "upstream_overloaded"),
             Self::Connect(_) => (502, "upstream_connect_failed"),
             Self::UpstreamTimeout => (504, "upstream_timeout"),
             Self::UpstreamIo(_) | Self::UpstreamClosed => (502, "upstream_connection_failed"),
@@ -95,6 +98,7 @@ impl ProxyError {
                 | Self::RateLimited
                 | Self::TooManyInFlight
                 | Self::NoTarget
+                | Self::Overloaded(_)
                 | Self::Connect(_)
                 | Self::UpstreamTimeout
                 | Self::UpstreamIo(_)

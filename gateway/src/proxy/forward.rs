@@ -1,8 +1,13 @@
 //! Phases "pick upstream" through "pool or close": choose a target, get a connection
-//! (pooled or new), send the request head and stream its body, read the response head,
-//! relay the response body, and park the upstream connection when it is clean.
+//! (pooled, or new within the upstream's circuit breaker), send the request head and
+//! stream its body, read the response head, relay the response body, and park the
+//! upstream connection when it is clean. A failed try is retried per the route's policy,
+//! within its timeouts and the upstream's retry budget.
 
-use std::time::Instant;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
@@ -15,41 +20,53 @@ use super::{
     serialize::{self, Forwarding, OutFraming},
 };
 use crate::{
-    config::{HashKey, Limits, UpstreamConfig},
+    config::{HashKey, Limits, RetryPolicy, RouteConfig, UpstreamConfig},
     http::{
         FramingError,
         head::{HeadScanner, Scan},
         request::RequestBody,
         response::ResponseBody,
     },
-    upstream::{UpstreamStream, connect, maglev::fnv1a},
+    upstream::{
+        UpstreamConn, UpstreamEntry, UpstreamStream,
+        circuit::{ConnectionLimits, ConnectionSlot},
+        connect,
+        maglev::fnv1a,
+        retry::backoff,
+    },
 };
+
+/// How often a request waiting for a connection place looks for one.
+const PENDING_POLL: Duration = Duration::from_millis(1);
 
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// How an exchange with one upstream connection ended.
-enum Exchange {
-    /// Completed; the flags say whether the upstream connection and the client
-    /// connection may be reused.
-    Done {
-        upstream_reusable: bool,
-        keep_alive: bool,
-    },
+/// How one try failed, for the route's retry conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    /// The connection broke after the request went out, before any response byte.
+    Reset,
+    /// No response head in time.
+    Timeout,
+    /// Anything else: not retried.
+    Other,
 }
 
-/// An exchange failure, with whether retrying on a fresh connection is safe: the
-/// request was not (observably) processed by the upstream.
+/// A try's failure. `unanswered`: no response byte came back, so on a pooled connection
+/// the upstream had most likely closed it while idle and never saw the request.
 struct ExchangeError {
     error: ProxyError,
-    retry_fresh: bool,
+    unanswered: bool,
+    kind: FailureKind,
 }
 
 impl From<ProxyError> for ExchangeError {
     fn from(error: ProxyError) -> Self {
         Self {
             error,
-            retry_fresh: false,
+            unanswered: false,
+            kind: FailureKind::Other,
         }
     }
 }
@@ -68,32 +85,237 @@ fn downstream_io(failure: IoFailure) -> ProxyError {
     }
 }
 
+/// How long until `deadline` (the whole of `bound` without one), never above `bound`.
+fn within(bound: Duration, deadline: Option<Instant>) -> Duration {
+    deadline.map_or(bound, |d| {
+        bound.min(d.saturating_duration_since(Instant::now()))
+    })
+}
+
+/// One request's progress through its tries.
+struct Tries {
+    /// Tries that failed and counted against the policy's attempts.
+    failed: u32,
+    /// Targets (by index, below 64) this request already failed on.
+    avoid: u64,
+    /// A pooled connection turned out stale: the next try opens a new one.
+    fresh_only: bool,
+    /// When the route's total timeout runs out.
+    deadline: Option<Instant>,
+}
+
+impl Tries {
+    fn avoid(&mut self, target: usize) {
+        if target < 64 {
+            self.avoid |= 1 << target;
+        }
+    }
+
+    fn avoids(&self, target: usize) -> bool {
+        target < 64 && self.avoid & (1 << target) != 0
+    }
+}
+
 impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
-    /// Forwards the current request to `upstream`; returns whether the client
-    /// connection stays open.
+    /// Forwards the current request on `route`, retrying per its policy; returns
+    /// whether the client connection stays open.
     pub(super) async fn forward(
         &mut self,
         worker: &Worker,
         snapshot: &Snapshot,
-        upstream_index: usize,
+        route: &RouteConfig,
         limits: &Limits,
     ) -> Result<bool, ProxyError> {
+        let upstream_index = route.upstream;
         let upstream = &snapshot.upstreams.entries[upstream_index];
         let config = &upstream.config;
+        let policy = &route.traffic.retry;
         let key_hash = self.hash_key(config);
         // The balancers and pools this request may use: those of the snapshot it runs
         // on. After a reload they are gone, and the request only finishes what it has.
         let generation = worker.generation();
-        let mut excluded = None;
-        let mut fresh_only = false;
         let health = &snapshot.upstreams.health;
+        let now = Instant::now();
+        let mut tries = Tries {
+            failed: 0,
+            avoid: 0,
+            fresh_only: false,
+            deadline: route.traffic.timeout.map(|t| now + t),
+        };
+        worker.upstream_state(generation, |state| {
+            state.retry_budgets[upstream_index].record_request(now)
+        });
         loop {
-            // Healthy targets only (unless the upstream is in panic), never the one a
-            // retry moves away from.
-            let healthy =
-                crate::upstream::health::availability(health, config, upstream.first_target);
-            let allowed = |i: usize| Some(i) != excluded && healthy.as_ref().is_none_or(|ok| ok(i));
-            let target = worker
+            let target = self.pick_target(
+                worker,
+                generation,
+                snapshot,
+                upstream_index,
+                key_hash,
+                &tries,
+            )?;
+            let global = upstream.first_target + target;
+            self.target = Some(config.targets[target].addr);
+            let (mut conn, reused) = match self
+                .upstream_connection(worker, generation, upstream_index, upstream, target, &tries)
+                .await
+            {
+                Ok(acquired) => acquired,
+                Err(error) => {
+                    let connect_failed = matches!(error, ProxyError::Connect(_));
+                    if connect_failed {
+                        self.target_outcome(health, config, global, false);
+                    }
+                    tries.failed += 1;
+                    if connect_failed
+                        && policy.on_connect_failure
+                        && self.may_retry(worker, generation, upstream_index, policy, &tries)
+                    {
+                        tracing::debug!(%error, "connect failed; retrying");
+                        tries.avoid(target);
+                        self.back_off(worker, policy, &tries).await;
+                        continue;
+                    }
+                    if tries.deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(ProxyError::UpstreamTimeout);
+                    }
+                    return Err(error);
+                }
+            };
+            worker.upstream_state(generation, |state| {
+                state.balancers[upstream_index].started(target)
+            });
+            // Only the latency-aware balancer pays for reading the clock.
+            let started =
+                matches!(config.balance, crate::config::Balance::P2cEwma).then(Instant::now);
+            let head = self
+                .exchange_head(&mut conn.stream, snapshot, config, route, &tries, limits)
+                .await;
+            if let Err(ExchangeError {
+                error,
+                unanswered,
+                kind,
+            }) = head
+            {
+                worker.upstream_state(generation, |state| {
+                    state.balancers[upstream_index].finished(target, None)
+                });
+                let resendable = self.body_untouched();
+                // A pooled connection the upstream had already closed: the request
+                // never reached it, so it is resent once on a fresh connection.
+                if reused && unanswered && resendable && !tries.fresh_only {
+                    tracing::debug!(%error, "stale pooled connection; retrying on a new one");
+                    tries.fresh_only = true;
+                    continue;
+                }
+                let upstream_fault = matches!(
+                    error,
+                    ProxyError::UpstreamTimeout
+                        | ProxyError::UpstreamIo(_)
+                        | ProxyError::UpstreamClosed
+                        | ProxyError::UpstreamFraming(_)
+                );
+                if upstream_fault {
+                    self.target_outcome(health, config, global, false);
+                }
+                tries.failed += 1;
+                let retry_on = match kind {
+                    FailureKind::Reset => policy.on_reset,
+                    FailureKind::Timeout => policy.on_timeout,
+                    FailureKind::Other => false,
+                };
+                if retry_on && self.may_retry(worker, generation, upstream_index, policy, &tries) {
+                    tracing::debug!(%error, "try failed; retrying");
+                    tries.avoid(target);
+                    self.back_off(worker, policy, &tries).await;
+                    continue;
+                }
+                return Err(error);
+            }
+            let status = self.response.status;
+            if policy.on_statuses.contains(&status) {
+                tries.failed += 1;
+                if self.may_retry(worker, generation, upstream_index, policy, &tries) {
+                    tracing::debug!(status, "upstream answered a retried status; retrying");
+                    worker.upstream_state(generation, |state| {
+                        state.balancers[upstream_index].finished(target, None)
+                    });
+                    self.target_outcome(health, config, global, !matches!(status, 502..=504));
+                    // The response is not read: its connection closes.
+                    self.upstream_buf.consume(self.upstream_buf.len());
+                    drop(conn);
+                    tries.avoid(target);
+                    self.back_off(worker, policy, &tries).await;
+                    continue;
+                }
+            }
+            let result = self
+                .relay_response(
+                    &mut conn.stream,
+                    config,
+                    limits,
+                    worker,
+                    &snapshot.config.gateway.via,
+                )
+                .await;
+            let latency = started.filter(|_| result.is_ok()).map(|s| s.elapsed());
+            worker.upstream_state(generation, |state| {
+                state.balancers[upstream_index].finished(target, latency)
+            });
+            let (upstream_reusable, keep_alive) = match result {
+                Ok(done) => done,
+                Err(error) => {
+                    if matches!(
+                        error,
+                        ProxyError::UpstreamTimeout
+                            | ProxyError::UpstreamIo(_)
+                            | ProxyError::UpstreamClosed
+                            | ProxyError::UpstreamFraming(_)
+                    ) {
+                        self.target_outcome(health, config, global, false);
+                    }
+                    return Err(error);
+                }
+            };
+            self.target_outcome(health, config, global, !matches!(status, 502..=504));
+            // With requests waiting for a connection slot, an idle connection closes
+            // instead of parking, so its place goes to one of them (on any worker).
+            let waiters = upstream
+                .connections
+                .as_ref()
+                .is_some_and(|limits| limits.has_waiters());
+            if upstream_reusable && !waiters {
+                worker.upstream_state(generation, |state| {
+                    state.pool.put(global, conn, config.max_idle_per_target)
+                });
+            }
+            return Ok(keep_alive);
+        }
+    }
+
+    /// Chooses the try's target: a healthy one (unless the upstream is in panic) that
+    /// this request has not failed on yet, or any healthy one when none is left.
+    fn pick_target(
+        &self,
+        worker: &Worker,
+        generation: u64,
+        snapshot: &Snapshot,
+        upstream_index: usize,
+        key_hash: Option<u64>,
+        tries: &Tries,
+    ) -> Result<usize, ProxyError> {
+        let upstream = &snapshot.upstreams.entries[upstream_index];
+        let config = &upstream.config;
+        let healthy = crate::upstream::health::availability(
+            &snapshot.upstreams.health,
+            config,
+            upstream.first_target,
+        );
+        let pick = |avoid_failed: bool| {
+            let allowed = |i: usize| {
+                !(avoid_failed && tries.avoids(i)) && healthy.as_ref().is_none_or(|ok| ok(i))
+            };
+            worker
                 .upstream_state(generation, |state| {
                     state.balancers[upstream_index].pick(
                         config,
@@ -103,102 +325,149 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     )
                 })
                 .flatten()
-                .ok_or(ProxyError::NoTarget)?;
-            let global = upstream.first_target + target;
-            let addr = config.targets[target].addr;
-            self.target = Some(addr);
-            let pooled = if fresh_only {
-                None
-            } else {
-                worker
-                    .upstream_state(generation, |state| {
-                        state.pool.take(global, config.idle_timeout)
-                    })
-                    .flatten()
-            };
-            let reused = pooled.is_some();
-            if reused {
+        };
+        pick(true)
+            .or_else(|| (tries.avoid != 0).then(|| pick(false)).flatten())
+            .ok_or(ProxyError::NoTarget)
+    }
+
+    /// A connection to `target` for this try: a pooled one, or a new one within the
+    /// upstream's connection limit (waiting for a place while the queue has room).
+    /// Returns it with whether it was pooled.
+    async fn upstream_connection(
+        &self,
+        worker: &Worker,
+        generation: u64,
+        upstream_index: usize,
+        upstream: &UpstreamEntry,
+        target: usize,
+        tries: &Tries,
+    ) -> Result<(UpstreamConn, bool), ProxyError> {
+        let config = &upstream.config;
+        let global = upstream.first_target + target;
+        if !tries.fresh_only {
+            let pooled = worker
+                .upstream_state(generation, |state| {
+                    state.pool.take(global, config.idle_timeout)
+                })
+                .flatten();
+            if let Some(conn) = pooled {
                 worker.metrics(|m| {
                     if let Some(u) = m.upstreams.get(upstream_index) {
                         u.reused.increment(1);
                     }
                 });
+                return Ok((conn, true));
             }
-            let mut stream = match pooled {
-                Some(stream) => stream,
-                None => match connect(addr, config.connect_timeout, config.tls.as_ref()).await {
-                    Ok(stream) => {
-                        worker.upstream_state(generation, |state| state.pool.opened += 1);
-                        worker.metrics(|m| {
-                            if let Some(u) = m.upstreams.get(upstream_index) {
-                                u.opened.increment(1);
-                            }
-                        });
-                        stream
-                    }
-                    Err(error) => {
-                        self.target_outcome(health, config, global, false);
-                        let can_retry = excluded.is_none()
-                            && config.targets.len() > 1
-                            && self.head.is_idempotent();
-                        if can_retry && self.body_untouched() {
-                            tracing::warn!(%error, "connect failed; retrying on another target");
-                            excluded = Some(target);
-                            continue;
-                        }
-                        return Err(error.into());
-                    }
-                },
-            };
-            worker.upstream_state(generation, |state| {
-                state.balancers[upstream_index].started(target)
-            });
-            // Only the latency-aware balancer pays for reading the clock.
-            let started =
-                matches!(config.balance, crate::config::Balance::P2cEwma).then(Instant::now);
-            let result = self
-                .exchange(&mut stream, snapshot, config, limits, worker)
-                .await;
-            let latency = started.filter(|_| result.is_ok()).map(|s| s.elapsed());
-            worker.upstream_state(generation, |state| {
-                state.balancers[upstream_index].finished(target, latency)
-            });
-            match result {
-                Ok(Exchange::Done {
-                    upstream_reusable,
-                    keep_alive,
-                }) => {
-                    let failed = matches!(self.response.status, 502..=504);
-                    self.target_outcome(health, config, global, !failed);
-                    if upstream_reusable {
-                        worker.upstream_state(generation, |state| {
-                            state.pool.put(global, stream, config.max_idle_per_target)
-                        });
-                    }
-                    return Ok(keep_alive);
+        }
+        let slot = match &upstream.connections {
+            None => None,
+            Some(limits) => Some(
+                self.connection_slot(worker, upstream_index, limits, config, tries)
+                    .await?,
+            ),
+        };
+        let addr = config.targets[target].addr;
+        let timeout = within(config.connect_timeout, tries.deadline);
+        let stream = connect(addr, timeout, config.tls.as_ref()).await?;
+        worker.upstream_state(generation, |state| state.pool.opened += 1);
+        worker.metrics(|m| {
+            if let Some(u) = m.upstreams.get(upstream_index) {
+                u.opened.increment(1);
+            }
+        });
+        Ok((UpstreamConn { stream, slot }, false))
+    }
+
+    /// Circuit breaking: a place for a new connection under `max_connections`. At the
+    /// limit the request waits (up to the connect timeout) if fewer than `max_pending`
+    /// already do, and is refused with a 503 otherwise.
+    async fn connection_slot(
+        &self,
+        worker: &Worker,
+        upstream_index: usize,
+        limits: &Arc<ConnectionLimits>,
+        config: &UpstreamConfig,
+        tries: &Tries,
+    ) -> Result<ConnectionSlot, ProxyError> {
+        if let Some(slot) = limits.try_open() {
+            return Ok(slot);
+        }
+        let overflow = |reason: &'static str| {
+            worker.metrics(|m| {
+                if let Some(u) = m.upstreams.get(upstream_index) {
+                    u.overflows.increment(1);
                 }
-                Err(ExchangeError { error, retry_fresh }) => {
-                    let upstream_fault = matches!(
-                        error,
-                        ProxyError::UpstreamTimeout
-                            | ProxyError::UpstreamIo(_)
-                            | ProxyError::UpstreamClosed
-                            | ProxyError::UpstreamFraming(_)
-                    );
-                    if upstream_fault && !(reused && retry_fresh) {
-                        self.target_outcome(health, config, global, false);
-                    }
-                    // A pooled connection the upstream had already closed: the request
-                    // never reached it, so an idempotent one is resent on a fresh one.
-                    if reused && retry_fresh && !fresh_only && self.head.is_idempotent() {
-                        tracing::debug!(%error, "stale pooled connection; retrying on a new one");
-                        fresh_only = true;
-                        excluded = None;
-                        continue;
-                    }
-                    return Err(error);
+            });
+            tracing::debug!(upstream = %config.name, reason, "circuit breaker refused a request");
+            ProxyError::Overloaded(reason)
+        };
+        let Some(_waiting) = limits.try_wait() else {
+            return Err(overflow("max_pending"));
+        };
+        let give_up = Instant::now() + within(config.connect_timeout, tries.deadline);
+        loop {
+            // Places free up on any worker; a short poll finds them without a shared
+            // wake-up structure. Only requests over the limit ever wait here.
+            monoio::time::sleep(PENDING_POLL).await;
+            if let Some(slot) = limits.try_open() {
+                return Ok(slot);
+            }
+            if Instant::now() >= give_up {
+                return Err(overflow("max_connections"));
+            }
+        }
+    }
+
+    /// Whether the request may be tried again after a failed try, taking a retry from
+    /// the upstream's budget if so.
+    fn may_retry(
+        &self,
+        worker: &Worker,
+        generation: u64,
+        upstream_index: usize,
+        policy: &RetryPolicy,
+        tries: &Tries,
+    ) -> bool {
+        let now = Instant::now();
+        let eligible = tries.failed < policy.attempts
+            && self.body_untouched()
+            && (policy.non_idempotent || self.head.is_idempotent())
+            && tries.deadline.is_none_or(|d| now < d);
+        if !eligible {
+            return false;
+        }
+        let granted = worker
+            .upstream_state(generation, |state| {
+                state.retry_budgets[upstream_index].try_retry(now)
+            })
+            .unwrap_or(false);
+        worker.metrics(|m| {
+            if let Some(u) = m.upstreams.get(upstream_index) {
+                if granted {
+                    u.retries.increment(1);
+                } else {
+                    u.retries_refused.increment(1);
                 }
             }
+        });
+        if !granted {
+            tracing::debug!("retry budget spent; not retrying");
+        }
+        granted
+    }
+
+    /// Waits before the next try: jittered exponential backoff, never past the deadline.
+    async fn back_off(&self, worker: &Worker, policy: &RetryPolicy, tries: &Tries) {
+        let delay = backoff(
+            policy.backoff,
+            policy.max_backoff,
+            tries.failed,
+            worker.random_unit(),
+        );
+        let delay = within(delay, tries.deadline);
+        if !delay.is_zero() {
+            monoio::time::sleep(delay).await;
         }
     }
 
@@ -244,15 +513,17 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         }
     }
 
-    /// One request/response exchange on `upstream`.
-    async fn exchange(
+    /// One try on `upstream`: sends the request (head and body) and reads the response
+    /// head into `self.response`, within the route's per-try and total timeouts.
+    async fn exchange_head(
         &mut self,
         upstream: &mut UpstreamStream,
         snapshot: &Snapshot,
         config: &UpstreamConfig,
+        route: &RouteConfig,
+        tries: &Tries,
         limits: &Limits,
-        worker: &Worker,
-    ) -> Result<Exchange, ExchangeError> {
+    ) -> Result<(), ExchangeError> {
         let gateway = &snapshot.config.gateway;
         let forwarding = Forwarding {
             client: &self.client_text,
@@ -285,16 +556,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
         let sent_at = Instant::now();
         self.send_request_body(upstream, config, limits).await?;
-        self.read_response_head(upstream, config).await?;
+        let per_try = route.traffic.per_try_timeout.map(|t| Instant::now() + t);
+        let head_deadline = match (per_try, tries.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.read_response_head(upstream, config, head_deadline)
+            .await?;
         self.upstream_latency = Some(sent_at.elapsed());
-        self.relay_response(
-            upstream,
-            config,
-            limits,
-            worker,
-            &snapshot.config.gateway.via,
-        )
-        .await
+        Ok(())
     }
 
     /// Sends the head in `self.out` followed by the request body.
@@ -311,7 +581,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             return write_all_within(upstream, &mut self.out, config.write_timeout)
                 .await
                 .map_err(|failure| ExchangeError {
-                    retry_fresh: matches!(&failure, IoFailure::Io(_)),
+                    unanswered: matches!(&failure, IoFailure::Io(_)),
+                    kind: match failure {
+                        IoFailure::Io(_) => FailureKind::Reset,
+                        IoFailure::Timeout => FailureKind::Timeout,
+                    },
                     error: upstream_io(failure),
                 });
         }
@@ -344,11 +618,13 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         Ok(())
     }
 
-    /// Reads the final response head into `self.response`, skipping interim 1xx.
+    /// Reads the final response head into `self.response`, skipping interim 1xx; each
+    /// read waits the upstream's read timeout, and none waits past `deadline`.
     async fn read_response_head(
         &mut self,
         upstream: &mut UpstreamStream,
         config: &UpstreamConfig,
+        deadline: Option<Instant>,
     ) -> Result<(), ExchangeError> {
         let request_was_head = self.head.is_head();
         let mut received_any = false;
@@ -376,25 +652,42 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         Scan::Partial => {}
                     }
                 }
-                match self
-                    .upstream_buf
-                    .fill_within(upstream, 16 * 1024, config.read_timeout)
-                    .await
-                {
+                let wait = within(config.read_timeout, deadline);
+                let read = if wait.is_zero() {
+                    Err(IoFailure::Timeout)
+                } else {
+                    self.upstream_buf
+                        .fill_within(upstream, 16 * 1024, wait)
+                        .await
+                };
+                let kind = if received_any {
+                    FailureKind::Other
+                } else {
+                    FailureKind::Reset
+                };
+                match read {
                     Ok(0) => {
                         return Err(ExchangeError {
                             error: ProxyError::UpstreamClosed,
-                            retry_fresh: !received_any,
+                            unanswered: !received_any,
+                            kind,
                         });
                     }
                     Ok(_) => {}
                     Err(IoFailure::Io(e)) => {
                         return Err(ExchangeError {
                             error: ProxyError::UpstreamIo(e),
-                            retry_fresh: !received_any,
+                            unanswered: !received_any,
+                            kind,
                         });
                     }
-                    Err(IoFailure::Timeout) => return Err(ProxyError::UpstreamTimeout.into()),
+                    Err(IoFailure::Timeout) => {
+                        return Err(ExchangeError {
+                            error: ProxyError::UpstreamTimeout,
+                            unanswered: false,
+                            kind: FailureKind::Timeout,
+                        });
+                    }
                 }
             }
             if !self.response.is_interim() {
@@ -403,7 +696,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         }
     }
 
-    /// Sends the response head and relays the body; decides reuse on both sides.
+    /// Sends the response head and relays the body; returns whether the upstream
+    /// connection and the client connection may be reused.
     async fn relay_response(
         &mut self,
         upstream: &mut UpstreamStream,
@@ -411,7 +705,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         limits: &Limits,
         worker: &Worker,
         via: &str,
-    ) -> Result<Exchange, ExchangeError> {
+    ) -> Result<(bool, bool), ProxyError> {
         let client_minor = self.head.version_minor;
         let framing = serialize::response_framing(&self.response, client_minor);
         let keep_alive =
@@ -462,9 +756,6 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             let all = self.upstream_buf.len();
             self.upstream_buf.consume(all);
         }
-        Ok(Exchange::Done {
-            upstream_reusable,
-            keep_alive,
-        })
+        Ok((upstream_reusable, keep_alive))
     }
 }

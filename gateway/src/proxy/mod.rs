@@ -4,7 +4,7 @@
 //! ```text
 //! accept → parse head → route → pick upstream → forward request (head, body)
 //!        → read response head → relay response (head, body) → pool or close → next request
-//!                  ↑ connect failure on an idempotent request: pick another target once
+//!                  ↑ a failed try the route retries: back off, pick another target
 //! ```
 //!
 //! Each phase either continues or ends the request with a [`error::ProxyError`], which
@@ -436,6 +436,11 @@ impl Worker {
     /// This worker's cache of verified tokens (borrow it only between awaits).
     pub fn token_cache(&self) -> &RefCell<TokenCache> {
         &self.token_cache
+    }
+
+    /// A uniform random number in [0, 1) (backoff jitter).
+    pub fn random_unit(&self) -> f64 {
+        self.rng.borrow_mut().f64()
     }
 
     /// Appends a fresh 128-bit request id as 32 lower-case hex digits.

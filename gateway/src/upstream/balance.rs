@@ -158,6 +158,12 @@ mod tests {
             write_timeout: Duration::from_secs(1),
             max_idle_per_target: 1,
             max_in_flight: None,
+            max_connections: None,
+            max_pending: 0,
+            retry_budget: crate::config::RetryBudgetConfig {
+                ratio: 0.2,
+                min_per_second: 5.0,
+            },
             health_check: None,
             outlier: None,
             panic_threshold: 0.5,

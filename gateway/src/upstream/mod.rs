@@ -3,9 +3,11 @@
 //! ([`WorkerUpstreams`]: balancer state, keep-alive pools, connection counters).
 
 pub mod balance;
+pub mod circuit;
 pub mod health;
 pub mod maglev;
 pub mod pool;
+pub mod retry;
 pub mod stream;
 
 use std::{net::SocketAddr, time::Duration};
@@ -13,7 +15,10 @@ use std::{net::SocketAddr, time::Duration};
 use monoio::net::TcpStream;
 
 pub use self::stream::UpstreamStream;
-use self::{balance::BalancerState, maglev::Maglev, pool::Pool};
+use self::{
+    balance::BalancerState, circuit::ConnectionLimits, circuit::ConnectionSlot, maglev::Maglev,
+    pool::Pool, retry::RetryBudget,
+};
 use crate::config::{Balance, Config, UpstreamConfig};
 
 /// Why talking to an upstream failed.
@@ -41,6 +46,16 @@ pub struct UpstreamEntry {
     pub maglev: Option<Maglev>,
     /// Index of this upstream's first target in the flattened target list.
     pub first_target: usize,
+    /// Open connections and waiting requests, when `max_connections` is set.
+    pub connections: Option<std::sync::Arc<ConnectionLimits>>,
+}
+
+/// An upstream connection, holding its place under the upstream's connection limit
+/// for as long as it is open (pooled or busy).
+#[derive(Debug)]
+pub struct UpstreamConn {
+    pub stream: UpstreamStream,
+    pub slot: Option<ConnectionSlot>,
 }
 
 /// Every upstream of a snapshot.
@@ -83,6 +98,9 @@ impl Upstreams {
                     config: u.clone(),
                     maglev,
                     first_target,
+                    connections: u
+                        .max_connections
+                        .map(|max| std::sync::Arc::new(ConnectionLimits::new(max, u.max_pending))),
                 };
                 first_target += u.targets.len();
                 entry
@@ -108,7 +126,9 @@ impl Upstreams {
 #[derive(Debug)]
 pub struct WorkerUpstreams {
     pub balancers: Vec<BalancerState>,
-    pub pool: Pool<UpstreamStream>,
+    pub pool: Pool<UpstreamConn>,
+    /// Retries this worker may still send, by upstream.
+    pub retry_budgets: Vec<RetryBudget>,
 }
 
 impl WorkerUpstreams {
@@ -125,6 +145,11 @@ impl WorkerUpstreams {
         Self {
             balancers,
             pool: Pool::new(upstreams.target_count),
+            retry_budgets: upstreams
+                .entries
+                .iter()
+                .map(|e| RetryBudget::new(e.config.retry_budget))
+                .collect(),
         }
     }
 }
