@@ -72,6 +72,10 @@ struct MemoryStream {
     output: Rc<RefCell<Vec<u8>>>,
 }
 
+// SAFETY: reads touch only `input` and `pos`, writes only `output`: the halves of a
+// split never share state.
+unsafe impl monoio::io::Split for MemoryStream {}
+
 impl AsyncReadRent for MemoryStream {
     async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
         let n = self

@@ -88,6 +88,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Longest pause while reading a request body.
     pub body_read_timeout: Duration,
+    /// A WebSocket tunnel quiet both ways for this long is closed.
+    pub websocket_idle_timeout: Duration,
     /// Largest pending body the gateway reads and discards to keep a connection open
     /// after answering a request itself; larger ones close the connection.
     pub discard_body_max: u64,
@@ -265,6 +267,8 @@ pub struct RouteConfig {
     pub methods: Vec<String>,
     pub headers: Vec<ValueMatch>,
     pub query: Vec<ValueMatch>,
+    /// `Some(true)`: WebSocket handshakes only; `Some(false)`: never them.
+    pub websocket: Option<bool>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
     /// Remove the matched `path_prefix` before forwarding.

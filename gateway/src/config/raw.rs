@@ -111,6 +111,12 @@ pub struct RawLimits {
         deserialize_with = "human_duration"
     )]
     pub body_read_timeout: Duration,
+    /// A WebSocket tunnel with no traffic either way for this long is closed.
+    #[serde(
+        default = "defaults::websocket_idle_timeout",
+        deserialize_with = "human_duration"
+    )]
+    pub websocket_idle_timeout: Duration,
     #[serde(
         default = "defaults::discard_body_max",
         deserialize_with = "human_size"
@@ -128,6 +134,7 @@ impl Default for RawLimits {
             header_read_timeout: defaults::header_read_timeout(),
             idle_timeout: defaults::idle_timeout(),
             body_read_timeout: defaults::body_read_timeout(),
+            websocket_idle_timeout: defaults::websocket_idle_timeout(),
             discard_body_max: defaults::discard_body_max(),
         }
     }
@@ -413,6 +420,8 @@ pub struct RawRoute {
     pub cors: Option<RawCors>,
     /// An OpenAPI 3 document (JSON) describing the route, shown in the developer portal.
     pub openapi: Option<String>,
+    /// `true`: only WebSocket handshakes match; `false`: only other requests; unset: both.
+    pub websocket: Option<bool>,
     /// How failed tries are retried.
     pub retry: Option<RawRetry>,
     /// Longest time until the response starts, every try and backoff included.
@@ -772,6 +781,9 @@ pub mod defaults {
     }
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn websocket_idle_timeout() -> Duration {
+        Duration::from_secs(300)
     }
     pub fn body_read_timeout() -> Duration {
         Duration::from_secs(30)

@@ -532,6 +532,7 @@ fn validate_limits(raw: &RawConfig, problems: &mut Problems) -> Limits {
         ("limits.header_read_timeout", l.header_read_timeout),
         ("limits.idle_timeout", l.idle_timeout),
         ("limits.body_read_timeout", l.body_read_timeout),
+        ("limits.websocket_idle_timeout", l.websocket_idle_timeout),
     ] {
         if value.is_zero() {
             problems.push(key, "must be greater than zero");
@@ -545,6 +546,7 @@ fn validate_limits(raw: &RawConfig, problems: &mut Problems) -> Limits {
         header_read_timeout: l.header_read_timeout,
         idle_timeout: l.idle_timeout,
         body_read_timeout: l.body_read_timeout,
+        websocket_idle_timeout: l.websocket_idle_timeout,
         discard_body_max: l.discard_body_max,
     }
 }
@@ -832,6 +834,7 @@ fn validate_route(
         methods,
         headers,
         query,
+        websocket: r.websocket,
         upstream: upstream?,
         strip_prefix: r.strip_prefix,
         rewrite: r.rewrite.clone(),

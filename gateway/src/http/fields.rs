@@ -107,6 +107,8 @@ impl Fields {
                     tokens.close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     tokens.keep_alive = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    tokens.upgrade = true;
                 } else if !token.is_empty() && count < MAX_CONNECTION_TOKENS {
                     let lead = part.len() - part.trim_ascii_start().len();
                     let s = vs as usize + start + lead;
@@ -171,6 +173,8 @@ impl FramingFields {
 pub struct ConnectionTokens {
     pub close: bool,
     pub keep_alive: bool,
+    /// `Connection: upgrade`: the peer asks for (or agrees to) a protocol switch.
+    pub upgrade: bool,
     /// More named headers than the gateway tracks: treated as malformed.
     pub too_many: bool,
 }
@@ -185,8 +189,6 @@ fn trimmed(raw: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
     (s, e)
 }
 
-/// Headers that are never copied from one side to the other: hop-by-hop fields
-/// (RFC 9110 §7.6.1) and framing the gateway re-generates.
 /// The value of cookie `name` in the request's Cookie headers (RFC 6265 §4.2.1).
 pub fn cookie_value<'a>(fields: &'a Fields, name: &[u8]) -> Option<&'a [u8]> {
     fields.get_all(b"cookie").find_map(|header| {
@@ -198,6 +200,19 @@ pub fn cookie_value<'a>(fields: &'a Fields, name: &[u8]) -> Option<&'a [u8]> {
     })
 }
 
+/// Whether an `Upgrade` header value offers the WebSocket protocol (RFC 6455 §4.1).
+pub fn offers_websocket(fields: &Fields) -> bool {
+    fields.get_all(b"upgrade").any(|value| {
+        value.split(|&b| b == b',').any(|protocol| {
+            let protocol = super::trim_ows(protocol);
+            let name = protocol.split(|&b| b == b'/').next().unwrap_or(b"");
+            name.eq_ignore_ascii_case(b"websocket")
+        })
+    })
+}
+
+/// Headers that are never copied from one side to the other: hop-by-hop fields
+/// (RFC 9110 §7.6.1) and framing the gateway re-generates.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
     const NAMES: [&[u8]; 9] = [
         b"connection",

@@ -34,6 +34,9 @@ pub struct RequestHead {
     pub host: Vec<u8>,
     pub body: RequestBody,
     pub keep_alive: bool,
+    /// A WebSocket opening handshake (GET, HTTP/1.1, no body, `Connection: upgrade`,
+    /// `Upgrade: websocket`): forwarded as an upgrade and tunnelled after a 101.
+    pub websocket: bool,
     pub expect_continue: bool,
     /// Value of an incoming `X-Request-Id` (index into fields), if acceptable.
     pub request_id: Option<usize>,
@@ -171,6 +174,12 @@ impl RequestHead {
             (1, None) if framing.chunked => RequestBody::Chunked,
             _ => return Err(FramingError::Malformed("unsupported Transfer-Encoding")),
         };
+        // Any other upgrade (h2c, …) is ignored: the request goes on as plain HTTP/1.1.
+        self.websocket = tokens.upgrade
+            && self.version_minor == 1
+            && self.method() == b"GET"
+            && self.body == RequestBody::None
+            && super::fields::offers_websocket(&self.fields);
         match (hosts, host_index) {
             (0, _) if self.version_minor >= 1 => Err(FramingError::Malformed("missing Host")),
             (0, _) => {
@@ -344,6 +353,38 @@ mod tests {
         assert_eq!(head.authority(), b"API.Example.com:8080");
         assert_eq!(head.body, RequestBody::None);
         assert!(head.keep_alive);
+    }
+
+    #[test]
+    fn recognizes_only_well_formed_websocket_handshakes() {
+        let handshake = |extra: &str, method: &str| {
+            parse(&format!(
+                "{method} /ws HTTP/1.1\r\nHost: a\r\n{extra}Sec-WebSocket-Key: k\r\n\r\n"
+            ))
+            .expect("valid")
+        };
+        let ws = handshake(
+            "Connection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n",
+            "GET",
+        );
+        assert!(ws.websocket);
+        // The hop-by-hop fields are not forwarded as such.
+        assert!(
+            !(0..ws.fields.len())
+                .any(|i| ws.fields.forwarded(i)
+                    && ws.fields.name(i).eq_ignore_ascii_case(b"upgrade"))
+        );
+        assert!(!handshake("Upgrade: websocket\r\n", "GET").websocket);
+        assert!(!handshake("Connection: upgrade\r\nUpgrade: h2c\r\n", "GET").websocket);
+        assert!(!handshake("Connection: upgrade\r\nUpgrade: websocket\r\n", "POST").websocket);
+        let with_body = parse(
+            "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\n",
+        )
+        .expect("valid");
+        assert!(!with_body.websocket);
+        let old = parse("GET /ws HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .expect("valid");
+        assert!(!old.websocket);
     }
 
     #[test]

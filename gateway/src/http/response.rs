@@ -36,6 +36,21 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// Parses the complete head in `raw`; `request_was_head` suppresses the body.
     pub fn parse(&mut self, raw: &[u8], request_was_head: bool) -> Result<(), FramingError> {
+        self.parse_answer(raw, request_was_head, false)
+    }
+
+    /// Parses the answer to a WebSocket opening handshake: a `101` is then accepted
+    /// when it switches to WebSocket (`Connection: upgrade`, `Upgrade: websocket`).
+    pub fn parse_after_upgrade_request(&mut self, raw: &[u8]) -> Result<(), FramingError> {
+        self.parse_answer(raw, false, true)
+    }
+
+    fn parse_answer(
+        &mut self,
+        raw: &[u8],
+        request_was_head: bool,
+        upgrade_requested: bool,
+    ) -> Result<(), FramingError> {
         let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS_CEILING] =
             [const { MaybeUninit::uninit() }; MAX_HEADERS_CEILING];
         let mut res = httparse::Response::new(&mut []);
@@ -69,7 +84,7 @@ impl ResponseHead {
         self.status = status;
         self.version_minor = version;
         self.reason = (reason_start as u32, (reason_start + reason.len()) as u32);
-        self.frame(request_was_head)
+        self.frame(request_was_head, upgrade_requested)
     }
 
     /// The reason phrase as the upstream sent it.
@@ -93,7 +108,16 @@ impl ResponseHead {
         (100..200).contains(&self.status)
     }
 
-    fn frame(&mut self, request_was_head: bool) -> Result<(), FramingError> {
+    /// Whether the upstream switched the connection to WebSocket (a checked `101`).
+    pub fn switches_protocol(&self) -> bool {
+        self.status == 101
+    }
+
+    fn frame(
+        &mut self,
+        request_was_head: bool,
+        upgrade_requested: bool,
+    ) -> Result<(), FramingError> {
         let mut framing = FramingFields::default();
         for i in 0..self.fields.len() {
             if framing.observe(&mut self.fields, i)? {
@@ -114,10 +138,20 @@ impl ResponseHead {
             0 => tokens.keep_alive && !tokens.close,
             _ => !tokens.close,
         };
-        if self.is_interim() {
-            if self.status == 101 {
+        if self.status == 101 {
+            if !upgrade_requested {
                 return Err(FramingError::Malformed("unrequested protocol switch"));
             }
+            if !(tokens.upgrade && super::fields::offers_websocket(&self.fields)) {
+                return Err(FramingError::Malformed(
+                    "protocol switch to something other than WebSocket",
+                ));
+            }
+            self.body = Some(ResponseBody::None);
+            self.reusable = false;
+            return Ok(());
+        }
+        if self.is_interim() {
             self.body = Some(ResponseBody::None);
             return Ok(());
         }
@@ -186,6 +220,27 @@ mod tests {
         assert_eq!(r.body, Some(ResponseBody::None));
         let r = parse("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n", false).expect("valid");
         assert!(!r.reusable);
+    }
+
+    #[test]
+    fn a_switch_is_accepted_only_to_websocket_and_only_when_asked() {
+        let switch = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n";
+        let mut r = ResponseHead::default();
+        r.parse_after_upgrade_request(switch.as_bytes())
+            .expect("valid");
+        assert!(r.switches_protocol() && !r.reusable);
+        assert_eq!(r.body, Some(ResponseBody::None));
+        assert!(
+            parse(switch, false).is_err(),
+            "never without an upgrade request"
+        );
+        let to_h2c =
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+        assert!(r.parse_after_upgrade_request(to_h2c.as_bytes()).is_err());
+        let plain = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n";
+        r.parse_after_upgrade_request(plain.as_bytes())
+            .expect("a refusal is a normal response");
+        assert_eq!(r.body, Some(ResponseBody::Length(2)));
     }
 
     #[test]

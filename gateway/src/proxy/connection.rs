@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, rc::Rc, time::Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
 use super::{
     Worker,
@@ -84,10 +84,13 @@ pub(super) struct Connection<S> {
     pub(super) bytes_out: u64,
     /// The authenticated consumer (index into the snapshot's consumers).
     pub(super) consumer: Option<usize>,
+    /// The upstream connection of an accepted WebSocket handshake: the client
+    /// connection becomes a tunnel to it.
+    pub(super) tunnel: Option<crate::upstream::UpstreamStream>,
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
+pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split>(
     worker: Rc<Worker>,
     stream: S,
     peer: SocketAddr,
@@ -126,6 +129,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
         bytes_in: 0,
         bytes_out: 0,
         consumer: None,
+        tunnel: None,
     };
     let limits = snapshot.config.limits.clone();
     drop(snapshot);
@@ -158,6 +162,19 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent>(
         worker.metrics(|m| m.request(route, method, status, elapsed, upstream));
         if worker.logs_requests() {
             conn.log(&worker, route, elapsed);
+        }
+        if let Some(upstream) = conn.tunnel.take() {
+            let Connection {
+                stream,
+                rbuf,
+                upstream_buf,
+                ..
+            } = conn;
+            let idle = limits.websocket_idle_timeout;
+            let (sent, received) =
+                super::tunnel::run(stream, rbuf.data(), upstream, upstream_buf.data(), idle).await;
+            tracing::debug!(%peer, sent, received, "websocket tunnel closed");
+            return;
         }
         // A source that just got banned loses this connection too.
         let banned = status >= 400 && worker.count_rejection(conn.client_ip, peer.ip(), status);

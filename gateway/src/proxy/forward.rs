@@ -233,6 +233,18 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 return Err(error);
             }
             let status = self.response.status;
+            if self.response.switches_protocol() {
+                // A WebSocket handshake accepted: the connection leaves HTTP and becomes
+                // a tunnel once this request is accounted for.
+                worker.upstream_state(generation, |state| {
+                    state.balancers[upstream_index].finished(target, None)
+                });
+                self.target_outcome(health, config, global, true);
+                self.switch_protocols(&snapshot.config.gateway.via, limits)
+                    .await?;
+                self.tunnel = Some(conn.stream);
+                return Ok(false);
+            }
             if policy.on_statuses.contains(&status) {
                 tries.failed += 1;
                 if self.may_retry(worker, generation, upstream_index, policy, &tries) {
@@ -638,9 +650,13 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         .map_err(ProxyError::UpstreamFraming)?
                     {
                         Scan::Complete(end) => {
-                            self.response
-                                .parse(&self.upstream_buf.data()[..end], request_was_head)
-                                .map_err(ProxyError::UpstreamFraming)?;
+                            let head = &self.upstream_buf.data()[..end];
+                            if self.head.websocket {
+                                self.response.parse_after_upgrade_request(head)
+                            } else {
+                                self.response.parse(head, request_was_head)
+                            }
+                            .map_err(ProxyError::UpstreamFraming)?;
                             self.upstream_buf.consume(end);
                             break;
                         }
@@ -690,10 +706,28 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     }
                 }
             }
-            if !self.response.is_interim() {
+            if !self.response.is_interim() || self.response.switches_protocol() {
                 return Ok(());
             }
         }
+    }
+
+    /// Sends the upstream's `101` to the client (with the upgrade fields restored).
+    async fn switch_protocols(&mut self, via: &str, limits: &Limits) -> Result<(), ProxyError> {
+        self.out.clear();
+        let client = serialize::ClientSide {
+            via,
+            request_id: &self.request_id,
+            keep_alive: true,
+            client_minor: self.head.version_minor,
+            extra_headers: &self.reply_headers,
+        };
+        serialize::response_head(&mut self.out, &self.response, OutFraming::None, &client);
+        self.response_started = true;
+        self.status = self.response.status;
+        write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout)
+            .await
+            .map_err(downstream_io)
     }
 
     /// Sends the response head and relays the body; returns whether the upstream

@@ -20,6 +20,7 @@ pub mod io;
 mod policy;
 mod relay;
 mod serialize;
+mod tunnel;
 
 use std::{
     cell::{Cell, RefCell},

@@ -106,6 +106,9 @@ pub fn request_head(
     via_line(out, req.version_minor, fwd.via);
     header(out, b"x-request-id", fwd.request_id);
     out.extend_from_slice(fwd.extra);
+    if req.websocket {
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+    }
     match body {
         RequestBody::None => {}
         RequestBody::Length(n) => {
@@ -174,7 +177,9 @@ pub fn response_head(
         }
         OutFraming::None | OutFraming::Close => {}
     }
-    if !keep_alive {
+    if res.switches_protocol() {
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+    } else if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if client_minor == 0 {
         out.extend_from_slice(b"connection: keep-alive\r\n");

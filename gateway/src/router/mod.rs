@@ -195,7 +195,10 @@ fn first_segment(path: &[u8]) -> &[u8] {
 }
 
 fn condition_count(route: &RouteConfig) -> usize {
-    usize::from(!route.methods.is_empty()) + route.headers.len() + route.query.len()
+    usize::from(!route.methods.is_empty())
+        + usize::from(route.websocket.is_some())
+        + route.headers.len()
+        + route.query.len()
 }
 
 /// Prefix match at a segment boundary: `/api` matches `/api` and `/api/x`, not `/apix`.
@@ -206,6 +209,7 @@ pub fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
 
 fn conditions_hold(route: &RouteConfig, req: &RequestHead) -> bool {
     (route.methods.is_empty() || route.methods.iter().any(|m| m.as_bytes() == req.method()))
+        && route.websocket.is_none_or(|ws| ws == req.websocket)
         && route.headers.iter().all(|m| header_holds(m, req))
         && route
             .query
