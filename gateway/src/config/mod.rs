@@ -6,6 +6,7 @@
 
 mod locate;
 pub mod raw;
+pub mod transform;
 mod validate;
 mod validate_policy;
 mod validate_traffic;
@@ -194,10 +195,50 @@ impl Default for RetryPolicy {
     }
 }
 
-/// A route's timeouts and retries.
+/// Which requests of a route go to another upstream than its own.
+#[derive(Debug, Clone)]
+pub struct SplitRule {
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub choice: SplitChoice,
+}
+
+/// How a [`SplitRule`] picks its requests.
+#[derive(Debug, Clone)]
+pub enum SplitChoice {
+    /// This many basis points (1/100 of a percent) of the traffic.
+    Weight(u32),
+    /// Requests whose header (lower-case name) equals the value.
+    Header(String, String),
+    /// Requests whose cookie equals the value.
+    Cookie(String, String),
+}
+
+/// Copies of a share of a route's requests to a shadow upstream (answers ignored).
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    pub upstream: usize,
+    /// Basis points of the requests mirrored.
+    pub share: u32,
+    /// Requests with larger bodies are not mirrored.
+    pub max_body: u64,
+}
+
+/// A route's traffic management: timeouts, retries, header transformations, traffic
+/// split and mirroring.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTraffic {
     pub retry: RetryPolicy,
+    /// Flag rules first (in order), then weighted shares; the rest goes to the route's
+    /// own upstream.
+    pub split: Vec<SplitRule>,
+    /// What keeps a client on one side of a weighted split (random when `None`).
+    pub split_key: Option<HashKey>,
+    pub mirror: Option<MirrorConfig>,
+    /// Applied to the request before it goes upstream.
+    pub request_headers: transform::HeaderTransform,
+    /// Applied to every response of the route (the gateway's own answers too).
+    pub response_headers: transform::HeaderTransform,
     /// Until the response starts, every try and backoff included (504 beyond).
     pub timeout: Option<Duration>,
     /// One try's wait for the response head after its request was sent.

@@ -287,6 +287,45 @@ impl Default for RawRetryBudget {
     }
 }
 
+/// One `split` entry: a share of the traffic by `weight` (percent), or the requests whose
+/// `header` or `cookie` equals `value`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplit {
+    pub upstream: String,
+    pub weight: Option<f64>,
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub value: Option<String>,
+}
+
+/// `mirror = { … }` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    pub upstream: String,
+    /// Share of the requests copied, in percent.
+    #[serde(default = "defaults::mirror_percent")]
+    pub percent: f64,
+    /// Larger request bodies are not mirrored.
+    #[serde(default = "defaults::mirror_max_body", deserialize_with = "human_size")]
+    pub max_body: u64,
+}
+
+/// `request_headers` / `response_headers` of a route: values may use `${variables}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderTransform {
+    /// Another line with this name, next to any the message has.
+    #[serde(default)]
+    pub add: std::collections::BTreeMap<String, String>,
+    /// This line instead of any the message has.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
 /// `retry = { … }` of a route.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -422,6 +461,18 @@ pub struct RawRoute {
     pub openapi: Option<String>,
     /// `true`: only WebSocket handshakes match; `false`: only other requests; unset: both.
     pub websocket: Option<bool>,
+    /// Other upstreams taking part of the route's traffic (canary, feature flags).
+    #[serde(default)]
+    pub split: Vec<RawSplit>,
+    /// What keeps a client on one side of a weighted split: `client_ip`,
+    /// `header:NAME` or `cookie:NAME` (random per request when unset).
+    pub split_key: Option<String>,
+    /// A shadow upstream receiving copies of a share of the requests.
+    pub mirror: Option<RawMirror>,
+    /// Headers changed on the way to the upstream.
+    pub request_headers: Option<RawHeaderTransform>,
+    /// Headers changed on the way to the client.
+    pub response_headers: Option<RawHeaderTransform>,
     /// How failed tries are retried.
     pub retry: Option<RawRetry>,
     /// Longest time until the response starts, every try and backoff included.
@@ -781,6 +832,12 @@ pub mod defaults {
     }
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn mirror_percent() -> f64 {
+        100.0
+    }
+    pub fn mirror_max_body() -> u64 {
+        64 * 1024
     }
     pub fn websocket_idle_timeout() -> Duration {
         Duration::from_secs(300)

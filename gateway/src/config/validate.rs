@@ -197,6 +197,8 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
         for claim in limit_claim
             .into_iter()
             .chain(route.policy.claims.iter().map(|(c, _)| c))
+            .chain(route.traffic.request_headers.claims())
+            .chain(route.traffic.response_headers.claims())
         {
             let selections = auth
                 .jwt
@@ -713,7 +715,7 @@ fn validate_upstream_tls(
     }
 }
 
-fn parse_hash_key(text: &str) -> Option<HashKey> {
+pub(super) fn parse_hash_key(text: &str) -> Option<HashKey> {
     match text.split_once(':') {
         Some(("header", name)) if is_token(name) => {
             Some(HashKey::Header(name.to_ascii_lowercase()))
@@ -839,7 +841,7 @@ fn validate_route(
         strip_prefix: r.strip_prefix,
         rewrite: r.rewrite.clone(),
         policy,
-        traffic: super::validate_traffic::validate_route_traffic(&key, r, problems),
+        traffic: super::validate_traffic::validate_route_traffic(&key, r, upstreams, problems),
         openapi: None,
     })
 }

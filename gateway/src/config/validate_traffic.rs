@@ -1,16 +1,19 @@
 //! Validation of traffic management: each route's timeouts and retry policy, and each
 //! upstream's circuit breakers and retry budget.
 
+use std::collections::HashMap;
+
 use super::{
-    RetryBudgetConfig, RetryPolicy, RouteTraffic,
+    HashKey, MirrorConfig, RetryBudgetConfig, RetryPolicy, RouteTraffic, SplitChoice, SplitRule,
     raw::{RawRetry, RawRetryBudget, RawRoute, RawUpstream},
-    validate::Problems,
+    validate::{Problems, is_token},
 };
 
-/// The route's `retry`, `timeout` and `per_try_timeout`.
+/// The route's `retry`, timeouts, `split`, `mirror` and header transformations.
 pub(super) fn validate_route_traffic(
     key: &str,
     r: &RawRoute,
+    upstreams: &HashMap<&str, usize>,
     problems: &mut Problems,
 ) -> RouteTraffic {
     for (name, value) in [
@@ -29,7 +32,28 @@ pub(super) fn validate_route_traffic(
             "longer than the route's total timeout; it could never fire",
         );
     }
+    let (split, split_key) = validate_split(key, r, upstreams, problems);
+    let mirror = r.mirror.as_ref().and_then(|m| {
+        if !(0.0..=100.0).contains(&m.percent) {
+            problems.push(format!("{key}.mirror.percent"), "between 0 and 100");
+        }
+        let Some(&upstream) = upstreams.get(m.upstream.as_str()) else {
+            problems.push(
+                format!("{key}.mirror.upstream"),
+                format!("unknown upstream {:?}", m.upstream),
+            );
+            return None;
+        };
+        Some(MirrorConfig {
+            upstream,
+            share: basis_points(m.percent),
+            max_body: m.max_body,
+        })
+    });
     RouteTraffic {
+        split,
+        split_key,
+        mirror,
         retry: r
             .retry
             .as_ref()
@@ -37,7 +61,100 @@ pub(super) fn validate_route_traffic(
             .unwrap_or_default(),
         timeout: r.timeout,
         per_try_timeout: r.per_try_timeout,
+        request_headers: r
+            .request_headers
+            .as_ref()
+            .map(|t| {
+                super::transform::validate_header_transform(
+                    &format!("{key}.request_headers"),
+                    t,
+                    problems,
+                )
+            })
+            .unwrap_or_default(),
+        response_headers: r
+            .response_headers
+            .as_ref()
+            .map(|t| {
+                super::transform::validate_header_transform(
+                    &format!("{key}.response_headers"),
+                    t,
+                    problems,
+                )
+            })
+            .unwrap_or_default(),
     }
+}
+
+/// A percentage as basis points.
+fn basis_points(percent: f64) -> u32 {
+    (percent.clamp(0.0, 100.0) * 100.0).round() as u32
+}
+
+fn validate_split(
+    key: &str,
+    r: &RawRoute,
+    upstreams: &HashMap<&str, usize>,
+    problems: &mut Problems,
+) -> (Vec<SplitRule>, Option<HashKey>) {
+    let mut flags = Vec::new();
+    let mut weighted = Vec::new();
+    let mut total = 0.0;
+    for (i, s) in r.split.iter().enumerate() {
+        let skey = format!("{key}.split[{i}]");
+        let Some(&upstream) = upstreams.get(s.upstream.as_str()) else {
+            problems.push(
+                format!("{skey}.upstream"),
+                format!("unknown upstream {:?}", s.upstream),
+            );
+            continue;
+        };
+        let choice = match (s.weight, &s.header, &s.cookie, &s.value) {
+            (Some(weight), None, None, None) if (0.0..=100.0).contains(&weight) => {
+                total += weight;
+                SplitChoice::Weight(basis_points(weight))
+            }
+            (None, Some(name), None, Some(value)) if is_token(name) => {
+                SplitChoice::Header(name.to_ascii_lowercase(), value.clone())
+            }
+            (None, None, Some(name), Some(value)) if is_token(name) => {
+                SplitChoice::Cookie(name.clone(), value.clone())
+            }
+            _ => {
+                problems.push(
+                    skey,
+                    "write { upstream, weight = PERCENT } or { upstream, header|cookie = NAME, value }",
+                );
+                continue;
+            }
+        };
+        let rule = SplitRule { upstream, choice };
+        if matches!(rule.choice, SplitChoice::Weight(_)) {
+            weighted.push(rule);
+        } else {
+            flags.push(rule);
+        }
+    }
+    if total > 100.0 {
+        problems.push(
+            format!("{key}.split"),
+            format!("weights add up to {total}%, more than 100%"),
+        );
+    }
+    let split_key = r.split_key.as_deref().and_then(|text| {
+        let parsed = super::validate::parse_hash_key(text);
+        if parsed.is_none() {
+            problems.push(
+                format!("{key}.split_key"),
+                format!(
+                    "invalid key {text:?}; write \"client_ip\", \"header:NAME\" or \"cookie:NAME\""
+                ),
+            );
+        }
+        parsed
+    });
+    flags.extend(weighted);
+    (flags, split_key)
 }
 
 fn validate_retry(key: &str, raw: &RawRetry, problems: &mut Problems) -> RetryPolicy {

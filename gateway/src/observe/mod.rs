@@ -76,6 +76,10 @@ pub struct UpstreamMetrics {
     pub retries_refused: Counter,
     /// Requests refused by the circuit breaker (max_connections / max_pending).
     pub overflows: Counter,
+    /// Mirrored copies delivered, failed, and skipped (body too large, too many).
+    pub mirrored: Counter,
+    pub mirror_failures: Counter,
+    pub mirror_skipped: Counter,
 }
 
 /// A worker's metric handles for one config snapshot.
@@ -133,6 +137,9 @@ impl WorkerMetrics {
                         &labels
                     ),
                     overflows: counter!("gateway_upstream_overflows_total", &labels),
+                    mirrored: counter!("gateway_upstream_mirrored_total", &labels),
+                    mirror_failures: counter!("gateway_upstream_mirror_failures_total", &labels),
+                    mirror_skipped: counter!("gateway_upstream_mirror_skipped_total", &labels),
                 }
             })
             .collect();

@@ -87,6 +87,9 @@ pub(super) struct Connection<S> {
     /// The upstream connection of an accepted WebSocket handshake: the client
     /// connection becomes a tunnel to it.
     pub(super) tunnel: Option<crate::upstream::UpstreamStream>,
+    /// The request is being copied to a shadow upstream; its body is collected here.
+    pub(super) mirror: Option<super::mirror::MirrorPlan>,
+    pub(super) mirror_body: Vec<u8>,
 }
 
 /// Serves one accepted connection until it closes.
@@ -130,6 +133,8 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split>(
         bytes_out: 0,
         consumer: None,
         tunnel: None,
+        mirror: None,
+        mirror_body: Vec::new(),
     };
     let limits = snapshot.config.limits.clone();
     drop(snapshot);
@@ -371,11 +376,12 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     let close = !self.head.keep_alive || worker.drain.is_draining();
                     return self.answer_empty(204, close, limits).await;
                 }
-                Ok(Admission::Forward(_in_flight)) => {
+                Ok(Admission::Forward(_in_flight, upstream)) => {
                     self.route = Some(index);
                     let route = &snapshot.router.routes()[index];
                     Router::upstream_path(route, &self.head.path, &mut self.path);
-                    self.forward(worker, &snapshot, route, limits).await
+                    self.forward(worker, &snapshot, route, upstream, limits)
+                        .await
                 }
             },
         };

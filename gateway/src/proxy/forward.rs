@@ -16,11 +16,11 @@ use super::{
     connection::{BodyState, Connection},
     error::ProxyError,
     io::{IoFailure, write_all_within},
-    relay::{Relay, RelayError},
-    serialize::{self, Forwarding, OutFraming},
+    relay::{Relay, RelayError, Tee},
+    serialize::{self, OutFraming},
 };
 use crate::{
-    config::{HashKey, Limits, RetryPolicy, RouteConfig, UpstreamConfig},
+    config::{Limits, RetryPolicy, RouteConfig, UpstreamConfig},
     http::{
         FramingError,
         head::{HeadScanner, Scan},
@@ -31,7 +31,6 @@ use crate::{
         UpstreamConn, UpstreamEntry, UpstreamStream,
         circuit::{ConnectionLimits, ConnectionSlot},
         connect,
-        maglev::fnv1a,
         retry::backoff,
     },
 };
@@ -124,9 +123,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         worker: &Worker,
         snapshot: &Snapshot,
         route: &RouteConfig,
+        upstream_index: usize,
         limits: &Limits,
     ) -> Result<bool, ProxyError> {
-        let upstream_index = route.upstream;
         let upstream = &snapshot.upstreams.entries[upstream_index];
         let config = &upstream.config;
         let policy = &route.traffic.retry;
@@ -145,6 +144,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         worker.upstream_state(generation, |state| {
             state.retry_budgets[upstream_index].record_request(now)
         });
+        self.plan_mirror(worker, route);
         loop {
             let target = self.pick_target(
                 worker,
@@ -189,7 +189,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             let started =
                 matches!(config.balance, crate::config::Balance::P2cEwma).then(Instant::now);
             let head = self
-                .exchange_head(&mut conn.stream, snapshot, config, route, &tries, limits)
+                .exchange_head(
+                    worker,
+                    &mut conn.stream,
+                    snapshot,
+                    config,
+                    route,
+                    &tries,
+                    limits,
+                )
                 .await;
             if let Err(ExchangeError {
                 error,
@@ -233,6 +241,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 return Err(error);
             }
             let status = self.response.status;
+            self.strip_response_headers(route);
             if self.response.switches_protocol() {
                 // A WebSocket handshake accepted: the connection leaves HTTP and becomes
                 // a tunnel once this request is accounted for.
@@ -508,27 +517,19 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     }
 
     /// The consistent-hash key of the request, if the upstream hashes.
-    fn hash_key(&self, config: &UpstreamConfig) -> Option<u64> {
+    pub(super) fn hash_key(&self, config: &UpstreamConfig) -> Option<u64> {
         let crate::config::Balance::ConsistentHash(key) = &config.balance else {
             return None;
         };
-        match key {
-            HashKey::ClientIp => Some(match super::canonical_ip(self.peer.ip()) {
-                std::net::IpAddr::V4(v4) => fnv1a(0, &v4.octets()),
-                std::net::IpAddr::V6(v6) => fnv1a(0, &v6.octets()),
-            }),
-            HashKey::Header(name) => self.head.fields.get(name.as_bytes()).map(|v| fnv1a(0, v)),
-            HashKey::Cookie(name) => {
-                crate::http::fields::cookie_value(&self.head.fields, name.as_bytes())
-                    .map(|v| fnv1a(0, v))
-            }
-        }
+        self.key_hash(key)
     }
 
     /// One try on `upstream`: sends the request (head and body) and reads the response
     /// head into `self.response`, within the route's per-try and total timeouts.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange_head(
         &mut self,
+        worker: &Worker,
         upstream: &mut UpstreamStream,
         snapshot: &Snapshot,
         config: &UpstreamConfig,
@@ -536,28 +537,16 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         tries: &Tries,
         limits: &Limits,
     ) -> Result<(), ExchangeError> {
-        let gateway = &snapshot.config.gateway;
-        let forwarding = Forwarding {
-            client: &self.client_text,
-            trusted: snapshot.is_trusted_proxy(self.peer.ip()),
-            proto: self.proto,
-            via: &gateway.via,
-            request_id: &self.request_id,
-            query: if self.query_rewritten {
-                Some(&self.query_buf[..]).filter(|q| !q.is_empty())
-            } else {
-                self.head.query()
-            },
-            extra: &self.upstream_headers,
-        };
-        self.out.clear();
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
         serialize::request_head(
-            &mut self.out,
+            &mut out,
             &self.head,
             &self.path,
             self.head.body,
-            &forwarding,
+            &self.forwarding(snapshot),
         );
+        self.out = out;
 
         if self.head.expect_continue && !matches!(self.body, BodyState::Done) {
             let mut interim = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
@@ -568,6 +557,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
         let sent_at = Instant::now();
         self.send_request_body(upstream, config, limits).await?;
+        if let Some(mirror) = self.mirror.take() {
+            self.dispatch_mirror(worker, snapshot, mirror);
+        }
         let per_try = route.traffic.per_try_timeout.map(|t| Instant::now() + t);
         let head_deadline = match (per_try, tries.deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -611,11 +603,19 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             out: &mut self.out,
             read_timeout: limits.body_read_timeout,
             write_timeout: config.write_timeout,
+            tee: self.mirror.map(|m| Tee {
+                buf: &mut self.mirror_body,
+                cap: m.max_body,
+                overflowed: false,
+            }),
         };
         let result = match body {
             RequestBody::Length(n) => relay.copy_length(n).await,
             _ => relay.copy_chunked(true, limits.max_body_size).await,
         };
+        if relay.tee.is_some_and(|t| t.overflowed) {
+            self.mirror = None;
+        }
         self.bytes_in = result.map_err(|error| {
             ExchangeError::from(match error {
                 RelayError::Read(IoFailure::Timeout) => ProxyError::BodyTimeout,
@@ -712,6 +712,23 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         }
     }
 
+    /// The gateway's forwarding headers for this request.
+    pub(super) fn forwarding<'a>(&'a self, snapshot: &'a Snapshot) -> serialize::Forwarding<'a> {
+        serialize::Forwarding {
+            client: &self.client_text,
+            trusted: snapshot.is_trusted_proxy(self.peer.ip()),
+            proto: self.proto,
+            via: &snapshot.config.gateway.via,
+            request_id: &self.request_id,
+            query: if self.query_rewritten {
+                Some(&self.query_buf[..]).filter(|q| !q.is_empty())
+            } else {
+                self.head.query()
+            },
+            extra: &self.upstream_headers,
+        }
+    }
+
     /// Sends the upstream's `101` to the client (with the upgrade fields restored).
     async fn switch_protocols(&mut self, via: &str, limits: &Limits) -> Result<(), ProxyError> {
         self.out.clear();
@@ -765,6 +782,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             out: &mut self.out,
             read_timeout: config.read_timeout,
             write_timeout: limits.idle_timeout,
+            tee: None,
         };
         let rechunk = framing == OutFraming::Chunked;
         let result = match self.response.body.unwrap_or(ResponseBody::None) {

@@ -17,9 +17,12 @@ mod drain;
 pub mod error;
 mod forward;
 pub mod io;
+mod mirror;
 mod policy;
 mod relay;
 mod serialize;
+mod split;
+mod transform;
 mod tunnel;
 
 use std::{
@@ -235,6 +238,8 @@ pub struct Worker {
     control: Option<std::sync::mpsc::Sender<crate::admin::Control>>,
     /// When this process took its listeners over (binary upgrade), if it did.
     pub takeover_started: Option<std::time::Instant>,
+    /// Mirrored requests in flight on this worker.
+    mirrors_in_flight: std::rc::Rc<Cell<u32>>,
 }
 
 /// Process-wide things every worker gets at start, besides the config snapshot.
@@ -289,6 +294,7 @@ impl Worker {
             access_log: RefCell::new(access_log.map(WorkerLog::new)),
             control,
             takeover_started,
+            mirrors_in_flight: std::rc::Rc::default(),
         })
     }
 

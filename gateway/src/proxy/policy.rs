@@ -3,7 +3,7 @@
 //! ```text
 //! client IP (trusted-proxy aware) → route IP allow/deny → CORS preflight
 //!   → credentials (auth::Authenticator) → rate limits (route, then consumer)
-//!   → concurrency limit → forward
+//!   → traffic split → concurrency limits → header transforms → forward
 //! ```
 //!
 //! Each phase continues or ends the request with a [`ProxyError`]; headers the answer
@@ -38,8 +38,8 @@ pub(super) struct InFlightPlaces<'s> {
 
 /// How the policy phases let a request through.
 pub(super) enum Admission<'s> {
-    /// Forward it, holding its places until done.
-    Forward(InFlightPlaces<'s>),
+    /// Forward it to this upstream, holding its places until done.
+    Forward(InFlightPlaces<'s>, usize),
     /// A CORS preflight the gateway answers itself (headers already in place).
     Preflight,
 }
@@ -95,19 +95,24 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 .ok_or(ProxyError::TooManyInFlight),
             None => Ok(None),
         };
+        let upstream = self.choose_upstream(worker, route);
         let places = enter(snapshot.in_flight[route_index].as_ref()).and_then(|route_place| {
             Ok((
                 route_place,
-                enter(snapshot.upstream_in_flight[route.upstream].as_ref())?,
+                enter(snapshot.upstream_in_flight[upstream].as_ref())?,
             ))
         });
         let (route_place, upstream_place) = places.inspect_err(|_| {
             crate::observe::limit_rejection(&route.name, "in_flight");
         })?;
-        Ok(Admission::Forward(InFlightPlaces {
-            _route: route_place,
-            _upstream: upstream_place,
-        }))
+        self.transform_headers(snapshot, route, identity.as_deref());
+        Ok(Admission::Forward(
+            InFlightPlaces {
+                _route: route_place,
+                _upstream: upstream_place,
+            },
+            upstream,
+        ))
     }
 
     /// The client's address: the peer, or when the peer is a trusted proxy, the last

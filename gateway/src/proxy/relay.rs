@@ -34,6 +34,28 @@ pub(super) enum RelayError {
     TooLarge,
 }
 
+/// A copy of the body taken on the way through (for a mirrored request), given up when
+/// the body grows past `cap`.
+pub(super) struct Tee<'a> {
+    pub buf: &'a mut Vec<u8>,
+    pub cap: usize,
+    pub overflowed: bool,
+}
+
+impl Tee<'_> {
+    fn take(&mut self, data: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        if self.buf.len() + data.len() > self.cap {
+            self.overflowed = true;
+            self.buf.clear();
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+    }
+}
+
 /// The two ends of a relay and their deadlines. `out` may already hold bytes (a head)
 /// that must go out before the body; it is empty again when a relay returns `Ok`.
 pub(super) struct Relay<'a, R, W> {
@@ -43,9 +65,17 @@ pub(super) struct Relay<'a, R, W> {
     pub out: &'a mut Vec<u8>,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// Where a copy of the body goes, when one is wanted.
+    pub tee: Option<Tee<'a>>,
 }
 
 impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
+    fn tee(&mut self, data_len: usize) {
+        if let Some(tee) = self.tee.as_mut() {
+            tee.take(&self.buf.data()[..data_len]);
+        }
+    }
+
     /// Sends what `out` holds (a head without a body): a body of 0 bytes.
     pub async fn flush_head(&mut self) -> Result<u64, RelayError> {
         self.flush().await.map(|()| 0)
@@ -78,6 +108,7 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
     pub async fn copy_length(&mut self, length: u64) -> Result<u64, RelayError> {
         let mut remaining = length;
         let buffered = (self.buf.len() as u64).min(remaining) as usize;
+        self.tee(buffered);
         if buffered <= COALESCE_LIMIT {
             self.out.extend_from_slice(&self.buf.data()[..buffered]);
             self.buf.consume(buffered);
@@ -93,6 +124,7 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
         while remaining > 0 {
             self.fill().await?;
             let take = (self.buf.len() as u64).min(remaining) as usize;
+            self.tee(take);
             self.buf
                 .write_prefix_to(self.dst, take, self.write_timeout)
                 .await
@@ -110,6 +142,9 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
             match decoder.step(self.buf.data()).map_err(RelayError::Framing)? {
                 Decoded::Data { start, end } => {
                     let data = &self.buf.data()[start..end];
+                    if let Some(tee) = self.tee.as_mut() {
+                        tee.take(data);
+                    }
                     if rechunk {
                         encode_chunk(data, self.out);
                     } else {
