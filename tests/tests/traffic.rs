@@ -348,3 +348,67 @@ fn bad_traffic_settings_are_refused_with_their_key() {
         assert!(error.contains(key), "{key} missing from: {error}");
     }
 }
+
+#[test]
+fn versioned_routes_select_and_rewrite_the_version() {
+    let (v1, v2, v3) = (
+        Backend::start("v1"),
+        Backend::start("v2"),
+        Backend::start("v3"),
+    );
+    let gw = gateway(
+        &(upstream("v1", v1.addr) + &upstream("v2", v2.addr) + &upstream("v3", v3.addr)),
+        r#"[[routes]]
+name = "users-v2"
+path_prefix = "/users"
+upstream = "v2"
+version = { value = "2", from = "accept", to = "path" }
+
+[[routes]]
+name = "users-v3"
+path_prefix = "/users"
+upstream = "v3"
+version = { value = "3", from = "header:api-version", to = "header:x-api-version" }
+
+[[routes]]
+name = "path-v3"
+upstream = "v3"
+version = { value = "3", from = "path", to = "header:x-api-version" }
+
+[[routes]]
+name = "users-default"
+path_prefix = "/users"
+upstream = "v1"
+"#,
+    );
+    let get = |path: &str, extra: &str| {
+        let res = request(
+            gw.addr(),
+            &format!("GET {path} HTTP/1.1\r\nHost: a\r\n{extra}\r\n"),
+        );
+        assert_eq!(res.status, 200, "{}", res.text());
+        res.json()
+    };
+    for accept in [
+        "Accept: application/vnd.acme.v2+json\r\n",
+        "Accept: text/html, application/json; version=2\r\n",
+    ] {
+        let json = get("/users/7?x=1", accept);
+        assert_eq!(json["backend"], "v2", "{accept}");
+        assert_eq!(json["target"], "/v2/users/7?x=1");
+    }
+    let json = get("/users/7", "Api-Version: 3\r\n");
+    assert_eq!(json["backend"], "v3");
+    assert_eq!(json["target"], "/users/7");
+    assert_eq!(echoed(&json, "x-api-version"), ["3"]);
+    let json = get("/v3/users/7", "");
+    assert_eq!(json["backend"], "v3");
+    assert_eq!(json["target"], "/users/7", "the version moved to a header");
+    assert_eq!(echoed(&json, "x-api-version"), ["3"]);
+    // No version, or one no route serves: the unversioned route.
+    assert_eq!(get("/users/7", "")["backend"], "v1");
+    assert_eq!(
+        get("/users/7", "Accept: application/json; version=9\r\n")["backend"],
+        "v1"
+    );
+}

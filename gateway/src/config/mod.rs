@@ -195,6 +195,36 @@ impl Default for RetryPolicy {
     }
 }
 
+/// A route's API version.
+#[derive(Debug, Clone)]
+pub struct VersionConfig {
+    pub value: String,
+    pub from: VersionSource,
+    pub to: VersionTarget,
+}
+
+/// Where the request names its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionSource {
+    /// The first path segment, `/v2/…`.
+    Path,
+    /// A header (lower-case name).
+    Header(String),
+    /// The `Accept` media type: a `version`/`v` parameter or a `vnd.….v2` subtype.
+    Accept,
+}
+
+/// How the version reaches the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionTarget {
+    /// As the client sent it.
+    Unchanged,
+    /// As a `/v2` first path segment.
+    Path,
+    /// As this header (lower-case name); a version in the path is removed from it.
+    Header(String),
+}
+
 /// Which requests of a route go to another upstream than its own.
 #[derive(Debug, Clone)]
 pub struct SplitRule {
@@ -310,6 +340,8 @@ pub struct RouteConfig {
     pub query: Vec<ValueMatch>,
     /// `Some(true)`: WebSocket handshakes only; `Some(false)`: never them.
     pub websocket: Option<bool>,
+    /// The API version the route serves, and how it reaches the upstream.
+    pub version: Option<VersionConfig>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
     /// Remove the matched `path_prefix` before forwarding.

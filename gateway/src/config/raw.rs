@@ -299,6 +299,18 @@ pub struct RawSplit {
     pub value: Option<String>,
 }
 
+/// `version = { value = "2", from = "accept", to = "path" }` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersion {
+    pub value: String,
+    /// `path` (`/v2/…`), `header:NAME` or `accept`.
+    #[serde(default = "defaults::version_from")]
+    pub from: String,
+    /// `path` or `header:NAME`; unset: forwarded as the client sent it.
+    pub to: Option<String>,
+}
+
 /// `mirror = { … }` of a route.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -461,6 +473,8 @@ pub struct RawRoute {
     pub openapi: Option<String>,
     /// `true`: only WebSocket handshakes match; `false`: only other requests; unset: both.
     pub websocket: Option<bool>,
+    /// The API version the route serves.
+    pub version: Option<RawVersion>,
     /// Other upstreams taking part of the route's traffic (canary, feature flags).
     #[serde(default)]
     pub split: Vec<RawSplit>,
@@ -832,6 +846,9 @@ pub mod defaults {
     }
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn version_from() -> String {
+        "path".into()
     }
     pub fn mirror_percent() -> f64 {
         100.0

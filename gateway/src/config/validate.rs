@@ -837,6 +837,7 @@ fn validate_route(
         headers,
         query,
         websocket: r.websocket,
+        version: super::validate_traffic::validate_version(&key, r, problems),
         upstream: upstream?,
         strip_prefix: r.strip_prefix,
         rewrite: r.rewrite.clone(),

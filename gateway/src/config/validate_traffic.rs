@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::{
     HashKey, MirrorConfig, RetryBudgetConfig, RetryPolicy, RouteTraffic, SplitChoice, SplitRule,
+    VersionConfig, VersionSource, VersionTarget,
     raw::{RawRetry, RawRetryBudget, RawRoute, RawUpstream},
     validate::{Problems, is_token},
 };
@@ -84,6 +85,77 @@ pub(super) fn validate_route_traffic(
             })
             .unwrap_or_default(),
     }
+}
+
+/// The route's `version`.
+pub(super) fn validate_version(
+    key: &str,
+    r: &RawRoute,
+    problems: &mut Problems,
+) -> Option<VersionConfig> {
+    let raw = r.version.as_ref()?;
+    let key = format!("{key}.version");
+    if raw.value.is_empty()
+        || !raw
+            .value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.')
+    {
+        problems.push(
+            format!("{key}.value"),
+            "letters, digits and dots, e.g. \"2\" or \"2.1\"",
+        );
+    }
+    let header = |text: &str| {
+        text.strip_prefix("header:")
+            .filter(|name| is_token(name))
+            .map(str::to_ascii_lowercase)
+    };
+    let from = match raw.from.as_str() {
+        "path" => VersionSource::Path,
+        "accept" => VersionSource::Accept,
+        other => match header(other) {
+            Some(name) => VersionSource::Header(name),
+            None => {
+                problems.push(
+                    format!("{key}.from"),
+                    format!("{other:?}: write \"path\", \"accept\" or \"header:NAME\""),
+                );
+                return None;
+            }
+        },
+    };
+    let to = match raw.to.as_deref() {
+        None => VersionTarget::Unchanged,
+        Some("path") if from == VersionSource::Path => {
+            problems.push(format!("{key}.to"), "the version is already in the path");
+            return None;
+        }
+        Some("path") => VersionTarget::Path,
+        Some(other) => match header(other) {
+            Some(name) => VersionTarget::Header(name),
+            None => {
+                problems.push(
+                    format!("{key}.to"),
+                    format!("{other:?}: write \"path\" or \"header:NAME\""),
+                );
+                return None;
+            }
+        },
+    };
+    let moves_path = to == VersionTarget::Path
+        || (from == VersionSource::Path && matches!(to, VersionTarget::Header(_)));
+    if moves_path && (r.strip_prefix || r.rewrite.is_some()) {
+        problems.push(
+            format!("{key}.to"),
+            "a version written into or taken out of the path cannot be combined with strip_prefix or rewrite",
+        );
+    }
+    Some(VersionConfig {
+        value: raw.value.clone(),
+        from,
+        to,
+    })
 }
 
 /// A percentage as basis points.

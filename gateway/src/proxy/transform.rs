@@ -32,14 +32,27 @@ fn drop_named(fields: &mut Fields, remove: &[String]) {
 }
 
 impl<S> Connection<S> {
-    /// Applies the route's request and response header changes, once the request has
-    /// been admitted (so the identity is known).
+    /// Applies the route's request and response header changes (and its API version
+    /// header), once the request has been admitted (so the identity is known).
     pub(super) fn transform_headers(
         &mut self,
         snapshot: &Snapshot,
         route: &RouteConfig,
         identity: Option<&Identity>,
     ) {
+        if let Some(crate::config::VersionConfig {
+            value,
+            to: crate::config::VersionTarget::Header(name),
+            ..
+        }) = &route.version
+        {
+            drop_named(&mut self.head.fields, std::slice::from_ref(name));
+            super::serialize::header(
+                &mut self.upstream_headers,
+                name.as_bytes(),
+                value.as_bytes(),
+            );
+        }
         let traffic = &route.traffic;
         if !traffic.request_headers.is_empty() {
             drop_named(&mut self.head.fields, &traffic.request_headers.remove);

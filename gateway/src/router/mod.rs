@@ -9,10 +9,15 @@
 //! query) is tried first; remaining ties go to the earlier declaration. The first
 //! candidate whose every condition holds is the route.
 
+mod version;
+
 use std::collections::HashMap;
 
 use crate::{
-    config::{Config, HostMatch, PathMatch, RouteConfig, ValueCondition, ValueMatch},
+    config::{
+        Config, HostMatch, PathMatch, RouteConfig, ValueCondition, ValueMatch, VersionSource,
+        VersionTarget,
+    },
     http::request::RequestHead,
 };
 
@@ -183,6 +188,32 @@ impl Router {
             (PathMatch::Regex(re), Some(rewrite), _) => {
                 out.extend_from_slice(&re.replace(path, rewrite.as_bytes()));
             }
+            _ => Self::versioned_path(route, path, out),
+        }
+    }
+
+    /// The path with the route's version written into it or moved out of it.
+    fn versioned_path(route: &RouteConfig, path: &[u8], out: &mut Vec<u8>) {
+        let Some(version) = &route.version else {
+            out.extend_from_slice(path);
+            return;
+        };
+        match (&version.from, &version.to) {
+            (VersionSource::Path, VersionTarget::Header(_)) => {
+                let segment = 1 + version::path_version(path).map_or(0, |v| v.len() + 1);
+                let rest = &path[segment.min(path.len())..];
+                if !rest.starts_with(b"/") {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(rest);
+            }
+            (_, VersionTarget::Path) => {
+                out.extend_from_slice(b"/v");
+                out.extend_from_slice(version.value.as_bytes());
+                if path != b"/" {
+                    out.extend_from_slice(path);
+                }
+            }
             _ => out.extend_from_slice(path),
         }
     }
@@ -197,6 +228,7 @@ fn first_segment(path: &[u8]) -> &[u8] {
 fn condition_count(route: &RouteConfig) -> usize {
     usize::from(!route.methods.is_empty())
         + usize::from(route.websocket.is_some())
+        + usize::from(route.version.is_some())
         + route.headers.len()
         + route.query.len()
 }
@@ -210,6 +242,10 @@ pub fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
 fn conditions_hold(route: &RouteConfig, req: &RequestHead) -> bool {
     (route.methods.is_empty() || route.methods.iter().any(|m| m.as_bytes() == req.method()))
         && route.websocket.is_none_or(|ws| ws == req.websocket)
+        && route
+            .version
+            .as_ref()
+            .is_none_or(|v| version::matches(v, req))
         && route.headers.iter().all(|m| header_holds(m, req))
         && route
             .query
