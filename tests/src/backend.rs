@@ -5,6 +5,7 @@
 //!   headers, body length and checksum);
 //! - `/delay/MS`: the echo after MS milliseconds;
 //! - `/bytes/N`: N bytes with Content-Length; `/chunked/N`: N bytes chunked;
+//!   `/text/N` and `/textchunked/N`: the same as `text/plain` (with an ETag for `/text`);
 //!   `/close/N`: N bytes delimited by closing the connection;
 //! - `/status/CODE`: the echo with that status.
 //!
@@ -302,14 +303,20 @@ fn serve<S: Read + Write>(
         let number: u64 = arg.parse().unwrap_or(0);
         let connection = if close { "connection: close\r\n" } else { "" };
         match verb {
-            "bytes" | "chunked" | "close" => {
+            "bytes" | "chunked" | "close" | "text" | "textchunked" => {
                 let head = match verb {
                     "bytes" => {
                         format!("HTTP/1.1 200 OK\r\ncontent-length: {number}\r\n{connection}\r\n")
                     }
+                    "text" => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\netag: \"t{number}\"\r\ncontent-length: {number}\r\n{connection}\r\n"
+                    ),
                     "chunked" => {
                         format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n{connection}\r\n")
                     }
+                    "textchunked" => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n{connection}\r\n"
+                    ),
                     _ => "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_owned(),
                 };
                 conn.stream.write_all(head.as_bytes())?;
@@ -320,7 +327,7 @@ fn serve<S: Read + Write>(
                     for (i, b) in block[..n].iter_mut().enumerate() {
                         *b = body_byte(sent + i as u64);
                     }
-                    if verb == "chunked" {
+                    if verb.ends_with("chunked") {
                         conn.stream.write_all(format!("{n:x}\r\n").as_bytes())?;
                         conn.stream.write_all(&block[..n])?;
                         conn.stream.write_all(b"\r\n")?;
@@ -329,7 +336,7 @@ fn serve<S: Read + Write>(
                     }
                     sent += n as u64;
                 }
-                if verb == "chunked" && method != "HEAD" {
+                if verb.ends_with("chunked") && method != "HEAD" {
                     conn.stream.write_all(b"0\r\n\r\n")?;
                 }
                 if verb == "close" {

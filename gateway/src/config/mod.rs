@@ -195,6 +195,46 @@ impl Default for RetryPolicy {
     }
 }
 
+/// A content coding the gateway can apply to responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    Brotli,
+    Gzip,
+}
+
+impl Coding {
+    /// The `Content-Encoding` token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Self::Brotli => "br",
+            Self::Gzip => "gzip",
+        }
+    }
+
+    /// Names clients may use for it in `Accept-Encoding`.
+    pub fn names(self) -> &'static [&'static [u8]] {
+        match self {
+            Self::Brotli => &[b"br"],
+            Self::Gzip => &[b"gzip", b"x-gzip"],
+        }
+    }
+}
+
+/// Response compression of a route.
+#[derive(Debug, Clone)]
+pub struct CompressionConfig {
+    /// Codings offered, in the server's order of preference.
+    pub codings: Vec<Coding>,
+    /// Bodies declared smaller than this are sent as they are.
+    pub min_size: u64,
+    /// Media types (`text/*` or exact, lower-case) that are compressed.
+    pub types: Vec<String>,
+    pub gzip_level: u32,
+    pub brotli_quality: u32,
+    /// Brotli window (log2 bytes): bounds the encoder's memory per response.
+    pub brotli_window: u32,
+}
+
 /// A route's API version.
 #[derive(Debug, Clone)]
 pub struct VersionConfig {
@@ -265,6 +305,7 @@ pub struct RouteTraffic {
     /// What keeps a client on one side of a weighted split (random when `None`).
     pub split_key: Option<HashKey>,
     pub mirror: Option<MirrorConfig>,
+    pub compression: Option<CompressionConfig>,
     /// Applied to the request before it goes upstream.
     pub request_headers: transform::HeaderTransform,
     /// Applied to every response of the route (the gateway's own answers too).

@@ -311,6 +311,26 @@ pub struct RawVersion {
     pub to: Option<String>,
 }
 
+/// `compression = { … }` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompression {
+    /// `br` and/or `gzip`, in order of preference.
+    #[serde(default = "defaults::compression_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(
+        default = "defaults::compression_min_size",
+        deserialize_with = "human_size"
+    )]
+    pub min_size: u64,
+    #[serde(default = "defaults::compression_types")]
+    pub types: Vec<String>,
+    #[serde(default = "defaults::gzip_level")]
+    pub gzip_level: u32,
+    #[serde(default = "defaults::brotli_quality")]
+    pub brotli_quality: u32,
+}
+
 /// `mirror = { … }` of a route.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -483,6 +503,8 @@ pub struct RawRoute {
     pub split_key: Option<String>,
     /// A shadow upstream receiving copies of a share of the requests.
     pub mirror: Option<RawMirror>,
+    /// Compress responses for clients that accept it.
+    pub compression: Option<RawCompression>,
     /// Headers changed on the way to the upstream.
     pub request_headers: Option<RawHeaderTransform>,
     /// Headers changed on the way to the client.
@@ -846,6 +868,35 @@ pub mod defaults {
     }
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn compression_algorithms() -> Vec<String> {
+        vec!["br".into(), "gzip".into()]
+    }
+    pub fn compression_min_size() -> u64 {
+        1024
+    }
+    pub fn compression_types() -> Vec<String> {
+        [
+            "text/*",
+            "application/json",
+            "application/javascript",
+            "application/xml",
+            "application/xhtml+xml",
+            "application/problem+json",
+            "application/ld+json",
+            "application/rss+xml",
+            "application/atom+xml",
+            "application/wasm",
+            "image/svg+xml",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    pub fn gzip_level() -> u32 {
+        4
+    }
+    pub fn brotli_quality() -> u32 {
+        4
     }
     pub fn version_from() -> String {
         "path".into()

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use super::{
-    HashKey, MirrorConfig, RetryBudgetConfig, RetryPolicy, RouteTraffic, SplitChoice, SplitRule,
-    VersionConfig, VersionSource, VersionTarget,
+    Coding, CompressionConfig, HashKey, MirrorConfig, RetryBudgetConfig, RetryPolicy, RouteTraffic,
+    SplitChoice, SplitRule, VersionConfig, VersionSource, VersionTarget,
     raw::{RawRetry, RawRetryBudget, RawRoute, RawUpstream},
     validate::{Problems, is_token},
 };
@@ -51,10 +51,15 @@ pub(super) fn validate_route_traffic(
             max_body: m.max_body,
         })
     });
+    let compression = r
+        .compression
+        .as_ref()
+        .map(|c| validate_compression(&format!("{key}.compression"), c, problems));
     RouteTraffic {
         split,
         split_key,
         mirror,
+        compression,
         retry: r
             .retry
             .as_ref()
@@ -84,6 +89,66 @@ pub(super) fn validate_route_traffic(
                 )
             })
             .unwrap_or_default(),
+    }
+}
+
+/// Brotli window for response compression (256 KiB): the encoder's memory per response.
+const BROTLI_WINDOW: u32 = 18;
+
+fn validate_compression(
+    key: &str,
+    raw: &super::raw::RawCompression,
+    problems: &mut Problems,
+) -> CompressionConfig {
+    let mut codings = Vec::new();
+    for (i, name) in raw.algorithms.iter().enumerate() {
+        let coding = match name.as_str() {
+            "br" => Coding::Brotli,
+            "gzip" => Coding::Gzip,
+            _ => {
+                problems.push(
+                    format!("{key}.algorithms[{i}]"),
+                    format!("unknown algorithm {name:?}; write \"br\" or \"gzip\""),
+                );
+                continue;
+            }
+        };
+        if !codings.contains(&coding) {
+            codings.push(coding);
+        }
+    }
+    if raw.algorithms.is_empty() {
+        problems.push(format!("{key}.algorithms"), "name at least one algorithm");
+    }
+    if raw.gzip_level > 9 {
+        problems.push(format!("{key}.gzip_level"), "between 0 and 9");
+    }
+    if raw.brotli_quality > 11 {
+        problems.push(format!("{key}.brotli_quality"), "between 0 and 11");
+    }
+    let mut types = Vec::new();
+    for (i, t) in raw.types.iter().enumerate() {
+        let lower = t.to_ascii_lowercase();
+        let valid = match lower.split_once('/') {
+            Some((major, minor)) => is_token(major) && (minor == "*" || is_token(minor)),
+            None => false,
+        };
+        if valid {
+            types.push(lower);
+        } else {
+            problems.push(
+                format!("{key}.types[{i}]"),
+                format!("invalid media type {t:?}; write \"text/*\" or \"application/json\""),
+            );
+        }
+    }
+    CompressionConfig {
+        codings,
+        min_size: raw.min_size,
+        types,
+        gzip_level: raw.gzip_level.min(9),
+        brotli_quality: raw.brotli_quality.min(11),
+        brotli_window: BROTLI_WINDOW,
     }
 }
 

@@ -20,7 +20,7 @@ use super::{
     serialize::{self, OutFraming},
 };
 use crate::{
-    config::{Limits, RetryPolicy, RouteConfig, UpstreamConfig},
+    config::{CompressionConfig, Limits, RetryPolicy, RouteConfig, UpstreamConfig},
     http::{
         FramingError,
         head::{HeadScanner, Scan},
@@ -277,6 +277,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     limits,
                     worker,
                     &snapshot.config.gateway.via,
+                    route.traffic.compression.as_ref(),
                 )
                 .await;
             let latency = started.filter(|_| result.is_ok()).map(|s| s.elapsed());
@@ -756,9 +757,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         limits: &Limits,
         worker: &Worker,
         via: &str,
+        compression: Option<&CompressionConfig>,
     ) -> Result<(bool, bool), ProxyError> {
         let client_minor = self.head.version_minor;
-        let framing = serialize::response_framing(&self.response, client_minor);
+        let encoder = compression.and_then(|c| self.prepare_compression(c));
+        let framing = match encoder {
+            Some(_) if client_minor >= 1 => OutFraming::Chunked,
+            Some(_) => OutFraming::Close,
+            None => serialize::response_framing(&self.response, client_minor),
+        };
         let keep_alive =
             self.head.keep_alive && !worker.drain.is_draining() && framing != OutFraming::Close;
         self.out.clear();
@@ -785,11 +792,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             tee: None,
         };
         let rechunk = framing == OutFraming::Chunked;
-        let result = match self.response.body.unwrap_or(ResponseBody::None) {
-            ResponseBody::None => relay.flush_head().await,
-            ResponseBody::Length(n) => relay.copy_length(n).await,
-            ResponseBody::Chunked => relay.copy_chunked(rechunk, u64::MAX).await,
-            ResponseBody::UntilClose => relay.copy_until_close(rechunk).await,
+        let body = self.response.body.unwrap_or(ResponseBody::None);
+        let result = match (encoder, body) {
+            (Some(encoder), body) => relay.copy_encoded(body, encoder, rechunk).await,
+            (None, body) => match body {
+                ResponseBody::None => relay.flush_head().await,
+                ResponseBody::Length(n) => relay.copy_length(n).await,
+                ResponseBody::Chunked => relay.copy_chunked(rechunk, u64::MAX).await,
+                ResponseBody::UntilClose => relay.copy_until_close(rechunk).await,
+            },
         };
         self.bytes_out = result.map_err(|error| match error {
             RelayError::Read(failure) => upstream_io(failure),

@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use super::io::{IoFailure, ReadBuf, write_all_within};
+use super::{
+    compress::BodyEncoder,
+    io::{IoFailure, ReadBuf, write_all_within},
+};
 use crate::http::{
     FramingError,
     chunked::{ChunkedDecoder, Decoded, LAST_CHUNK, encode_chunk},
+    response::ResponseBody,
 };
 
 /// Read size while streaming bodies.
@@ -202,5 +206,98 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
         }
         self.flush().await?;
         Ok(copied)
+    }
+
+    /// Compresses a body of `framing` from the source through `encoder`, writing the
+    /// encoded stream re-chunked (`rechunk`) or raw. Returns the encoded length.
+    pub async fn copy_encoded(
+        &mut self,
+        framing: ResponseBody,
+        mut encoder: BodyEncoder,
+        rechunk: bool,
+    ) -> Result<u64, RelayError> {
+        let mut sent = 0u64;
+        match framing {
+            ResponseBody::None => {}
+            ResponseBody::Length(length) => {
+                let mut remaining = length;
+                while remaining > 0 {
+                    if self.buf.is_empty() {
+                        self.flush().await?;
+                        self.fill().await?;
+                    }
+                    let take = (self.buf.len() as u64).min(remaining) as usize;
+                    encoder.write(&self.buf.data()[..take]);
+                    self.buf.consume(take);
+                    remaining -= take as u64;
+                    sent += self.emit(&mut encoder, rechunk);
+                    if self.out.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
+                }
+            }
+            ResponseBody::Chunked => {
+                let mut decoder = ChunkedDecoder::new();
+                loop {
+                    match decoder.step(self.buf.data()).map_err(RelayError::Framing)? {
+                        Decoded::Data { start, end } => {
+                            encoder.write(&self.buf.data()[start..end]);
+                            self.buf.consume(end);
+                            sent += self.emit(&mut encoder, rechunk);
+                        }
+                        Decoded::Done { consumed } => {
+                            self.buf.consume(consumed);
+                            break;
+                        }
+                        Decoded::NeedMore => {
+                            let all = self.buf.len();
+                            self.buf.consume(all);
+                            self.flush().await?;
+                            self.fill().await?;
+                        }
+                    }
+                    if self.out.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
+                }
+            }
+            ResponseBody::UntilClose => loop {
+                let all = self.buf.len();
+                encoder.write(self.buf.data());
+                self.buf.consume(all);
+                sent += self.emit(&mut encoder, rechunk);
+                self.flush().await?;
+                match self.fill().await {
+                    Ok(()) => {}
+                    Err(RelayError::SourceClosed) => break,
+                    Err(error) => return Err(error),
+                }
+            },
+        }
+        let tail = encoder.finish();
+        sent += tail.len() as u64;
+        if rechunk {
+            encode_chunk(&tail, self.out);
+            self.out.extend_from_slice(LAST_CHUNK);
+        } else {
+            self.out.extend_from_slice(&tail);
+        }
+        self.flush().await?;
+        Ok(sent)
+    }
+
+    /// Moves what the encoder produced into `out`; returns its length.
+    fn emit(&mut self, encoder: &mut BodyEncoder, rechunk: bool) -> u64 {
+        let produced = encoder.output();
+        let len = produced.len() as u64;
+        if len > 0 {
+            if rechunk {
+                encode_chunk(produced, self.out);
+            } else {
+                self.out.extend_from_slice(produced);
+            }
+            produced.clear();
+        }
+        len
     }
 }
