@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod edge;
 pub mod http;

@@ -56,6 +56,14 @@ pub enum Control {
     Ban { ip: std::net::IpAddr, status: u16 },
     /// The XDP verdict counters, when XDP is attached: (verdict, packets, bytes).
     XdpCounters(mpsc::Sender<Vec<(&'static str, u64, u64)>>),
+    /// Remove cached responses on every worker: the key `key`, or every key starting
+    /// with it (`prefix`); answers how many keys went.
+    CachePurge {
+        key: String,
+        prefix: bool,
+        identity: String,
+        reply: mpsc::Sender<usize>,
+    },
 }
 
 /// What the admin thread knows of the running gateway.
@@ -354,6 +362,7 @@ fn handle(request: &Request, state: &AdminState) -> Reply {
         },
         "/audit" => Reply::json(200, &json!({ "entries": state.audit.entries() })),
         "/acl" | "/acl/add" | "/acl/remove" => acl(state, request),
+        "/cache/purge" => cache_purge(state, request),
         "/reload" => match state.ask(|reply| Control::Reload {
             identity: identity(request),
             reply,
@@ -371,6 +380,33 @@ fn handle(request: &Request, state: &AdminState) -> Reply {
         },
         "/openapi.json" => Reply::json(200, &openapi::document()),
         _ => Reply::error(404, "not_found", "no such admin endpoint"),
+    }
+}
+
+/// `POST /cache/purge?key=KEY` or `?prefix=PREFIX`.
+fn cache_purge(state: &AdminState, request: &Request) -> Reply {
+    let mut target = None;
+    for (name, value) in url::form_urlencoded::parse(request.query.as_bytes()) {
+        match name.as_ref() {
+            "key" => target = Some((value.into_owned(), false)),
+            "prefix" => target = Some((value.into_owned(), true)),
+            _ => {}
+        }
+    }
+    let Some((key, prefix)) = target.filter(|(k, _)| !k.is_empty()) else {
+        return Reply::error(400, "bad_request", "give key=KEY or prefix=PREFIX");
+    };
+    match state.ask(|reply| Control::CachePurge {
+        key: key.clone(),
+        prefix,
+        identity: identity(request),
+        reply,
+    }) {
+        Some(purged) => Reply::json(
+            200,
+            &json!({ "purged": purged, if prefix { "prefix" } else { "key" }: key }),
+        ),
+        None => Reply::error(503, "unavailable", "the gateway is shutting down"),
     }
 }
 

@@ -71,6 +71,14 @@ const ENDPOINTS: &[Endpoint] = &[
         public: false,
     },
     Endpoint {
+        path: "/cache/purge",
+        method: "POST",
+        summary: "Removes cached responses on every worker: ?key=KEY (exact, e.g. `GET example.com/a?x=1`) or ?prefix=PREFIX (e.g. `GET example.com/images/`); answers how many keys went.",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+    Endpoint {
         path: "/ratelimit",
         method: "GET",
         summary: "Requests that fit now for one key of one limit: ?limit=route:NAME|consumer:NAME&key=VALUE.",

@@ -1,7 +1,6 @@
-//! A small HTTP/1.1 client for the gateway's own calls to identity providers (JWKS
-//! documents, token introspection): one request per connection, a bounded response,
-//! one deadline for the whole exchange. It reuses the proxy's connect (TCP and rustls)
-//! and its strict response parser and chunked decoder.
+//! Identity-provider endpoints (JWKS documents, token introspection): a URL resolved and
+//! checked at load, called with [`crate::upstream::fetch`] (one request per connection,
+//! a bounded response, one deadline for the whole exchange).
 
 use std::{
     net::{SocketAddr, ToSocketAddrs},
@@ -9,16 +8,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{
-    http::{
-        FramingError,
-        chunked::{ChunkedDecoder, Decoded},
-        response::{ResponseBody, ResponseHead},
-    },
-    proxy::io::{ReadBuf, write_all_within},
-    tls::UpstreamTls,
-    upstream::connect,
-};
+use crate::{tls::UpstreamTls, upstream::fetch::fetch};
 
 /// An identity-provider URL, resolved and with its TLS settings, ready to call.
 #[derive(Debug, Clone)]
@@ -45,22 +35,7 @@ pub enum EndpointError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// Why a call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    #[error("{0}")]
-    Connect(#[from] crate::upstream::UpstreamError),
-    #[error("timed out")]
-    Timeout,
-    #[error("connection failed: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("invalid response: {0}")]
-    Framing(#[from] FramingError),
-    #[error("response larger than {0} bytes")]
-    TooLarge(usize),
-    #[error("connection closed before the response ended")]
-    Truncated,
-}
+pub use crate::upstream::fetch::CallError;
 
 impl Endpoint {
     /// Parses `url` (`http` or `https`), resolving its host now; `ca` is a PEM bundle
@@ -131,27 +106,7 @@ impl Endpoint {
         timeout: Duration,
         max_body: usize,
     ) -> Result<(u16, Vec<u8>), CallError> {
-        match monoio::time::timeout(
-            timeout,
-            self.exchange(method, headers, body, timeout, max_body),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(CallError::Timeout),
-        }
-    }
-
-    async fn exchange(
-        &self,
-        method: &str,
-        headers: &str,
-        body: &[u8],
-        timeout: Duration,
-        max_body: usize,
-    ) -> Result<(u16, Vec<u8>), CallError> {
-        let mut stream = connect(self.addr, timeout, self.tls.as_ref()).await?;
-        let mut out = format!(
+        let mut request = format!(
             "{method} {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\nuser-agent: gateway/{}\r\naccept: application/json\r\n{headers}content-length: {}\r\n\r\n",
             self.path_and_query,
             self.authority,
@@ -159,85 +114,16 @@ impl Endpoint {
             body.len()
         )
         .into_bytes();
-        out.extend_from_slice(body);
-        write_all_within(&mut stream, &mut out, timeout)
-            .await
-            .map_err(io_failure)?;
-        let mut buf = ReadBuf::with_capacity(8192);
-        let mut head = ResponseHead::default();
-        let head_len = loop {
-            if let Some(end) = memchr::memmem::find(buf.data(), b"\r\n\r\n") {
-                head.parse(&buf.data()[..end + 4], method == "HEAD")?;
-                break end + 4;
-            }
-            if buf.len() > 64 * 1024 {
-                return Err(CallError::TooLarge(64 * 1024));
-            }
-            if buf.fill(&mut stream, 8192).await? == 0 {
-                return Err(CallError::Truncated);
-            }
-        };
-        buf.consume(head_len);
-        let mut decoded = Vec::new();
-        let mut chunked = ChunkedDecoder::new();
-        loop {
-            let done = match head.body.unwrap_or(ResponseBody::None) {
-                ResponseBody::None => true,
-                ResponseBody::Length(n) => {
-                    if n > max_body as u64 {
-                        return Err(CallError::TooLarge(max_body));
-                    }
-                    let take = (n as usize - decoded.len()).min(buf.len());
-                    decoded.extend_from_slice(&buf.data()[..take]);
-                    buf.consume(take);
-                    decoded.len() as u64 == n
-                }
-                ResponseBody::Chunked => loop {
-                    match chunked.step(buf.data())? {
-                        Decoded::Data { start, end } => {
-                            decoded.extend_from_slice(&buf.data()[start..end]);
-                            buf.consume(end);
-                        }
-                        Decoded::NeedMore => {
-                            let all = buf.len();
-                            buf.consume(all);
-                            break false;
-                        }
-                        Decoded::Done { .. } => break true,
-                    }
-                },
-                ResponseBody::UntilClose => {
-                    decoded.extend_from_slice(buf.data());
-                    let all = buf.len();
-                    buf.consume(all);
-                    false
-                }
-            };
-            if done {
-                return Ok((head.status, decoded));
-            }
-            if decoded.len() > max_body {
-                return Err(CallError::TooLarge(max_body));
-            }
-            match buf.fill(&mut stream, 8192).await {
-                Ok(0) if head.body == Some(ResponseBody::UntilClose) => {
-                    return Ok((head.status, decoded));
-                }
-                Ok(0) => return Err(CallError::Truncated),
-                Ok(_) => {}
-                // A TLS peer that closes without close_notify ends an until-close body.
-                Err(_) if head.body == Some(ResponseBody::UntilClose) => {
-                    return Ok((head.status, decoded));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-fn io_failure(failure: crate::proxy::io::IoFailure) -> CallError {
-    match failure {
-        crate::proxy::io::IoFailure::Timeout => CallError::Timeout,
-        crate::proxy::io::IoFailure::Io(e) => CallError::Io(e),
+        request.extend_from_slice(body);
+        let fetched = fetch(
+            self.addr,
+            self.tls.as_ref(),
+            request,
+            method == "HEAD",
+            timeout,
+            max_body,
+        )
+        .await?;
+        Ok((fetched.head.status, fetched.body))
     }
 }

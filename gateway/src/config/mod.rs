@@ -35,6 +35,35 @@ pub struct Config {
     pub auth: AuthConfig,
     pub consumers: Vec<ConsumerConfig>,
     pub access_log: Option<crate::observe::access_log::AccessLogConfig>,
+    pub cache: CacheSettings,
+}
+
+/// `[cache]`: limits of each worker's response cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub max_size: u64,
+    pub max_entry_size: u64,
+}
+
+/// One part of a route's cache key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheKeyPart {
+    Method,
+    Host,
+    Path,
+    Query,
+    /// A request header (lower-case name).
+    Header(String),
+    Cookie(String),
+}
+
+/// A route's response caching.
+#[derive(Debug, Clone)]
+pub struct RouteCache {
+    pub key: Vec<CacheKeyPart>,
+    pub default_ttl: Duration,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
 }
 
 /// `[gateway]`.
@@ -306,6 +335,7 @@ pub struct RouteTraffic {
     pub split_key: Option<HashKey>,
     pub mirror: Option<MirrorConfig>,
     pub compression: Option<CompressionConfig>,
+    pub cache: Option<RouteCache>,
     /// Applied to the request before it goes upstream.
     pub request_headers: transform::HeaderTransform,
     /// Applied to every response of the route (the gateway's own answers too).

@@ -26,6 +26,50 @@ pub struct RawConfig {
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,
     pub access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    pub cache: RawCacheSettings,
+}
+
+/// `[cache]`: the per-worker response cache's limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheSettings {
+    /// Bytes of responses each worker keeps (the coldest leave first).
+    #[serde(default = "defaults::cache_max_size", deserialize_with = "human_size")]
+    pub max_size: u64,
+    /// Larger bodies are not stored.
+    #[serde(
+        default = "defaults::cache_max_entry_size",
+        deserialize_with = "human_size"
+    )]
+    pub max_entry_size: u64,
+}
+
+impl Default for RawCacheSettings {
+    fn default() -> Self {
+        Self {
+            max_size: defaults::cache_max_size(),
+            max_entry_size: defaults::cache_max_entry_size(),
+        }
+    }
+}
+
+/// `cache = { … }` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// What tells responses apart: `method`, `host`, `path`, `query`, `header:NAME`,
+    /// `cookie:NAME`.
+    #[serde(default = "defaults::cache_key")]
+    pub key: Vec<String>,
+    /// Freshness of responses that state none (zero: such responses are not stored).
+    #[serde(default, deserialize_with = "human_duration")]
+    pub default_ttl: Duration,
+    /// Defaults for responses without `stale-while-revalidate` / `stale-if-error`.
+    #[serde(default, deserialize_with = "human_duration")]
+    pub stale_while_revalidate: Duration,
+    #[serde(default, deserialize_with = "human_duration")]
+    pub stale_if_error: Duration,
 }
 
 /// `[access_log]`: one JSON line per request.
@@ -505,6 +549,8 @@ pub struct RawRoute {
     pub mirror: Option<RawMirror>,
     /// Compress responses for clients that accept it.
     pub compression: Option<RawCompression>,
+    /// Serve GET and HEAD from the worker's response cache.
+    pub cache: Option<RawRouteCache>,
     /// Headers changed on the way to the upstream.
     pub request_headers: Option<RawHeaderTransform>,
     /// Headers changed on the way to the client.
@@ -868,6 +914,17 @@ pub mod defaults {
     }
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn cache_max_size() -> u64 {
+        64 * 1024 * 1024
+    }
+    pub fn cache_max_entry_size() -> u64 {
+        1024 * 1024
+    }
+    pub fn cache_key() -> Vec<String> {
+        ["method", "host", "path", "query"]
+            .map(String::from)
+            .to_vec()
     }
     pub fn compression_algorithms() -> Vec<String> {
         vec!["br".into(), "gzip".into()]

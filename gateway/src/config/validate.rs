@@ -276,6 +276,10 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
         edge,
         auth,
         consumers,
+        cache: crate::config::CacheSettings {
+            max_size: raw.cache.max_size,
+            max_entry_size: raw.cache.max_entry_size,
+        },
     }
 }
 

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use super::{
-    Coding, CompressionConfig, HashKey, MirrorConfig, RetryBudgetConfig, RetryPolicy, RouteTraffic,
-    SplitChoice, SplitRule, VersionConfig, VersionSource, VersionTarget,
+    CacheKeyPart, Coding, CompressionConfig, HashKey, MirrorConfig, RetryBudgetConfig, RetryPolicy,
+    RouteCache, RouteTraffic, SplitChoice, SplitRule, VersionConfig, VersionSource, VersionTarget,
     raw::{RawRetry, RawRetryBudget, RawRoute, RawUpstream},
     validate::{Problems, is_token},
 };
@@ -55,11 +55,22 @@ pub(super) fn validate_route_traffic(
         .compression
         .as_ref()
         .map(|c| validate_compression(&format!("{key}.compression"), c, problems));
+    let cache = r
+        .cache
+        .as_ref()
+        .map(|c| validate_route_cache(key, c, problems));
+    if cache.is_some() && compression.is_some() {
+        problems.push(
+            format!("{key}.cache"),
+            "cache and compression on one route are not supported yet; put them on different routes",
+        );
+    }
     RouteTraffic {
         split,
         split_key,
         mirror,
         compression,
+        cache,
         retry: r
             .retry
             .as_ref()
@@ -89,6 +100,52 @@ pub(super) fn validate_route_traffic(
                 )
             })
             .unwrap_or_default(),
+    }
+}
+
+fn validate_route_cache(
+    key: &str,
+    raw: &super::raw::RawRouteCache,
+    problems: &mut Problems,
+) -> RouteCache {
+    let mut parts = Vec::new();
+    for (i, part) in raw.key.iter().enumerate() {
+        let parsed = match part.as_str() {
+            "method" => Some(CacheKeyPart::Method),
+            "host" => Some(CacheKeyPart::Host),
+            "path" => Some(CacheKeyPart::Path),
+            "query" => Some(CacheKeyPart::Query),
+            other => match other.split_once(':') {
+                Some(("header", name)) if is_token(name) => {
+                    Some(CacheKeyPart::Header(name.to_ascii_lowercase()))
+                }
+                Some(("cookie", name)) if is_token(name) => {
+                    Some(CacheKeyPart::Cookie(name.to_owned()))
+                }
+                _ => None,
+            },
+        };
+        match parsed {
+            Some(p) => parts.push(p),
+            None => problems.push(
+                format!("{key}.cache.key[{i}]"),
+                format!(
+                    "unknown key part {part:?}; write method, host, path, query, header:NAME or cookie:NAME"
+                ),
+            ),
+        }
+    }
+    if !parts.contains(&CacheKeyPart::Path) {
+        problems.push(
+            format!("{key}.cache.key"),
+            "the key must contain the path, or different resources would share answers",
+        );
+    }
+    RouteCache {
+        key: parts,
+        default_ttl: raw.default_ttl,
+        stale_while_revalidate: raw.stale_while_revalidate,
+        stale_if_error: raw.stale_if_error,
     }
 }
 

@@ -12,7 +12,7 @@ pub struct Field {
 }
 
 /// The fields of one head.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Fields {
     pub(crate) raw: Vec<u8>,
     fields: Vec<Field>,

@@ -57,6 +57,8 @@ struct RouteMetrics {
     requests: Vec<Option<Counter>>,
     duration: Histogram,
     upstream_duration: Histogram,
+    /// Cache answers by result, registered on first use.
+    cache: [Option<Counter>; CACHE_RESULTS.len()],
 }
 
 /// One listener's handles on one worker.
@@ -107,6 +109,7 @@ impl WorkerMetrics {
                     name: r.name.clone(),
                     upstream,
                     requests: vec![None; METHODS.len() * CLASSES.len()],
+                    cache: Default::default(),
                 }
             })
             .collect();
@@ -189,6 +192,25 @@ impl WorkerMetrics {
         }
     }
 }
+
+impl WorkerMetrics {
+    /// A cache answer on route `route`, by result (an index into [`CACHE_RESULTS`]).
+    pub fn cache_result(&mut self, route: Option<usize>, result: usize) {
+        let worker = &self.worker;
+        if let Some(route) = route.and_then(|r| self.routes.get_mut(r)) {
+            route.cache[result]
+                .get_or_insert_with(|| {
+                    counter!("gateway_cache_responses_total",
+                        "route" => route.name.clone(), "result" => CACHE_RESULTS[result],
+                        "worker" => worker.clone())
+                })
+                .increment(1);
+        }
+    }
+}
+
+/// The results a cache answer is counted under.
+pub const CACHE_RESULTS: [&str; 5] = ["hit", "stale", "revalidated", "miss", "bypass"];
 
 /// An authentication failure, by reason (a cold path: looked up by name).
 pub fn auth_failure(route: &str, reason: &'static str) {

@@ -90,6 +90,11 @@ pub(super) struct Connection<S> {
     /// The request is being copied to a shadow upstream; its body is collected here.
     pub(super) mirror: Option<super::mirror::MirrorPlan>,
     pub(super) mirror_body: Vec<u8>,
+    /// The current request's cache key (reused), what the cache does with it, and the
+    /// response body being copied into the store.
+    pub(super) cache_key: Vec<u8>,
+    pub(super) cache_request: Option<super::cached::CacheRequest>,
+    pub(super) cache_body: Vec<u8>,
 }
 
 /// Serves one accepted connection until it closes.
@@ -135,6 +140,9 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split>(
         tunnel: None,
         mirror: None,
         mirror_body: Vec::new(),
+        cache_key: Vec::new(),
+        cache_request: None,
+        cache_body: Vec::new(),
     };
     let limits = snapshot.config.limits.clone();
     drop(snapshot);
@@ -380,8 +388,19 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     self.route = Some(index);
                     let route = &snapshot.router.routes()[index];
                     Router::upstream_path(route, &self.head.path, &mut self.path);
-                    self.forward(worker, &snapshot, route, upstream, limits)
-                        .await
+                    match &route.traffic.cache {
+                        Some(cache)
+                            if matches!(self.head.method(), b"GET" | b"HEAD")
+                                && !self.head.websocket =>
+                        {
+                            self.forward_cached(worker, &snapshot, route, upstream, limits, cache)
+                                .await
+                        }
+                        _ => {
+                            self.forward(worker, &snapshot, route, upstream, limits)
+                                .await
+                        }
+                    }
                 }
             },
         };
@@ -439,7 +458,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Before the gateway answers a request itself: a pending body is read and
     /// discarded when small enough, otherwise the connection must close (the body is
     /// never parsed as a request). Returns whether to close, `None` if the client failed.
-    async fn settle_pending_body(&mut self, close: bool, limits: &Limits) -> Option<bool> {
+    pub(super) async fn settle_pending_body(
+        &mut self,
+        close: bool,
+        limits: &Limits,
+    ) -> Option<bool> {
         let pending = match self.body {
             BodyState::Done => 0,
             BodyState::Length(n) => n,

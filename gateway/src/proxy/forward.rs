@@ -20,7 +20,7 @@ use super::{
     serialize::{self, OutFraming},
 };
 use crate::{
-    config::{CompressionConfig, Limits, RetryPolicy, RouteConfig, UpstreamConfig},
+    config::{Limits, RetryPolicy, RouteConfig, UpstreamConfig},
     http::{
         FramingError,
         head::{HeadScanner, Scan},
@@ -82,6 +82,22 @@ fn downstream_io(failure: IoFailure) -> ProxyError {
         IoFailure::Timeout => ProxyError::BodyTimeout,
         IoFailure::Io(e) => ProxyError::Downstream(e),
     }
+}
+
+/// Parks a clean connection in the worker's pool for `global`.
+fn park(
+    worker: &Worker,
+    generation: u64,
+    global: usize,
+    mut conn: UpstreamConn,
+    config: &UpstreamConfig,
+) {
+    if let Some(slot) = conn.slot.as_mut() {
+        slot.set_idle(true);
+    }
+    worker.upstream_state(generation, |state| {
+        state.pool.put(global, conn, config.max_idle_per_target)
+    });
 }
 
 /// How long until `deadline` (the whole of `bound` without one), never above `bound`.
@@ -241,6 +257,19 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 return Err(error);
             }
             let status = self.response.status;
+            if let Some(keep_alive) = self.answer_from_cache(worker, route, limits).await {
+                worker.upstream_state(generation, |state| {
+                    state.balancers[upstream_index].finished(target, None)
+                });
+                self.target_outcome(health, config, global, status < 500);
+                let clean = status == 304 && self.response.reusable && self.upstream_buf.is_empty();
+                if clean {
+                    park(worker, generation, global, conn, config);
+                } else {
+                    self.upstream_buf.consume(self.upstream_buf.len());
+                }
+                return Ok(keep_alive);
+            }
             self.strip_response_headers(route);
             if self.response.switches_protocol() {
                 // A WebSocket handshake accepted: the connection leaves HTTP and becomes
@@ -277,7 +306,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     limits,
                     worker,
                     &snapshot.config.gateway.via,
-                    route.traffic.compression.as_ref(),
+                    route,
                 )
                 .await;
             let latency = started.filter(|_| result.is_ok()).map(|s| s.elapsed());
@@ -307,9 +336,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 .as_ref()
                 .is_some_and(|limits| limits.has_waiters());
             if upstream_reusable && !waiters {
-                worker.upstream_state(generation, |state| {
-                    state.pool.put(global, conn, config.max_idle_per_target)
-                });
+                park(worker, generation, global, conn, config);
             }
             return Ok(keep_alive);
         }
@@ -373,7 +400,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     state.pool.take(global, config.idle_timeout)
                 })
                 .flatten();
-            if let Some(conn) = pooled {
+            if let Some(mut conn) = pooled {
+                if let Some(slot) = conn.slot.as_mut() {
+                    slot.set_idle(false);
+                }
                 worker.metrics(|m| {
                     if let Some(u) = m.upstreams.get(upstream_index) {
                         u.reused.increment(1);
@@ -424,8 +454,12 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             tracing::debug!(upstream = %config.name, reason, "circuit breaker refused a request");
             ProxyError::Overloaded(reason)
         };
-        let Some(_waiting) = limits.try_wait() else {
-            return Err(overflow("max_pending"));
+        // Idle connections (in any worker's pool) hold places but carry no load: wait
+        // for one of them to close rather than refuse.
+        let _waiting = match limits.try_wait() {
+            Some(waiting) => waiting,
+            None if limits.idle() > 0 => limits.wait_for_idle(),
+            None => return Err(overflow("max_pending")),
         };
         let give_up = Instant::now() + within(config.connect_timeout, tries.deadline);
         loop {
@@ -757,10 +791,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         limits: &Limits,
         worker: &Worker,
         via: &str,
-        compression: Option<&CompressionConfig>,
+        route: &RouteConfig,
     ) -> Result<(bool, bool), ProxyError> {
         let client_minor = self.head.version_minor;
-        let encoder = compression.and_then(|c| self.prepare_compression(c));
+        let encoder = route
+            .traffic
+            .compression
+            .as_ref()
+            .and_then(|c| self.prepare_compression(c));
+        let store_cap = self.prepare_store(worker);
         let framing = match encoder {
             Some(_) if client_minor >= 1 => OutFraming::Chunked,
             Some(_) => OutFraming::Close,
@@ -789,7 +828,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             out: &mut self.out,
             read_timeout: config.read_timeout,
             write_timeout: limits.idle_timeout,
-            tee: None,
+            tee: store_cap.map(|cap| Tee {
+                buf: &mut self.cache_body,
+                cap,
+                overflowed: false,
+            }),
         };
         let rechunk = framing == OutFraming::Chunked;
         let body = self.response.body.unwrap_or(ResponseBody::None);
@@ -802,6 +845,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 ResponseBody::UntilClose => relay.copy_until_close(rechunk).await,
             },
         };
+        let stored_whole = relay.tee.as_ref().is_some_and(|t| !t.overflowed);
         self.bytes_out = result.map_err(|error| match error {
             RelayError::Read(failure) => upstream_io(failure),
             RelayError::SourceClosed => ProxyError::UpstreamClosed,
@@ -813,6 +857,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         // After HEAD, a backend that (wrongly) sends the body anyway would desync the
         // next request on this connection, and those bytes may not have arrived yet:
         // HEAD is rare, so such connections are simply not reused.
+        if stored_whole && let Some(cache) = &route.traffic.cache {
+            self.store_response(worker, cache);
+        }
         let upstream_reusable =
             self.response.reusable && self.upstream_buf.is_empty() && !self.head.is_head();
         if !self.upstream_buf.is_empty() {

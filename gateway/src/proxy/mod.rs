@@ -12,6 +12,7 @@
 //! Per-worker state ([`Worker`]) lives on its thread; the config [`Snapshot`] is shared
 //! read-only through an `Arc`.
 
+mod cached;
 mod compress;
 mod connection;
 mod drain;
@@ -203,6 +204,14 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// An empty response cache with `settings`' limits.
+fn new_store(settings: crate::config::CacheSettings) -> crate::cache::Store {
+    crate::cache::Store::new(
+        settings.max_size,
+        usize::try_from(settings.max_entry_size).unwrap_or(usize::MAX),
+    )
+}
+
 /// A TLS listener's acceptor on one worker and its handshake timeout.
 pub type ListenerTls = (monoio_rustls::TlsAcceptor, std::time::Duration);
 
@@ -241,6 +250,11 @@ pub struct Worker {
     pub takeover_started: Option<std::time::Instant>,
     /// Mirrored requests in flight on this worker.
     mirrors_in_flight: std::rc::Rc<Cell<u32>>,
+    /// This worker's response cache, kept across reloads while its limits stay.
+    cache: std::rc::Rc<RefCell<crate::cache::Store>>,
+    cache_settings: Cell<crate::config::CacheSettings>,
+    /// Cache fills in progress (concurrent misses wait for them).
+    pub cache_flights: crate::cache::Flights,
 }
 
 /// Process-wide things every worker gets at start, besides the config snapshot.
@@ -278,6 +292,7 @@ impl Worker {
             .map(SynLimiter::new);
         let token_cache = RefCell::new(TokenCache::new(snapshot.config.auth.token_cache_entries));
         let metrics = RefCell::new(WorkerMetrics::new(id, &snapshot.config));
+        let cache_settings = snapshot.config.cache;
         Ok(Self {
             id,
             snapshot: RefCell::new(snapshot),
@@ -296,6 +311,9 @@ impl Worker {
             control,
             takeover_started,
             mirrors_in_flight: std::rc::Rc::default(),
+            cache: std::rc::Rc::new(RefCell::new(new_store(cache_settings))),
+            cache_settings: Cell::new(cache_settings),
+            cache_flights: crate::cache::Flights::default(),
         })
     }
 
@@ -343,6 +361,10 @@ impl Worker {
             .map(SynLimiter::new);
         *self.token_cache.borrow_mut() = TokenCache::new(snapshot.config.auth.token_cache_entries);
         *self.metrics.borrow_mut() = WorkerMetrics::new(self.id, &snapshot.config);
+        if snapshot.config.cache != self.cache_settings.get() {
+            self.cache_settings.set(snapshot.config.cache);
+            *self.cache.borrow_mut() = new_store(snapshot.config.cache);
+        }
         *self.snapshot.borrow_mut() = snapshot;
         self.generation.set(self.generation.get() + 1);
         Ok(())
@@ -444,6 +466,32 @@ impl Worker {
     /// This worker's cache of verified tokens (borrow it only between awaits).
     pub fn token_cache(&self) -> &RefCell<TokenCache> {
         &self.token_cache
+    }
+
+    /// Circuit breaking across workers: closes this worker's idle connections to every
+    /// limited upstream that has requests waiting for a place (the periodic sweep).
+    /// Returns whether any upstream is limited (otherwise the sweep can slow down).
+    pub fn release_idle_for_waiters(&self) -> bool {
+        let snapshot = self.snapshot.borrow();
+        let generation = self.generation.get();
+        let mut limited = false;
+        for entry in &snapshot.upstreams.entries {
+            limited |= entry.connections.is_some();
+            if entry
+                .connections
+                .as_ref()
+                .is_some_and(|c| c.has_waiters() && c.idle() > 0)
+            {
+                let targets = entry.first_target..entry.first_target + entry.config.targets.len();
+                self.upstream_state(generation, |state| state.pool.close_idle(targets));
+            }
+        }
+        limited
+    }
+
+    /// This worker's response cache (borrow it only between awaits).
+    pub fn cache(&self) -> &std::rc::Rc<RefCell<crate::cache::Store>> {
+        &self.cache
     }
 
     /// A uniform random number in [0, 1) (backoff jitter).

@@ -185,6 +185,8 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
     pub async fn copy_until_close(&mut self, rechunk: bool) -> Result<u64, RelayError> {
         let mut copied = 0u64;
         loop {
+            let len = self.buf.len();
+            self.tee(len);
             let data = self.buf.data();
             copied += data.len() as u64;
             if rechunk {

@@ -41,7 +41,7 @@ pub(super) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// `via: 1.<minor> <pseudonym>` (RFC 9110 §7.6.3), without formatting machinery.
-fn via_line(out: &mut Vec<u8>, minor: u8, via: &str) {
+pub(super) fn via_line(out: &mut Vec<u8>, minor: u8, via: &str) {
     out.extend_from_slice(b"via: 1.");
     out.push(b'0' + minor.min(9));
     out.push(b' ');

@@ -341,6 +341,32 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
                 );
                 apply_live_acl(&current, &live, xdp.as_mut(), &listeners.addrs);
             }
+            Control::CachePurge {
+                key,
+                prefix,
+                identity,
+                reply,
+            } => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                for mailbox in &mailboxes {
+                    mailbox.purges.push((key.clone(), !prefix, tx.clone()));
+                }
+                drop(tx);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                let mut purged = 0;
+                for _ in &mailboxes {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(count) => purged += count,
+                        Err(_) => break,
+                    }
+                }
+                audit.record(
+                    &identity,
+                    "cache_purge",
+                    serde_json::json!({ "key": key, "prefix": prefix, "purged": purged }),
+                );
+                let _ = reply.send(purged);
+            }
             Control::XdpCounters(reply) => {
                 let counters = xdp
                     .as_ref()
@@ -435,6 +461,8 @@ fn install(mailboxes: &[Arc<WorkerMailbox>], admin: Option<&AdminState>, next: &
 struct WorkerMailbox {
     shutdown: Shutdown,
     config: Mailbox<Arc<Snapshot>>,
+    /// Cache purges: (key, exact), and where to say how many keys went.
+    purges: Mailbox<Vec<(String, bool, std::sync::mpsc::Sender<usize>)>>,
 }
 
 /// SIGHUP: reads and validates the config file again. On any problem the running config
@@ -579,6 +607,28 @@ fn worker_main(
                 let snapshot = inbox.config.recv().await;
                 if let Err(error) = reloads.install(snapshot) {
                     tracing::error!(worker = reloads.id, %error, "reload: TLS setup failed; this worker keeps the previous config");
+                }
+            }
+        });
+        let sweeper = worker.clone();
+        monoio::spawn(async move {
+            let mut pause = Duration::from_millis(5);
+            loop {
+                monoio::time::sleep(pause).await;
+                pause = if sweeper.release_idle_for_waiters() {
+                    Duration::from_millis(5)
+                } else {
+                    Duration::from_millis(250)
+                };
+            }
+        });
+        let purger = worker.clone();
+        let purges = mailbox.clone();
+        monoio::spawn(async move {
+            loop {
+                for (key, exact, reply) in purges.purges.recv().await {
+                    let count = purger.cache().borrow_mut().purge(key.as_bytes(), exact);
+                    let _ = reply.send(count);
                 }
             }
         });

@@ -61,5 +61,19 @@ impl<T> Future for Receive<'_, T> {
     }
 }
 
+impl<T> Mailbox<Vec<T>> {
+    /// Adds `item` to the unread messages (nothing is replaced) and wakes the worker.
+    pub fn push(&self, item: T) {
+        let waker = {
+            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            slot.0.get_or_insert_with(Vec::new).push(item);
+            slot.1.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
 /// Shutdown is a mailbox with nothing in the letter.
 pub type Shutdown = Mailbox<()>;

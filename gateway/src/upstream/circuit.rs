@@ -2,6 +2,11 @@
 //! counted across all workers (one atomic per event, only on upstreams with a
 //! `max_connections`). Beyond the limits a request is refused at once with a 503
 //! instead of piling onto a backend that is already saturated.
+//!
+//! Idle pooled connections count as open, but they are not load: when the limit is
+//! reached while some are idle (in any worker's pool), a request waits instead of being
+//! refused, and every worker closes its idle connections to that upstream while requests
+//! wait (see [`ConnectionLimits::has_waiters`]), so the place moves to where it is needed.
 
 use std::sync::{
     Arc,
@@ -12,6 +17,8 @@ use std::sync::{
 #[derive(Debug)]
 pub struct ConnectionLimits {
     open: AtomicU32,
+    /// Open connections parked idle in a pool.
+    idle: AtomicU32,
     max_open: u32,
     pending: AtomicU32,
     max_pending: u32,
@@ -19,7 +26,10 @@ pub struct ConnectionLimits {
 
 /// One open upstream connection's place; given back when the connection is dropped.
 #[derive(Debug)]
-pub struct ConnectionSlot(Arc<ConnectionLimits>);
+pub struct ConnectionSlot {
+    limits: Arc<ConnectionLimits>,
+    idle: bool,
+}
 
 /// One request's place in the queue for a connection.
 #[derive(Debug)]
@@ -39,6 +49,7 @@ impl ConnectionLimits {
     pub fn new(max_open: u32, max_pending: u32) -> Self {
         Self {
             open: AtomicU32::new(0),
+            idle: AtomicU32::new(0),
             max_open,
             pending: AtomicU32::new(0),
             max_pending,
@@ -47,7 +58,22 @@ impl ConnectionLimits {
 
     /// A place for one more connection, or `None` at the limit.
     pub fn try_open(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        increment_below(&self.open, self.max_open).then(|| ConnectionSlot(self.clone()))
+        increment_below(&self.open, self.max_open).then(|| ConnectionSlot {
+            limits: self.clone(),
+            idle: false,
+        })
+    }
+
+    /// A place in the queue even when it is full: for a request that only waits for an
+    /// idle connection elsewhere to be closed.
+    pub fn wait_for_idle(&self) -> PendingSlot<'_> {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        PendingSlot(self)
+    }
+
+    /// Open connections parked idle now.
+    pub fn idle(&self) -> u32 {
+        self.idle.load(Ordering::Relaxed)
     }
 
     /// A place in the queue of requests waiting for a connection, or `None` when it is full.
@@ -78,15 +104,23 @@ impl ConnectionLimits {
 }
 
 impl ConnectionSlot {
-    /// The limits this slot counts against.
-    pub fn limits(&self) -> &ConnectionLimits {
-        &self.0
+    /// Marks the connection parked in a pool (`true`) or taken out for a request.
+    pub fn set_idle(&mut self, idle: bool) {
+        if idle != self.idle {
+            self.idle = idle;
+            if idle {
+                self.limits.idle.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.limits.idle.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.set_idle(false);
+        self.limits.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -115,9 +149,14 @@ mod tests {
             limits.try_open().is_some(),
             "a closed connection frees its place"
         );
+        let mut parked = b.expect("slot");
+        parked.set_idle(true);
+        assert_eq!(limits.idle(), 1);
+        parked.set_idle(false);
+        parked.set_idle(true);
         drop(waiting);
         assert!(!limits.has_waiters());
-        drop(b);
-        assert_eq!(limits.open(), 0);
+        drop(parked);
+        assert_eq!((limits.open(), limits.idle()), (0, 0));
     }
 }

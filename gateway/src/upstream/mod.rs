@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod circuit;
+pub mod fetch;
 pub mod health;
 pub mod maglev;
 pub mod pool;

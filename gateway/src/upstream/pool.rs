@@ -51,6 +51,15 @@ impl<C> Pool<C> {
         }
     }
 
+    /// Closes every idle connection to the targets in `targets`.
+    pub fn close_idle(&mut self, targets: std::ops::Range<usize>) {
+        for target in targets {
+            if let Some(idle) = self.idle.get_mut(target) {
+                idle.clear();
+            }
+        }
+    }
+
     /// Idle connections currently parked for `target`.
     pub fn idle_count(&self, target: usize) -> usize {
         self.idle.get(target).map_or(0, Vec::len)
