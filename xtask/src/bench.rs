@@ -28,7 +28,8 @@ pub struct BenchArgs {
     /// wrk connections for keep-alive scenarios.
     #[arg(long, default_value_t = 64)]
     pub(crate) connections: usize,
-    /// Only these scenarios (S1, S2-4k, S2-64k, S5, S3, S4, S6, S7, S9); all when empty.
+    /// Only these scenarios (S1, S2-4k, S2-64k, S5, S3, S4, S6, S7, S9, S12, S13); all
+    /// when empty.
     #[arg(long)]
     pub(crate) only: Vec<String>,
 }
@@ -118,7 +119,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let certificate = BenchCertificate::new(work.path())?;
     let backend_port = free_port()?;
     let wants = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
-    let _backend = if scenarios.is_empty() && !wants("S6") && !wants("S7") {
+    let _backend = if scenarios.is_empty() && !["S6", "S7", "S12", "S13"].iter().any(|id| wants(id))
+    {
         None
     } else {
         let backend = start_backend(work.path(), backend_port)?;
@@ -196,6 +198,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             args,
             work.path(),
             backend_port,
+        )?);
+    }
+    if wants("S12") || wants("S13") {
+        table.push_str(&crate::bench_traffic::section(
+            args,
+            work.path(),
+            backend_port,
+            wants("S12"),
+            wants("S13"),
         )?);
     }
     if wants("S9") {
@@ -500,11 +511,12 @@ fn start_backend(dir: &Path, port: u16) -> Result<Guard> {
     for (name, len) in [("64", 64), ("4k", 4096), ("64k", 65536)] {
         std::fs::write(docroot.join(name), vec![b'x'; len])?;
     }
+    std::fs::write(docroot.join("page.html"), crate::bench_traffic::html_page())?;
     let conf = dir.join("backend.conf");
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\ndaemon off;\npid {dir}/backend.pid;\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  default_type application/octet-stream;\n  sendfile on;\n  keepalive_requests 10000000;\n  open_file_cache max=16;\n  client_body_temp_path {dir}/b_body;\n  proxy_temp_path {dir}/b_proxy;\n  fastcgi_temp_path {dir}/b_fcgi;\n  uwsgi_temp_path {dir}/b_uwsgi;\n  scgi_temp_path {dir}/b_scgi;\n  server {{ listen 127.0.0.1:{port}; root {dir}/docroot; }}\n}}\n",
+            "worker_processes 1;\ndaemon off;\npid {dir}/backend.pid;\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  default_type application/octet-stream;\n  types {{ text/html html; }}\n  sendfile on;\n  keepalive_requests 10000000;\n  open_file_cache max=16;\n  client_body_temp_path {dir}/b_body;\n  proxy_temp_path {dir}/b_proxy;\n  fastcgi_temp_path {dir}/b_fcgi;\n  uwsgi_temp_path {dir}/b_uwsgi;\n  scgi_temp_path {dir}/b_scgi;\n  server {{ listen 127.0.0.1:{port}; root {dir}/docroot; }}\n}}\n",
             dir = dir.display()
         ),
     )?;
@@ -563,28 +575,7 @@ fn start_proxy(
 ) -> Result<Child> {
     match name {
         "gateway" => start_gateway(dir, port, backend, tls, &GatewayPolicy::default()),
-        "nginx" => {
-            let mut locations = String::new();
-            for i in 0..DUMMY_ROUTES {
-                writeln!(locations, "    location /dummy{i} {{ return 404; }}")?;
-            }
-            let nginx_tls = tls.map_or(String::new(), |c| {
-                format!(
-                    " ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m",
-                    c.cert.display(),
-                    c.key.display()
-                )
-            });
-            let conf = dir.join("nginx-proxy.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "worker_processes 1;\ndaemon off;\npid {dir}/proxy.pid;\nerror_log stderr error;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {dir}/p_body;\n  proxy_temp_path {dir}/p_proxy;\n  fastcgi_temp_path {dir}/p_fcgi;\n  uwsgi_temp_path {dir}/p_uwsgi;\n  scgi_temp_path {dir}/p_scgi;\n  upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{port}{nginx_tls};\n{locations}    location /b {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
-                    dir = dir.display()
-                ),
-            )?;
-            spawn_pinned("0", "nginx", &["-c", conf.to_str().context("utf8")?])
-        }
+        "nginx" => start_nginx(dir, port, backend, tls, &NginxExtra::default()),
         "haproxy" => {
             let maxconn = haproxy_maxconn();
             let mut acls = String::new();
@@ -663,6 +654,47 @@ pub(crate) fn start_gateway(
         bin.to_str().context("utf8")?,
         &["run", "--config", conf.to_str().context("utf8")?],
     )
+}
+
+/// Extra nginx configuration for a scenario: `http` block lines, and directives for the
+/// bench location.
+#[derive(Default)]
+pub(crate) struct NginxExtra {
+    pub http: String,
+    pub location: String,
+}
+
+/// Starts nginx as a proxy on CPU 0: the bench location to `backend` behind 99 dummy
+/// locations, keep-alive to the backend, logs off.
+pub(crate) fn start_nginx(
+    dir: &Path,
+    port: u16,
+    backend: u16,
+    tls: Option<&BenchCertificate>,
+    extra: &NginxExtra,
+) -> Result<Child> {
+    let mut locations = String::new();
+    for i in 0..DUMMY_ROUTES {
+        writeln!(locations, "    location /dummy{i} {{ return 404; }}")?;
+    }
+    let nginx_tls = tls.map_or(String::new(), |c| {
+        format!(
+            " ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m",
+            c.cert.display(),
+            c.key.display()
+        )
+    });
+    let conf = dir.join("nginx-proxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {dir}/proxy.pid;\nerror_log stderr error;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {dir}/p_body;\n  proxy_temp_path {dir}/p_proxy;\n  fastcgi_temp_path {dir}/p_fcgi;\n  uwsgi_temp_path {dir}/p_uwsgi;\n  scgi_temp_path {dir}/p_scgi;\n{http}\n  upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{port}{nginx_tls};\n{locations}    location /b {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; {location} }}\n  }}\n}}\n",
+            dir = dir.display(),
+            http = extra.http,
+            location = extra.location,
+        ),
+    )?;
+    spawn_pinned("0", "nginx", &["-c", conf.to_str().context("utf8")?])
 }
 
 /// haproxy needs two descriptors per connection plus a margin: size maxconn to the

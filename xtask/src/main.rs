@@ -11,6 +11,7 @@
 
 mod bench;
 mod bench_features;
+mod bench_traffic;
 mod bench_xdp;
 mod ebpf;
 mod fuzz;
