@@ -6,9 +6,11 @@
 
 mod locate;
 pub mod raw;
+mod raw_traffic;
 pub mod transform;
 mod validate;
 mod validate_policy;
+mod validate_route;
 mod validate_traffic;
 
 use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, time::Duration};

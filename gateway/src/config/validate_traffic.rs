@@ -336,7 +336,7 @@ fn validate_split(
         );
     }
     let split_key = r.split_key.as_deref().and_then(|text| {
-        let parsed = super::validate::parse_hash_key(text);
+        let parsed = super::validate_route::parse_hash_key(text);
         if parsed.is_none() {
             problems.push(
                 format!("{key}.split_key"),

@@ -12,6 +12,7 @@
 //! Per-worker state ([`Worker`]) lives on its thread; the config [`Snapshot`] is shared
 //! read-only through an `Arc`.
 
+mod attempt;
 mod cached;
 mod compress;
 mod connection;
