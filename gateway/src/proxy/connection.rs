@@ -84,6 +84,8 @@ pub(super) struct Connection<S> {
     pub(super) bytes_out: u64,
     /// The authenticated consumer (index into the snapshot's consumers).
     pub(super) consumer: Option<usize>,
+    /// When the current request's head was complete (one clock read per request).
+    pub(super) started: Instant,
     /// The upstream connection of an accepted WebSocket handshake: the client
     /// connection becomes a tunnel to it.
     pub(super) tunnel: Option<crate::upstream::UpstreamStream>,
@@ -137,6 +139,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split>(
         bytes_in: 0,
         bytes_out: 0,
         consumer: None,
+        started: Instant::now(),
         tunnel: None,
         mirror: None,
         mirror_body: Vec::new(),
@@ -167,6 +170,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split>(
         let started = Instant::now();
         let generation = worker.generation();
         conn.reset_record();
+        conn.started = started;
         let keep_going = conn.handle(&worker, &limits).await;
         // After a reload, route indexes belong to the old snapshot: count it unrouted.
         let route = conn.route.filter(|_| worker.generation() == generation);

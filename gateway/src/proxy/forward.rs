@@ -93,7 +93,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         // on. After a reload they are gone, and the request only finishes what it has.
         let generation = worker.generation();
         let health = &snapshot.upstreams.health;
-        let now = Instant::now();
+        let now = self.started;
         let mut tries = Tries {
             failed: 0,
             avoid: 0,
