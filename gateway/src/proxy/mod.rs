@@ -2,8 +2,11 @@
 //! accepted the connection.
 //!
 //! ```text
-//! accept → parse head → route → pick upstream → forward request (head, body)
-//!        → read response head → relay response (head, body) → pool or close → next request
+//! accept → parse head → route → policy (IP, CORS, auth, rate limits) → split
+//!        → concurrency limits → header transforms → cache lookup → pick upstream
+//!        → connection (pool or circuit breaker) → forward request (head, body; mirror)
+//!        → read response head (101: tunnel) → response filters (transforms, compression)
+//!        → relay response (cache store) → pool or close → log → next request
 //!                  ↑ a failed try the route retries: back off, pick another target
 //! ```
 //!
