@@ -199,7 +199,10 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split>(
             return;
         }
         conn.rbuf.shrink_if_idle();
-        conn.upstream_buf.shrink_if_idle();
+        // An idle client connection keeps no upstream buffer: it goes back to the worker.
+        if let Some(buffer) = conn.upstream_buf.release() {
+            worker.return_buffer(buffer);
+        }
     }
 }
 

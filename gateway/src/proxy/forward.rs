@@ -104,6 +104,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             state.retry_budgets[upstream_index].record_request(now)
         });
         self.plan_mirror(worker, route);
+        if self.upstream_buf.capacity() == 0 {
+            self.upstream_buf.provide(worker.lend_buffer());
+        }
         loop {
             let target = self.pick_target(
                 worker,

@@ -61,6 +61,30 @@ impl ReadBuf {
         }
     }
 
+    /// The buffer's memory when nothing is left unread (for a pool), leaving this empty
+    /// and unallocated.
+    pub fn release(&mut self) -> Option<Vec<u8>> {
+        if !self.is_empty() || self.buf.capacity() == 0 {
+            return None;
+        }
+        self.pos = 0;
+        Some(std::mem::take(&mut self.buf))
+    }
+
+    /// Gives an unallocated buffer memory to read into (from a pool).
+    pub fn provide(&mut self, mut memory: Vec<u8>) {
+        if self.buf.capacity() == 0 {
+            memory.clear();
+            self.buf = memory;
+            self.pos = 0;
+        }
+    }
+
+    /// Bytes allocated.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Releases memory grown by a large body once the buffer is empty.
     pub fn shrink_if_idle(&mut self) {
         if self.is_empty() && self.buf.capacity() > KEEP_CAPACITY {

@@ -208,6 +208,11 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Size of an upstream read buffer (a response head and the first body bytes).
+const UPSTREAM_BUFFER: usize = 16 * 1024;
+/// Upstream read buffers a worker keeps for reuse.
+const POOLED_BUFFERS: usize = 256;
+
 /// An empty response cache with `settings`' limits.
 fn new_store(settings: crate::config::CacheSettings) -> crate::cache::Store {
     crate::cache::Store::new(
@@ -259,6 +264,8 @@ pub struct Worker {
     cache_settings: Cell<crate::config::CacheSettings>,
     /// Cache fills in progress (concurrent misses wait for them).
     pub cache_flights: crate::cache::Flights,
+    /// Upstream read buffers lent to requests, so idle client connections hold none.
+    buffers: RefCell<Vec<Vec<u8>>>,
 }
 
 /// Process-wide things every worker gets at start, besides the config snapshot.
@@ -318,6 +325,7 @@ impl Worker {
             cache: std::rc::Rc::new(RefCell::new(new_store(cache_settings))),
             cache_settings: Cell::new(cache_settings),
             cache_flights: crate::cache::Flights::default(),
+            buffers: RefCell::new(Vec::new()),
         })
     }
 
@@ -491,6 +499,22 @@ impl Worker {
             }
         }
         limited
+    }
+
+    /// A read buffer for an upstream response: a pooled one, or a new one.
+    pub fn lend_buffer(&self) -> Vec<u8> {
+        self.buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(UPSTREAM_BUFFER))
+    }
+
+    /// Takes a lent buffer back (kept when the pool has room and it is not oversized).
+    pub fn return_buffer(&self, buffer: Vec<u8>) {
+        let mut pool = self.buffers.borrow_mut();
+        if pool.len() < POOLED_BUFFERS && buffer.capacity() <= 4 * UPSTREAM_BUFFER {
+            pool.push(buffer);
+        }
     }
 
     /// This worker's response cache (borrow it only between awaits).
