@@ -1,6 +1,7 @@
 //! A fault-injecting TCP proxy for tests (there is no netem on the test kernel): placed
 //! between the gateway and a real backend, it misbehaves the way backends and networks
-//! do. The fault can be changed while it runs; every connection reads the current one.
+//! do. The fault can be changed while it runs; every request (also on a connection the
+//! gateway kept alive) reads the current one.
 
 use std::{
     io::{Read, Write},
@@ -64,9 +65,8 @@ impl FaultProxy {
                 }
                 let Ok(client) = client else { continue };
                 connections.fetch_add(1, Ordering::Relaxed);
-                let fault = *current.lock().unwrap_or_else(|e| e.into_inner());
-                let stop = stop.clone();
-                std::thread::spawn(move || relay(client, backend, fault, &stop));
+                let (current, stop) = (current.clone(), stop.clone());
+                std::thread::spawn(move || relay(client, backend, &current, &stop));
             }
         });
         proxy
@@ -137,12 +137,15 @@ fn stall(stop: &AtomicBool) {
     }
 }
 
-fn relay(mut client: TcpStream, backend: SocketAddr, fault: Fault, stop: &AtomicBool) {
-    if fault == Fault::Refuse {
+fn relay(mut client: TcpStream, backend: SocketAddr, current: &Mutex<Fault>, stop: &AtomicBool) {
+    let fault_now = || *current.lock().unwrap_or_else(|e| e.into_inner());
+    if fault_now() == Fault::Refuse {
         return reset(client);
     }
     while let Some(head) = read_head(&mut client) {
+        let fault = fault_now();
         match fault {
+            Fault::Refuse => return reset(client),
             Fault::CloseEarly => {
                 let _ = client.shutdown(Shutdown::Both);
                 return;

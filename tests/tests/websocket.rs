@@ -112,6 +112,18 @@ fn echo<S: Read + Write>(ws: &mut WebSocket<S>, text: &str) {
     }
 }
 
+/// The close handshake: the server's close frame comes back through the tunnel.
+fn close_cleanly<S: Read + Write>(ws: &mut WebSocket<S>) {
+    ws.close(None).expect("close");
+    loop {
+        match ws.read() {
+            Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => return,
+            Ok(_) => {}
+            Err(e) => panic!("unexpected error while closing: {e}"),
+        }
+    }
+}
+
 #[test]
 fn messages_ping_and_close_pass_and_the_tunnel_survives_a_reload() {
     let ws_addr = echo_server();
@@ -144,15 +156,7 @@ fn messages_ping_and_close_pass_and_the_tunnel_survives_a_reload() {
     echo(&mut second, "second");
     assert_eq!(get(gw.addr(), "a", "/anything").status, 200);
 
-    // Close handshake: the server's close frame comes back through the tunnel.
-    ws.close(None).expect("close");
-    loop {
-        match ws.read() {
-            Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => break,
-            Ok(_) => {}
-            Err(e) => panic!("unexpected error while closing: {e}"),
-        }
-    }
+    close_cleanly(&mut ws);
 }
 
 #[test]
@@ -279,12 +283,5 @@ fn wss_to_the_gateway_and_tls_to_the_backend() {
     echo(&mut ws, "over TLS both ways");
     let big = "y".repeat(100_000);
     echo(&mut ws, &big);
-    ws.close(None).expect("close");
-    loop {
-        match ws.read() {
-            Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => break,
-            Ok(_) => {}
-            Err(e) => panic!("unexpected error while closing: {e}"),
-        }
-    }
+    close_cleanly(&mut ws);
 }

@@ -141,38 +141,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 } else {
                     wait_http(port, scenario.path)?;
                 }
-                if run == 0 {
-                    wrk(port, scenario, args.connections, 1, None)?; // warm-up
-                }
-                let before = tree_cpu_ticks(proxy.id())?;
-                let result = wrk(port, scenario, args.connections, args.duration, None)?;
-                let after = tree_cpu_ticks(proxy.id())?;
+                let sample = measure(&proxy, port, scenario, args, None, contender, run);
                 stop(proxy);
-                if result.errors > 0 {
-                    bail!(
-                        "{contender} {}: {} errors (non-2xx or socket errors): the run does not count",
-                        scenario.id,
-                        result.errors
-                    );
-                }
-                let cpu_us = (after - before) as f64 * 1e6 / clock_ticks_per_sec();
-                let sample = Sample {
-                    cpu_us_per_request: cpu_us / result.requests as f64,
-                    requests_per_sec: result.requests_per_sec,
-                    mb_per_sec: result.bytes_per_sec / 1e6,
-                    p50_ms: result.p50_ms,
-                    p99_ms: result.p99_ms,
-                };
-                eprintln!(
-                    "{} run {}/{} {contender:8} {:7.2} µs/req {:9.0} req/s p50 {:.2} ms p99 {:.2} ms",
-                    scenario.id,
-                    run + 1,
-                    args.runs,
-                    sample.cpu_us_per_request,
-                    sample.requests_per_sec,
-                    sample.p50_ms,
-                    sample.p99_ms
-                );
+                let sample = sample?;
                 samples[c].push(sample);
             }
         }
@@ -228,6 +199,52 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     std::fs::write(&file, &table)?;
     eprintln!("written to {}", file.display());
     Ok(())
+}
+
+/// One measured run of `scenario` against the running `proxy` on `port` (wrk on CPU 1,
+/// the proxy's CPU time around it; a warm-up first on the first round). A run with
+/// errors (non-2xx or socket errors) does not count.
+pub(crate) fn measure(
+    proxy: &Child,
+    port: u16,
+    scenario: &Scenario,
+    args: &BenchArgs,
+    script: Option<&Path>,
+    label: &str,
+    round: usize,
+) -> Result<Sample> {
+    if round == 0 {
+        wrk(port, scenario, args.connections, 1, script)?;
+    }
+    let before = tree_cpu_ticks(proxy.id())?;
+    let result = wrk(port, scenario, args.connections, args.duration, script)?;
+    let after = tree_cpu_ticks(proxy.id())?;
+    if result.errors > 0 {
+        bail!(
+            "{label} {}: {} errors (non-2xx or socket errors): the run does not count",
+            scenario.id,
+            result.errors
+        );
+    }
+    let cpu_us = (after - before) as f64 * 1e6 / clock_ticks_per_sec();
+    let sample = Sample {
+        cpu_us_per_request: cpu_us / result.requests as f64,
+        requests_per_sec: result.requests_per_sec,
+        mb_per_sec: result.bytes_per_sec / 1e6,
+        p50_ms: result.p50_ms,
+        p99_ms: result.p99_ms,
+    };
+    eprintln!(
+        "{} run {}/{} {label:12} {:7.2} µs/req {:9.0} req/s p50 {:.2} ms p99 {:.2} ms",
+        scenario.id,
+        round + 1,
+        args.runs,
+        sample.cpu_us_per_request,
+        sample.requests_per_sec,
+        sample.p50_ms,
+        sample.p99_ms
+    );
+    Ok(sample)
 }
 
 pub(crate) fn median(mut values: Vec<f64>) -> (f64, f64, f64) {

@@ -13,8 +13,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use crate::{
     bench::{
-        BenchArgs, GatewayPolicy, Sample, Scenario, free_port, median, start_gateway, stop,
-        tree_cpu_ticks, wait_tcp, wrk,
+        BenchArgs, GatewayPolicy, Sample, Scenario, free_port, measure, median, start_gateway,
+        stop, wait_tcp,
     },
     cargo, root, run_checked,
 };
@@ -102,36 +102,9 @@ fn compare(
             let proxy = start_gateway(dir, port, backend, None, policy)?;
             // A variant may refuse unauthenticated probes: wait for the port.
             wait_tcp(port)?;
-            if run == 0 {
-                wrk(port, scenario, args.connections, 1, script)?;
-            }
-            let before = tree_cpu_ticks(proxy.id())?;
-            let result = wrk(port, scenario, args.connections, args.duration, script)?;
-            let after = tree_cpu_ticks(proxy.id())?;
+            let sample = measure(&proxy, port, scenario, args, script, name, run);
             stop(proxy);
-            anyhow::ensure!(
-                result.errors == 0,
-                "{} {name}: {} errors (non-2xx or socket errors): the run does not count",
-                scenario.id,
-                result.errors
-            );
-            let cpu_us = (after - before) as f64 * 1e6 / crate::bench::clock_ticks_per_sec();
-            let sample = Sample {
-                cpu_us_per_request: cpu_us / result.requests as f64,
-                requests_per_sec: result.requests_per_sec,
-                mb_per_sec: result.bytes_per_sec / 1e6,
-                p50_ms: result.p50_ms,
-                p99_ms: result.p99_ms,
-            };
-            eprintln!(
-                "{} run {}/{} {name:12} {:7.2} µs/req {:9.0} req/s p99 {:.2} ms",
-                scenario.id,
-                run + 1,
-                args.runs,
-                sample.cpu_us_per_request,
-                sample.requests_per_sec,
-                sample.p99_ms
-            );
+            let sample = sample?;
             samples[v].push(sample);
         }
     }

@@ -6,11 +6,11 @@
 
 use std::{fmt::Write as _, io::Read as _, io::Write as _, path::Path};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 
 use crate::bench::{
-    BenchArgs, GatewayPolicy, NginxExtra, Sample, Scenario, clock_ticks_per_sec, free_port, median,
-    start_gateway, start_nginx, stop, tree_cpu_ticks, wait_http, wrk,
+    BenchArgs, GatewayPolicy, NginxExtra, Sample, Scenario, free_port, measure, median,
+    start_gateway, start_nginx, stop, wait_http,
 };
 
 const S12: Scenario = Scenario {
@@ -175,38 +175,9 @@ fn run(
             };
             wait_http(port, scenario.path)?;
             check_proof(port, scenario.path, proof)?;
-            if round == 0 {
-                wrk(port, scenario, args.connections, 1, script)?;
-            }
-            let before = tree_cpu_ticks(proxy.id())?;
-            let result = wrk(port, scenario, args.connections, args.duration, script)?;
-            let after = tree_cpu_ticks(proxy.id())?;
+            let sample = measure(&proxy, port, scenario, args, script, contender.name, round);
             stop(proxy);
-            ensure!(
-                result.errors == 0,
-                "{} {}: {} errors: the run does not count",
-                scenario.id,
-                contender.name,
-                result.errors
-            );
-            let cpu_us = (after - before) as f64 * 1e6 / clock_ticks_per_sec();
-            let sample = Sample {
-                cpu_us_per_request: cpu_us / result.requests as f64,
-                requests_per_sec: result.requests_per_sec,
-                mb_per_sec: result.bytes_per_sec / 1e6,
-                p50_ms: result.p50_ms,
-                p99_ms: result.p99_ms,
-            };
-            eprintln!(
-                "{} run {}/{} {:8} {:7.2} µs/req {:9.0} req/s p99 {:.2} ms",
-                scenario.id,
-                round + 1,
-                args.runs,
-                contender.name,
-                sample.cpu_us_per_request,
-                sample.requests_per_sec,
-                sample.p99_ms
-            );
+            let sample = sample?;
             samples[c].push(sample);
         }
     }

@@ -205,17 +205,8 @@ pub fn not_modified(request: &Fields, etag: Option<&[u8]>, last_modified: Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::response::ResponseHead;
 
-    fn fields(lines: &str) -> Fields {
-        let mut res = ResponseHead::default();
-        res.parse(
-            format!("HTTP/1.1 200 OK\r\n{lines}Content-Length: 0\r\n\r\n").as_bytes(),
-            false,
-        )
-        .expect("valid");
-        std::mem::take(&mut res.fields)
-    }
+    use crate::http::response::fields_of as fields;
 
     fn fresh_for(lines: &str, authorized: bool, default_ttl: u64) -> Option<u64> {
         let f = fields(lines);

@@ -168,17 +168,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::response::ResponseHead;
 
-    fn fields(lines: &str) -> Fields {
-        let mut res = ResponseHead::default();
-        res.parse(
-            format!("HTTP/1.1 200 OK\r\n{lines}Content-Length: 0\r\n\r\n").as_bytes(),
-            false,
-        )
-        .expect("valid");
-        std::mem::take(&mut res.fields)
-    }
+    use crate::http::response::fields_of as fields;
 
     fn stored(key: &str, vary: Vec<(String, Option<Vec<u8>>)>, body: usize) -> Stored {
         Stored {

@@ -183,6 +183,19 @@ impl ResponseHead {
     }
 }
 
+/// The fields of a response head made of `lines` (each ending in CRLF), for unit tests
+/// of code that reads fields.
+#[cfg(test)]
+pub(crate) fn fields_of(lines: &str) -> super::fields::Fields {
+    let mut res = ResponseHead::default();
+    res.parse(
+        format!("HTTP/1.1 200 OK\r\n{lines}Content-Length: 0\r\n\r\n").as_bytes(),
+        false,
+    )
+    .expect("valid test head");
+    std::mem::take(&mut res.fields)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,6 +110,33 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             .ok_or(ProxyError::NoTarget)
     }
 
+    /// A healthy target of upstream `upstream_index` for a request the gateway sends of its
+    /// own accord (a mirror copy, a cache refresh): balanced like the request's own tries.
+    pub(super) fn side_target(
+        &self,
+        worker: &Worker,
+        snapshot: &Snapshot,
+        upstream_index: usize,
+    ) -> Option<usize> {
+        let config = &snapshot.upstreams.entries[upstream_index].config;
+        let tries = Tries {
+            failed: 0,
+            avoid: 0,
+            fresh_only: true,
+            deadline: None,
+        };
+        let key = self.hash_key(config);
+        self.pick_target(
+            worker,
+            worker.generation(),
+            snapshot,
+            upstream_index,
+            key,
+            &tries,
+        )
+        .ok()
+    }
+
     /// A connection to `target` for this try: a pooled one, or a new one within the
     /// upstream's connection limit (waiting for a place while the queue has room).
     /// Returns it with whether it was pooled.

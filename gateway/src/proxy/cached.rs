@@ -317,23 +317,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let Role::Lead(leader) = worker.cache_flights.join(hash) else {
             return;
         };
-        let entry = &snapshot.upstreams.entries[upstream];
-        let config = &entry.config;
-        let healthy = crate::upstream::health::availability(
-            &snapshot.upstreams.health,
-            config,
-            entry.first_target,
-        );
-        let allowed = |i: usize| healthy.as_ref().is_none_or(|ok| ok(i));
-        let key = self.hash_key(config);
-        let target = worker
-            .upstream_state(worker.generation(), |state| {
-                state.balancers[upstream].pick(config, entry.maglev.as_ref(), key, &allowed)
-            })
-            .flatten();
-        let Some(target) = target else {
+        let Some(target) = self.side_target(worker, snapshot, upstream) else {
             return;
         };
+        let config = &snapshot.upstreams.entries[upstream].config;
         let mut request = Vec::with_capacity(1024);
         serialize::request_head(
             &mut request,

@@ -198,11 +198,7 @@ mod tests {
     use crate::http::response::ResponseHead;
 
     fn fields(accept: &str) -> Fields {
-        let mut res = ResponseHead::default();
-        let raw =
-            format!("HTTP/1.1 200 OK\r\nAccept-Encoding: {accept}\r\nContent-Length: 0\r\n\r\n");
-        res.parse(raw.as_bytes(), false).expect("valid");
-        std::mem::take(&mut res.fields)
+        crate::http::response::fields_of(&format!("Accept-Encoding: {accept}\r\n"))
     }
 
     const BOTH: [Coding; 2] = [Coding::Brotli, Coding::Gzip];

@@ -64,8 +64,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         snapshot: &Snapshot,
         plan: MirrorPlan,
     ) {
-        let entry = &snapshot.upstreams.entries[plan.upstream];
-        let config = &entry.config;
+        let config = &snapshot.upstreams.entries[plan.upstream].config;
         let skipped = || {
             worker.metrics(|m| {
                 if let Some(u) = m.upstreams.get(plan.upstream) {
@@ -76,19 +75,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let Some(slot) = worker.mirror_slot() else {
             return skipped();
         };
-        let healthy = crate::upstream::health::availability(
-            &snapshot.upstreams.health,
-            config,
-            entry.first_target,
-        );
-        let allowed = |i: usize| healthy.as_ref().is_none_or(|ok| ok(i));
-        let key = self.hash_key(config);
-        let target = worker
-            .upstream_state(worker.generation(), |state| {
-                state.balancers[plan.upstream].pick(config, entry.maglev.as_ref(), key, &allowed)
-            })
-            .flatten();
-        let Some(target) = target else {
+        let Some(target) = self.side_target(worker, snapshot, plan.upstream) else {
             return skipped();
         };
         let body = match self.head.body {
