@@ -16,6 +16,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("testssl", "testssl.sh"),
     ("chromium", "chromium"),
+    ("curl", "curl"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
