@@ -28,7 +28,7 @@ pub struct BenchArgs {
     /// wrk connections for keep-alive scenarios.
     #[arg(long, default_value_t = 64)]
     pub(crate) connections: usize,
-    /// Only these scenarios (S1, S2-4k, S2-64k, S5, S3, S4, S6, S7, S9, S12, S13); all
+    /// Only these scenarios (S1, S2-4k, S2-64k, S5, S3, S4, S6, S7, S8, S9, S12, S13); all
     /// when empty.
     #[arg(long)]
     pub(crate) only: Vec<String>,
@@ -119,14 +119,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let certificate = BenchCertificate::new(work.path())?;
     let backend_port = free_port()?;
     let wants = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
-    let _backend = if scenarios.is_empty() && !["S6", "S7", "S12", "S13"].iter().any(|id| wants(id))
-    {
-        None
-    } else {
-        let backend = start_backend(work.path(), backend_port)?;
-        wait_http(backend_port, "/b/64")?;
-        Some(backend)
-    };
+    let _backend =
+        if scenarios.is_empty() && !["S6", "S7", "S8", "S12", "S13"].iter().any(|id| wants(id)) {
+            None
+        } else {
+            let backend = start_backend(work.path(), backend_port)?;
+            wait_http(backend_port, "/b/64")?;
+            Some(backend)
+        };
 
     let mut results: Vec<(&Scenario, &str, Vec<Sample>)> = Vec::new();
     for scenario in &scenarios {
@@ -169,6 +169,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             args,
             work.path(),
             backend_port,
+        )?);
+    }
+    if wants("S8") {
+        table.push_str(&crate::bench_idle::section(
+            work.path(),
+            backend_port,
+            &certificate,
         )?);
     }
     if wants("S12") || wants("S13") {
@@ -426,6 +433,36 @@ pub(crate) fn clock_ticks_per_sec() -> f64 {
 /// utime+stime of `pid` and its direct children (nginx's workers), in clock ticks.
 pub(crate) fn tree_cpu_ticks(pid: u32) -> Result<u64> {
     let mut total = process_ticks(pid)?;
+    for child in children_of(pid)? {
+        total += process_ticks(child).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Resident memory (VmRSS) of `pid` and its direct children, in bytes.
+pub(crate) fn tree_rss_bytes(pid: u32) -> Result<u64> {
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024
+    };
+    let mut total = rss(pid);
+    for child in children_of(pid)? {
+        total += rss(child);
+    }
+    Ok(total)
+}
+
+/// The direct children of `pid` (nginx's workers).
+fn children_of(pid: u32) -> Result<Vec<u32>> {
+    let mut children = Vec::new();
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Some(child) = entry
             .file_name()
@@ -435,10 +472,10 @@ pub(crate) fn tree_cpu_ticks(pid: u32) -> Result<u64> {
             continue;
         };
         if child != pid && parent_of(child) == Some(pid) {
-            total += process_ticks(child).unwrap_or(0);
+            children.push(child);
         }
     }
-    Ok(total)
+    Ok(children)
 }
 
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
@@ -554,6 +591,11 @@ pub(crate) struct BenchCertificate {
 }
 
 impl BenchCertificate {
+    /// A TLS 1.3 client that trusts the certificate.
+    pub(crate) fn client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        self._pki.client_config(&[&rustls::version::TLS13])
+    }
+
     fn new(dir: &Path) -> Result<Self> {
         let pki = gateway_tests::tls::TestPki::new();
         let (cert, key) = pki.issue("bench", &["localhost", "bench.test"]);
@@ -583,7 +625,7 @@ pub(crate) fn wait_tcp(port: u16) -> Result<()> {
     bail!("nothing listens on port {port}")
 }
 
-fn start_proxy(
+pub(crate) fn start_proxy(
     name: &str,
     dir: &Path,
     port: u16,
@@ -705,7 +747,7 @@ pub(crate) fn start_nginx(
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\ndaemon off;\npid {dir}/proxy.pid;\nerror_log stderr error;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {dir}/p_body;\n  proxy_temp_path {dir}/p_proxy;\n  fastcgi_temp_path {dir}/p_fcgi;\n  uwsgi_temp_path {dir}/p_uwsgi;\n  scgi_temp_path {dir}/p_scgi;\n{http}\n  upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{port}{nginx_tls};\n{locations}    location /b {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; {location} }}\n  }}\n}}\n",
+            "worker_processes 1;\ndaemon off;\npid {dir}/proxy.pid;\nerror_log stderr error;\nevents {{ worker_connections 16384; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_body_temp_path {dir}/p_body;\n  proxy_temp_path {dir}/p_proxy;\n  fastcgi_temp_path {dir}/p_fcgi;\n  uwsgi_temp_path {dir}/p_uwsgi;\n  scgi_temp_path {dir}/p_scgi;\n{http}\n  upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{port}{nginx_tls};\n{locations}    location /b {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; {location} }}\n  }}\n}}\n",
             dir = dir.display(),
             http = extra.http,
             location = extra.location,
