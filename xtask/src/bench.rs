@@ -28,8 +28,8 @@ pub struct BenchArgs {
     /// wrk connections for keep-alive scenarios.
     #[arg(long, default_value_t = 64)]
     pub(crate) connections: usize,
-    /// Only these scenarios (S1, S2-4k, S2-64k, S5, S3, S4, S6, S7, S8, S9, S12, S13); all
-    /// when empty.
+    /// Only these scenarios (S1, S2-4k, S2-64k, S5, S3, S4, S6, S7, S8, S9, S11, S12, S13);
+    /// all when empty.
     #[arg(long)]
     pub(crate) only: Vec<String>,
 }
@@ -119,14 +119,17 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let certificate = BenchCertificate::new(work.path())?;
     let backend_port = free_port()?;
     let wants = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
-    let _backend =
-        if scenarios.is_empty() && !["S6", "S7", "S8", "S12", "S13"].iter().any(|id| wants(id)) {
-            None
-        } else {
-            let backend = start_backend(work.path(), backend_port)?;
-            wait_http(backend_port, "/b/64")?;
-            Some(backend)
-        };
+    let _backend = if scenarios.is_empty()
+        && !["S6", "S7", "S8", "S11", "S12", "S13"]
+            .iter()
+            .any(|id| wants(id))
+    {
+        None
+    } else {
+        let backend = start_backend(work.path(), backend_port)?;
+        wait_http(backend_port, "/b/64")?;
+        Some(backend)
+    };
 
     let mut results: Vec<(&Scenario, &str, Vec<Sample>)> = Vec::new();
     for scenario in &scenarios {
@@ -169,6 +172,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             args,
             work.path(),
             backend_port,
+        )?);
+    }
+    if wants("S11") {
+        table.push_str(&crate::bench_features::scaling_section(
+            args,
+            work.path(),
+            backend_port,
+            &certificate,
         )?);
     }
     if wants("S8") {
@@ -668,6 +679,8 @@ pub(crate) fn start_proxy(
 /// route (the policy scenario adds credentials and limits).
 #[derive(Default)]
 pub(crate) struct GatewayPolicy {
+    /// Worker threads (0 or 1: one, pinned to CPU 0; more: unpinned).
+    pub workers: usize,
     /// Lines for `[gateway]`.
     pub gateway: String,
     pub sections: String,
@@ -701,15 +714,17 @@ pub(crate) fn start_gateway(
     std::fs::write(
         &conf,
         format!(
-            "[gateway]\nworkers = 1\nlog_level = \"warn\"\n{gateway}\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n{gateway_tls}\n[[upstreams]]\nname = \"backend\"\ntargets = [ {{ addr = \"127.0.0.1:{backend}\" }} ]\nmax_idle_per_target = 128\n\n[[upstreams]]\nname = \"dummy\"\ntargets = [ {{ addr = \"127.0.0.1:9\" }} ]\n\n{sections}\n{routes}[[routes]]\nname = \"bench\"\npath_prefix = \"/b\"\nupstream = \"backend\"\n{route}",
+            "[gateway]\nworkers = {workers}\nlog_level = \"warn\"\n{gateway}\n[[listeners]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\n{gateway_tls}\n[[upstreams]]\nname = \"backend\"\ntargets = [ {{ addr = \"127.0.0.1:{backend}\" }} ]\nmax_idle_per_target = 128\n\n[[upstreams]]\nname = \"dummy\"\ntargets = [ {{ addr = \"127.0.0.1:9\" }} ]\n\n{sections}\n{routes}[[routes]]\nname = \"bench\"\npath_prefix = \"/b\"\nupstream = \"backend\"\n{route}",
+            workers = policy.workers.max(1),
             gateway = policy.gateway,
             sections = policy.sections,
             route = policy.route,
         ),
     )?;
     let bin = root().join("target/release/gateway");
+    // One worker is pinned to CPU 0 like the peers; more get the whole box.
     spawn_pinned(
-        "0",
+        if policy.workers > 1 { "0-1" } else { "0" },
         bin.to_str().context("utf8")?,
         &["run", "--config", conf.to_str().context("utf8")?],
     )

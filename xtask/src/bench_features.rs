@@ -13,8 +13,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use crate::{
     bench::{
-        BenchArgs, GatewayPolicy, Sample, Scenario, free_port, measure, median, start_gateway,
-        stop, wait_tcp,
+        BenchArgs, BenchCertificate, GatewayPolicy, Sample, Scenario, free_port, measure, median,
+        start_gateway, stop, wait_tcp,
     },
     cargo, root, run_checked,
 };
@@ -25,6 +25,22 @@ const S6: Scenario = Scenario {
     path: "/b/64",
     close: false,
     tls: false,
+};
+
+const S11_PLAIN: Scenario = Scenario {
+    id: "S11",
+    what: "keep-alive, 64 B body, 1 → 2 workers",
+    path: "/b/64",
+    close: false,
+    tls: false,
+};
+
+const S11_TLS: Scenario = Scenario {
+    id: "S11",
+    what: "TLS 1.3 keep-alive, 64 B body, 1 → 2 workers",
+    path: "/b/64",
+    close: false,
+    tls: true,
 };
 
 const S7: Scenario = Scenario {
@@ -94,12 +110,13 @@ fn compare(
     scenario: &Scenario,
     variants: &[(&str, GatewayPolicy)],
     script: Option<&Path>,
+    tls: Option<&BenchCertificate>,
 ) -> Result<String> {
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
     for run in 0..args.runs {
         for (v, (name, policy)) in variants.iter().enumerate() {
             let port = free_port()?;
-            let proxy = start_gateway(dir, port, backend, None, policy)?;
+            let proxy = start_gateway(dir, port, backend, tls, policy)?;
             // A variant may refuse unauthenticated probes: wait for the port.
             wait_tcp(port)?;
             let sample = measure(&proxy, port, scenario, args, script, name, run);
@@ -144,7 +161,15 @@ pub fn policy_section(args: &BenchArgs, dir: &Path, backend: u16, object: &Path)
         "\nPolicy cost (S6: {}; {} runs × {} s, median)\n",
         S6.what, args.runs, args.duration
     )?;
-    out.push_str(&compare(args, dir, backend, &S6, &variants, Some(&script))?);
+    out.push_str(&compare(
+        args,
+        dir,
+        backend,
+        &S6,
+        &variants,
+        Some(&script),
+        None,
+    )?);
     writeln!(
         out,
         "\nTarget: the policy variant keeps at least 90% of plain throughput."
@@ -179,10 +204,46 @@ pub fn observability_section(args: &BenchArgs, dir: &Path, backend: u16) -> Resu
         "\nObservability cost (S7: {}; {} runs × {} s, median)\n",
         S7.what, args.runs, args.duration
     )?;
-    out.push_str(&compare(args, dir, backend, &S7, &variants, None)?);
+    out.push_str(&compare(args, dir, backend, &S7, &variants, None, None)?);
     writeln!(
         out,
         "\nTarget: with metrics and access logs on, at least 95% of the throughput with them off."
+    )?;
+    Ok(out)
+}
+
+/// S11: the same workloads (S1 plain, S3 TLS) with one worker pinned to CPU 0 and with two
+/// workers on the whole box.
+pub fn scaling_section(
+    args: &BenchArgs,
+    dir: &Path,
+    backend: u16,
+    certificate: &BenchCertificate,
+) -> Result<String> {
+    let mut out = String::new();
+    for (scenario, tls) in [(&S11_PLAIN, None), (&S11_TLS, Some(certificate))] {
+        let variants = [
+            ("1 worker", GatewayPolicy::default()),
+            (
+                "2 workers",
+                GatewayPolicy {
+                    workers: 2,
+                    ..GatewayPolicy::default()
+                },
+            ),
+        ];
+        writeln!(
+            out,
+            "\nScaling (S11, {}; {} runs × {} s, median)\n",
+            scenario.what, args.runs, args.duration
+        )?;
+        out.push_str(&compare(
+            args, dir, backend, scenario, &variants, None, tls,
+        )?);
+    }
+    writeln!(
+        out,
+        "\nOn a 2-CPU box the second worker takes CPU from the load generator (wrk on CPU 1) and the backend, so this run shows that contention, not the scaling two free cores give; CPU per request staying flat shows the workers share nothing. `cargo xtask bench --only S11`."
     )?;
     Ok(out)
 }
