@@ -158,11 +158,6 @@ impl Store {
         }
         doomed.len()
     }
-
-    /// Stored keys and the bytes they take.
-    pub fn usage(&self) -> (usize, u64) {
-        (self.entries.len(), self.entries.weight())
-    }
 }
 
 #[cfg(test)]
@@ -224,7 +219,7 @@ mod tests {
         store.insert(9, stored("GET a/doc", vec![], 100));
         assert_eq!(store.purge(b"GET a/img/1", true), 1);
         assert_eq!(store.purge(b"GET a/img/", false), 3);
-        assert_eq!(store.usage().0, 1);
+        assert_eq!(store.entries.len(), 1);
         assert!(store.lookup(9, b"GET a/doc", &fields("")).is_some());
         store.insert(10, stored("GET a/huge", vec![], 20 * 1024));
         assert!(
@@ -234,6 +229,10 @@ mod tests {
         for i in 100..200u64 {
             store.insert(i, stored(&format!("GET a/{i}"), vec![], 8 * 1024));
         }
-        assert!(store.usage().1 <= 64 * 1024, "{:?}", store.usage());
+        assert!(
+            store.entries.weight() <= 64 * 1024,
+            "{} bytes",
+            store.entries.weight()
+        );
     }
 }

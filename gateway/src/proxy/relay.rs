@@ -141,6 +141,69 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
     /// Decodes a chunked body and writes it re-chunked (`rechunk`) or raw, refusing more
     /// than `max_len` body bytes. Trailers are consumed and dropped.
     pub async fn copy_chunked(&mut self, rechunk: bool, max_len: u64) -> Result<u64, RelayError> {
+        let length = self
+            .chunked_into(max_len, &mut Sink::Raw { rechunk })
+            .await?;
+        self.finish(rechunk).await?;
+        Ok(length)
+    }
+
+    /// Copies until the source closes, re-chunked (`rechunk`) or raw.
+    pub async fn copy_until_close(&mut self, rechunk: bool) -> Result<u64, RelayError> {
+        let length = self.until_close_into(&mut Sink::Raw { rechunk }).await?;
+        self.finish(rechunk).await?;
+        Ok(length)
+    }
+
+    /// Compresses a body of `framing` from the source through `encoder`, writing the
+    /// encoded stream re-chunked (`rechunk`) or raw. Returns the encoded length.
+    pub async fn copy_encoded(
+        &mut self,
+        framing: ResponseBody,
+        mut encoder: BodyEncoder,
+        rechunk: bool,
+    ) -> Result<u64, RelayError> {
+        let mut sink = Sink::Encoded {
+            encoder: &mut encoder,
+            rechunk,
+            sent: 0,
+        };
+        match framing {
+            ResponseBody::None => {}
+            ResponseBody::Length(length) => {
+                let mut remaining = length;
+                while remaining > 0 {
+                    if self.buf.is_empty() {
+                        self.flush().await?;
+                        self.fill().await?;
+                    }
+                    let take = (self.buf.len() as u64).min(remaining) as usize;
+                    self.tee(take);
+                    sink.put(&self.buf.data()[..take], self.out);
+                    self.buf.consume(take);
+                    remaining -= take as u64;
+                    if self.out.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
+                }
+            }
+            ResponseBody::Chunked => {
+                self.chunked_into(u64::MAX, &mut sink).await?;
+            }
+            ResponseBody::UntilClose => {
+                self.until_close_into(&mut sink).await?;
+            }
+        }
+        let sent = sink.encoded_len();
+        let tail = encoder.finish();
+        frame(&tail, rechunk, self.out);
+        self.finish(rechunk).await?;
+        Ok(sent + tail.len() as u64)
+    }
+
+    /// Decodes a chunked body into `sink` (and the tee), flushing what is ready before
+    /// every wait; returns the decoded length. Trailers are consumed and dropped.
+    async fn chunked_into(&mut self, max_len: u64, sink: &mut Sink<'_>) -> Result<u64, RelayError> {
         let mut decoder = ChunkedDecoder::new();
         loop {
             match decoder.step(self.buf.data()).map_err(RelayError::Framing)? {
@@ -149,11 +212,7 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
                     if let Some(tee) = self.tee.as_mut() {
                         tee.take(data);
                     }
-                    if rechunk {
-                        encode_chunk(data, self.out);
-                    } else {
-                        self.out.extend_from_slice(data);
-                    }
+                    sink.put(data, self.out);
                     self.buf.consume(end);
                     if decoder.body_len > max_len {
                         return Err(RelayError::TooLarge);
@@ -161,10 +220,6 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
                 }
                 Decoded::Done { consumed } => {
                     self.buf.consume(consumed);
-                    if rechunk {
-                        self.out.extend_from_slice(LAST_CHUNK);
-                    }
-                    self.flush().await?;
                     return Ok(decoder.body_len);
                 }
                 Decoded::NeedMore => {
@@ -181,125 +236,79 @@ impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
         }
     }
 
-    /// Copies until the source closes, re-chunked (`rechunk`) or raw.
-    pub async fn copy_until_close(&mut self, rechunk: bool) -> Result<u64, RelayError> {
+    /// Copies into `sink` (and the tee) until the source closes; returns the length.
+    async fn until_close_into(&mut self, sink: &mut Sink<'_>) -> Result<u64, RelayError> {
         let mut copied = 0u64;
         loop {
             let len = self.buf.len();
             self.tee(len);
-            let data = self.buf.data();
-            copied += data.len() as u64;
-            if rechunk {
-                encode_chunk(data, self.out);
-            } else {
-                self.out.extend_from_slice(data);
-            }
-            let all = self.buf.len();
-            self.buf.consume(all);
+            sink.put(self.buf.data(), self.out);
+            copied += len as u64;
+            self.buf.consume(len);
             self.flush().await?;
             match self.fill().await {
                 Ok(()) => {}
-                Err(RelayError::SourceClosed) => break,
+                Err(RelayError::SourceClosed) => return Ok(copied),
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Ends a re-chunked body with the last chunk and sends what is left.
+    async fn finish(&mut self, rechunk: bool) -> Result<(), RelayError> {
         if rechunk {
             self.out.extend_from_slice(LAST_CHUNK);
         }
-        self.flush().await?;
-        Ok(copied)
+        self.flush().await
     }
+}
 
-    /// Compresses a body of `framing` from the source through `encoder`, writing the
-    /// encoded stream re-chunked (`rechunk`) or raw. Returns the encoded length.
-    pub async fn copy_encoded(
-        &mut self,
-        framing: ResponseBody,
-        mut encoder: BodyEncoder,
+/// Where a relay puts body bytes: into the output as they are, or through a compressor.
+enum Sink<'e> {
+    Raw {
         rechunk: bool,
-    ) -> Result<u64, RelayError> {
-        let mut sent = 0u64;
-        match framing {
-            ResponseBody::None => {}
-            ResponseBody::Length(length) => {
-                let mut remaining = length;
-                while remaining > 0 {
-                    if self.buf.is_empty() {
-                        self.flush().await?;
-                        self.fill().await?;
-                    }
-                    let take = (self.buf.len() as u64).min(remaining) as usize;
-                    encoder.write(&self.buf.data()[..take]);
-                    self.buf.consume(take);
-                    remaining -= take as u64;
-                    sent += self.emit(&mut encoder, rechunk);
-                    if self.out.len() >= FLUSH_AT {
-                        self.flush().await?;
-                    }
-                }
-            }
-            ResponseBody::Chunked => {
-                let mut decoder = ChunkedDecoder::new();
-                loop {
-                    match decoder.step(self.buf.data()).map_err(RelayError::Framing)? {
-                        Decoded::Data { start, end } => {
-                            encoder.write(&self.buf.data()[start..end]);
-                            self.buf.consume(end);
-                            sent += self.emit(&mut encoder, rechunk);
-                        }
-                        Decoded::Done { consumed } => {
-                            self.buf.consume(consumed);
-                            break;
-                        }
-                        Decoded::NeedMore => {
-                            let all = self.buf.len();
-                            self.buf.consume(all);
-                            self.flush().await?;
-                            self.fill().await?;
-                        }
-                    }
-                    if self.out.len() >= FLUSH_AT {
-                        self.flush().await?;
-                    }
-                }
-            }
-            ResponseBody::UntilClose => loop {
-                let all = self.buf.len();
-                encoder.write(self.buf.data());
-                self.buf.consume(all);
-                sent += self.emit(&mut encoder, rechunk);
-                self.flush().await?;
-                match self.fill().await {
-                    Ok(()) => {}
-                    Err(RelayError::SourceClosed) => break,
-                    Err(error) => return Err(error),
-                }
-            },
+    },
+    Encoded {
+        encoder: &'e mut BodyEncoder,
+        rechunk: bool,
+        /// Encoded bytes put out so far.
+        sent: u64,
+    },
+}
+
+impl Sink<'_> {
+    /// Encoded bytes put out so far (zero for a raw sink).
+    fn encoded_len(&self) -> u64 {
+        match self {
+            Self::Raw { .. } => 0,
+            Self::Encoded { sent, .. } => *sent,
         }
-        let tail = encoder.finish();
-        sent += tail.len() as u64;
-        if rechunk {
-            encode_chunk(&tail, self.out);
-            self.out.extend_from_slice(LAST_CHUNK);
-        } else {
-            self.out.extend_from_slice(&tail);
-        }
-        self.flush().await?;
-        Ok(sent)
     }
 
-    /// Moves what the encoder produced into `out`; returns its length.
-    fn emit(&mut self, encoder: &mut BodyEncoder, rechunk: bool) -> u64 {
-        let produced = encoder.output();
-        let len = produced.len() as u64;
-        if len > 0 {
-            if rechunk {
-                encode_chunk(produced, self.out);
-            } else {
-                self.out.extend_from_slice(produced);
+    /// Puts `data` (body bytes as the source sent them) into `out`, framed.
+    fn put(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Self::Raw { rechunk } => frame(data, *rechunk, out),
+            Self::Encoded {
+                encoder,
+                rechunk,
+                sent,
+            } => {
+                encoder.write(data);
+                let produced = encoder.output();
+                *sent += produced.len() as u64;
+                frame(produced, *rechunk, out);
+                produced.clear();
             }
-            produced.clear();
         }
-        len
+    }
+}
+
+/// Appends `data` to `out` as a chunk (`rechunk`) or raw.
+fn frame(data: &[u8], rechunk: bool, out: &mut Vec<u8>) {
+    if rechunk {
+        encode_chunk(data, out);
+    } else {
+        out.extend_from_slice(data);
     }
 }
