@@ -112,6 +112,11 @@ pub const VERDICT_MAP: &str = "VERDICT_STATS_V1";
 /// LRU per-CPU hash of SYN token buckets per source ([`SourceKey`] → [`TokenBucket`]).
 pub const SYN_BUCKETS_MAP: &str = "SYN_BUCKETS_V1";
 
+/// Hash of the live ACL entries ([`LiveEntryKey`] → expiry in Unix seconds, 0 for
+/// none). The XDP program never reads it: it is pinned beside the lists so a restarted
+/// gateway (and the CLI) finds which entries were added live and when they expire.
+pub const LIVE_ACL_MAP: &str = "LIVE_ACL_V1";
+
 /// Capacity of each deny/allow list per address family (and of the hit counters).
 pub const MAX_LIST_ENTRIES: u32 = 65_536;
 /// Sources tracked by the SYN guard per CPU; the least recently seen are evicted.
@@ -211,6 +216,26 @@ pub struct SourceKey {
 
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 16);
 
+/// One live ACL entry: its list, and the prefix (IPv4 in the first four bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LiveEntryKey {
+    /// [`LIVE_LIST_DENY`] or [`LIVE_LIST_ALLOW`].
+    pub list: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub prefix_len: u8,
+    pub _pad: u8,
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<LiveEntryKey>() == 20);
+
+/// [`LiveEntryKey::list`] of a deny entry.
+pub const LIVE_LIST_DENY: u8 = 0;
+/// [`LiveEntryKey::list`] of an allow entry.
+pub const LIVE_LIST_ALLOW: u8 = 1;
+
 /// A token bucket of the SYN guard, in thousandths of a token.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -267,6 +292,7 @@ mod pod {
     unsafe impl aya::Pod for super::EdgeSettings {}
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::TokenBucket {}
+    unsafe impl aya::Pod for super::LiveEntryKey {}
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
 };
 use gateway_common::{
-    EDGE_ALLOW_ACTIVE, EDGE_PROTECT_ALL, EDGE_SYN_GUARD, EdgeSettings, MAX_LIST_ENTRIES,
+    EDGE_ALLOW_ACTIVE, EDGE_PROTECT_ALL, EDGE_SYN_GUARD, EdgeSettings, LiveEntryKey, MAX_LIST_ENTRIES,
     MAX_SYN_SOURCES, PROTECTED_WORDS, SourceKey, TokenBucket, Verdict, protected_slot,
 };
 
@@ -33,6 +33,10 @@ static SETTINGS: Array<EdgeSettings> = Array::with_max_entries(1, 0);
 #[map(name = "SYN_BUCKETS_V1")]
 static SYN_BUCKETS: LruPerCpuHashMap<SourceKey, TokenBucket> =
     LruPerCpuHashMap::with_max_entries(MAX_SYN_SOURCES, 0);
+/// Userspace bookkeeping pinned beside the lists (`gateway_common::LIVE_ACL_MAP`); the
+/// program never looks it up.
+#[map(name = "LIVE_ACL_V1")]
+static LIVE_ACL: HashMap<LiveEntryKey, u64> = HashMap::with_max_entries(2 * MAX_LIST_ENTRIES, 0);
 
 /// Decides what happens to an IP packet.
 #[inline(always)]

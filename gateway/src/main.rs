@@ -42,6 +42,70 @@ enum Command {
         #[command(subcommand)]
         action: AclAction,
     },
+    /// The XDP state pinned in bpffs, read or removed without a running gateway.
+    Xdp {
+        #[command(subcommand)]
+        action: XdpAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum XdpAction {
+    /// Print (JSON) whether the program is attached, its verdict counters, and the
+    /// lists with hit counts and live entries' expiry.
+    Show(PinArgs),
+    /// Detach the program and remove its pinned maps (after `on_exit = "keep"`, or to
+    /// uninstall).
+    Detach(PinArgs),
+}
+
+/// Where an interface's XDP state is pinned.
+#[derive(clap::Args)]
+struct PinArgs {
+    /// The interface the gateway attached to (`[xdp] interface`).
+    #[arg(long, value_name = "NAME")]
+    interface: String,
+    /// `[xdp] pin_path` of that gateway.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/gateway")]
+    pin_path: PathBuf,
+}
+
+fn xdp_command(action: XdpAction) -> ExitCode {
+    use gateway::xdp::{PinFolder, inspect};
+    let (
+        PinArgs {
+            interface,
+            pin_path,
+        },
+        show,
+    ) = match action {
+        XdpAction::Show(args) => (args, true),
+        XdpAction::Detach(args) => (args, false),
+    };
+    let pins = PinFolder::new(&pin_path, &interface);
+    let outcome = if show {
+        inspect::describe(&pins).map(|state| {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&state).unwrap_or_default()
+            );
+        })
+    } else {
+        inspect::remove(&pins).map(|existed| {
+            if existed {
+                println!("detached and unpinned {}", pins.dir().display());
+            } else {
+                println!("nothing pinned at {}", pins.dir().display());
+            }
+        })
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gateway: {interface}: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -169,6 +233,7 @@ fn main() -> ExitCode {
             let (method, path) = acl_path(&action);
             admin.run(method, &path)
         }
+        Command::Xdp { action } => xdp_command(action),
         Command::Run { config, takeover } => {
             let loaded = match Config::load(&config) {
                 Ok(loaded) => loaded,

@@ -22,6 +22,9 @@ pub fn xdp_object_or_skip(test: &str) -> Option<Vec<u8>> {
     None
 }
 
+/// The gateway's default `[xdp] pin_path`.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/gateway";
+
 /// A namespace plus a veth pair: `outer` in the root namespace, `inner` inside.
 pub struct VethNamespace {
     pub namespace: String,
@@ -142,9 +145,109 @@ impl VethNamespace {
         (!line.is_empty()).then_some(line)
     }
 
+    /// The gateway's pin folder for the outer interface (default `[xdp] pin_path`).
+    pub fn pin_folder(&self) -> std::path::PathBuf {
+        std::path::Path::new(DEFAULT_PIN_PATH).join(&self.outer)
+    }
+
     fn cleanup(&self) {
         let _ = ip(&["link", "del", &self.outer]);
         let _ = ip(&["netns", "del", &self.namespace]);
+        let _ = std::fs::remove_dir_all(self.pin_folder());
+    }
+}
+
+/// An IPv4 + TCP SYN from `src:sport` to `dst`, checksums filled in.
+fn syn_packet(src: std::net::Ipv4Addr, sport: u16, dst: std::net::SocketAddrV4) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[..12].copy_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.ip().octets());
+    let ip_sum = checksum(&p[..20], 0);
+    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&dst.port().to_be_bytes());
+    p[24..28].copy_from_slice(&u32::from(sport).wrapping_mul(2_654_435_761).to_be_bytes());
+    p[32] = 0x50;
+    p[33] = 0x02;
+    p[34..36].copy_from_slice(&64_240u16.to_be_bytes());
+    // Pseudo-header: addresses, protocol, TCP length.
+    let mut pseudo = 0u32;
+    for pair in p[12..20].chunks(2) {
+        pseudo += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    pseudo += 6 + 20;
+    let tcp_sum = checksum(&p[20..], pseudo);
+    p[36..38].copy_from_slice(&tcp_sum.to_be_bytes());
+    p
+}
+
+fn checksum(bytes: &[u8], start: u32) -> u16 {
+    let mut sum = start;
+    for pair in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+impl VethNamespace {
+    /// Floods `dst` with TCP SYNs from `src` (any address: the raw socket spoofs it), from
+    /// a thread that joined the namespace, as fast as it can until `stop` is set; the
+    /// thread returns how many it sent.
+    pub fn flood_syns(
+        &self,
+        src: std::net::Ipv4Addr,
+        dst: std::net::SocketAddrV4,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<u64> {
+        let namespace = format!("/run/netns/{}", self.namespace);
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd as _;
+            let ns = std::fs::File::open(&namespace).expect("open the namespace");
+            // SAFETY: a namespace descriptor; only this thread changes network namespace.
+            let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
+            // SAFETY: plain socket creation.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            // SAFETY: the descriptor was just created and is owned here.
+            let socket =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let mut sent = 0u64;
+            let mut sport = 1024u16;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..256 {
+                    sport = sport.checked_add(1).unwrap_or(1024);
+                    let packet = syn_packet(src, sport, dst);
+                    // SAFETY: a valid buffer and address of the stated lengths.
+                    let rc = unsafe {
+                        libc::sendto(
+                            socket.as_raw_fd(),
+                            packet.as_ptr().cast(),
+                            packet.len(),
+                            0,
+                            (&raw const to).cast(),
+                            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                        )
+                    };
+                    if rc > 0 {
+                        sent += 1;
+                    }
+                }
+            }
+            sent
+        })
     }
 }
 

@@ -305,8 +305,8 @@ fn edge_policy(
     deny: &[&str],
     allow: &[&str],
     syn: Option<(u32, u32)>,
-) -> gateway::edge::EdgePolicy {
-    gateway::edge::EdgePolicy::new(&gateway::config::EdgePolicyConfig {
+) -> gateway::config::EdgePolicyConfig {
+    gateway::config::EdgePolicyConfig {
         deny: deny.iter().map(|s| s.parse().expect("cidr")).collect(),
         allow: allow.iter().map(|s| s.parse().expect("cidr")).collect(),
         protect_all: false,
@@ -315,7 +315,7 @@ fn edge_policy(
             burst,
         }),
         ban: None,
-    })
+    }
 }
 
 /// Runs `packet` once; returns the verdict (1 drop, 2 pass) and the verdict-counter deltas.
@@ -359,7 +359,7 @@ fn edge_policy_table_through_bpf_prog_test_run() {
     // Deny-only mode: 203.0.113.0/24 and 2001:db8::/32 denied (the ipv6() source is inside it).
     let mut program = XdpProgram::load_from(&object).expect("load");
     program
-        .apply_policy(
+        .sync_policy(
             &edge_policy(&["203.0.113.0/24", "2001:db8::/32"], &[], None),
             &listeners,
         )
@@ -499,7 +499,7 @@ fn edge_policy_table_through_bpf_prog_test_run() {
     // Allow mode: only 198.51.100.0/24 and fd00::/8 admitted; deny still wins inside it.
     let mut program = XdpProgram::load_from(&object).expect("load");
     program
-        .apply_policy(
+        .sync_policy(
             &edge_policy(
                 &["198.51.100.128/25"],
                 &["198.51.100.0/24", "fd00::/8"],
@@ -564,7 +564,7 @@ fn edge_policy_table_through_bpf_prog_test_run() {
     // SYN guard: burst 3 at 10 per second, per source.
     let mut program = XdpProgram::load_from(&object).expect("load");
     program
-        .apply_policy(&edge_policy(&[], &[], Some((10, 3))), &listeners)
+        .sync_policy(&edge_policy(&[], &[], Some((10, 3))), &listeners)
         .expect("apply");
     let syn_from =
         |src: [u8; 4]| cat(&[eth(0x0800), ipv4_from(src, 6, 0, 0), tcp_to(LISTENER, syn)]);
@@ -614,7 +614,7 @@ fn edge_policy_table_through_bpf_prog_test_run() {
         .collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     program
-        .apply_policy(&edge_policy(&many, &[], None), &listeners)
+        .sync_policy(&edge_policy(&many, &[], None), &listeners)
         .expect("apply 10k entries");
     let hit = cat(&[
         eth(0x0800),
@@ -802,5 +802,66 @@ fn a_client_provoking_401s_is_banned_at_xdp_and_released() {
             .is_some_and(|l| l.starts_with("HTTP/1.1 200")),
         "the ban was lifted: {}",
         gw.log()
+    );
+}
+
+/// Syncing a changed policy keeps each staying entry's id and hit counter, and a new (or
+/// returning) entry starts from zero: no entry inherits another's hits.
+#[test]
+fn entries_keep_their_hit_counters_across_policy_changes() {
+    let Some(object) = xdp_object_or_skip("entries_keep_their_hit_counters_across_policy_changes")
+    else {
+        return;
+    };
+    let listeners = ["127.0.0.1:8080".parse().expect("addr")];
+    let net = |s: &str| -> ipnet::IpNet { s.parse().expect("cidr") };
+    let (x, y, z) = (
+        net("203.0.113.0/24"),
+        net("198.51.100.0/24"),
+        net("192.0.2.0/24"),
+    );
+    let mut program = XdpProgram::load_from(&object).expect("load");
+    let hit = |program: &mut XdpProgram, src: [u8; 4]| {
+        let packet = cat(&[
+            eth(0x0800),
+            ipv4_from(src, 6, 0, 0),
+            tcp_to(LISTENER, TCP_SYN),
+        ]);
+        assert_eq!(run_counted(program, &packet).0, XDP_DROP);
+    };
+    program
+        .sync_policy(
+            &edge_policy(&["203.0.113.0/24", "198.51.100.0/24"], &[], None),
+            &listeners,
+        )
+        .expect("sync");
+    hit(&mut program, [203, 0, 113, 1]);
+    hit(&mut program, [198, 51, 100, 1]);
+    hit(&mut program, [198, 51, 100, 2]);
+    program
+        .sync_policy(
+            &edge_policy(&["198.51.100.0/24", "192.0.2.0/24"], &[], None),
+            &listeners,
+        )
+        .expect("sync");
+    assert_eq!(
+        program.entry_hits(true, &[x, y, z]).expect("hits"),
+        vec![None, Some(2), Some(0)],
+        "removed, kept, new"
+    );
+    program
+        .sync_policy(
+            &edge_policy(
+                &["203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"],
+                &[],
+                None,
+            ),
+            &listeners,
+        )
+        .expect("sync");
+    assert_eq!(
+        program.entry_hits(true, &[x, y, z]).expect("hits"),
+        vec![Some(0), Some(2), Some(0)],
+        "a returning entry starts afresh"
     );
 }

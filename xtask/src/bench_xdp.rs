@@ -7,7 +7,6 @@ use anyhow::{Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use gateway::{
     config::{EdgePolicyConfig, SynGuardConfig},
-    edge::EdgePolicy,
     xdp::XdpProgram,
 };
 
@@ -43,7 +42,7 @@ const RUNS: usize = 7;
 fn measure(object: &[u8], policy: EdgePolicyConfig, packet: &[u8]) -> Result<(u32, f64, f64)> {
     let mut program = XdpProgram::load_from(object).context("load the XDP object")?;
     let listeners: [SocketAddr; 1] = [SocketAddr::from(([127, 0, 0, 1], PORT))];
-    program.apply_policy(&EdgePolicy::new(&policy), &listeners)?;
+    program.sync_policy(&policy, &listeners)?;
     let mut verdict = 0;
     let mut samples = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {

@@ -41,6 +41,9 @@ const MAX_REQUEST: usize = 64 * 1024;
 pub enum Control {
     /// A signal arrived (SIGHUP reloads, SIGTERM/SIGINT stop).
     Signal(i32),
+    /// A binary upgrade's new process took the listeners (and the XDP link): drain and
+    /// stop, leaving the program attached for it.
+    HandedOver,
     /// Reload the config file for `identity`; the answer says what happened.
     Reload {
         identity: String,

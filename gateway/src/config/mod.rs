@@ -554,6 +554,22 @@ pub enum XdpMode {
 pub struct XdpConfig {
     pub interface: Option<String>,
     pub mode: XdpMode,
+    /// bpffs folder of the pinned state; the interface's subfolder holds its maps and link.
+    pub pin_path: std::path::PathBuf,
+    pub on_exit: XdpOnExit,
+}
+
+/// What a stopping gateway does with its XDP program (a binary upgrade always hands it
+/// to the new process instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpOnExit {
+    /// Detach: nothing of the gateway stays in the driver. The pinned maps stay, so the
+    /// next start finds the live entries and counters.
+    Detach,
+    /// Leave the program attached with its lists: the driver keeps dropping denied
+    /// sources while the gateway is down, and the next start replaces the program in
+    /// place (`gateway xdp detach` removes it).
+    Keep,
 }
 
 /// The edge policy (`[xdp]` deny/allow/protect_all/syn_guard): enforced by the XDP

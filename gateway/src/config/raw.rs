@@ -627,6 +627,14 @@ pub enum RawXdpMode {
     Skb,
 }
 
+/// `[xdp] on_exit`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawXdpOnExit {
+    Detach,
+    Keep,
+}
+
 /// `[xdp]`: the XDP attachment and the edge policy it enforces.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -634,6 +642,12 @@ pub struct RawXdp {
     pub interface: Option<String>,
     #[serde(default = "defaults::xdp_mode")]
     pub mode: RawXdpMode,
+    /// bpffs folder holding the pinned maps and link, one subfolder per interface.
+    #[serde(default = "defaults::xdp_pin_path")]
+    pub pin_path: std::path::PathBuf,
+    /// What a stopping gateway does with the program: `detach` or `keep`.
+    #[serde(default = "defaults::xdp_on_exit")]
+    pub on_exit: RawXdpOnExit,
     #[serde(default)]
     pub deny: Vec<String>,
     #[serde(default)]
@@ -712,7 +726,7 @@ pub(super) fn human_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Erro
 pub mod defaults {
     use std::time::Duration;
 
-    use super::{RawBalance, RawXdpMode};
+    use super::{RawBalance, RawXdpMode, RawXdpOnExit};
 
     pub fn drain_timeout() -> Duration {
         Duration::from_secs(10)
@@ -803,6 +817,12 @@ pub mod defaults {
     }
     pub fn xdp_mode() -> RawXdpMode {
         RawXdpMode::Driver
+    }
+    pub fn xdp_pin_path() -> std::path::PathBuf {
+        "/sys/fs/bpf/gateway".into()
+    }
+    pub fn xdp_on_exit() -> RawXdpOnExit {
+        RawXdpOnExit::Detach
     }
     pub fn rate_limit_keys() -> usize {
         65_536

@@ -8,8 +8,8 @@ use std::{
 
 use super::{
     Config, EdgePolicyConfig, GatewaySettings, Limits, ListenerConfig, Locator, Problem,
-    SynGuardConfig, TlsListenerConfig, XdpConfig, XdpMode,
-    raw::{RawConfig, RawTls, RawXdp, RawXdpMode},
+    SynGuardConfig, TlsListenerConfig, XdpConfig, XdpMode, XdpOnExit,
+    raw::{RawConfig, RawTls, RawXdp, RawXdpMode, RawXdpOnExit},
     validate_policy::{validate_auth, validate_consumers, validate_route_policy},
     validate_route::{validate_route, validate_upstream},
 };
@@ -226,11 +226,22 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
         {
             problems.push("xdp.interface", "an interface name has 1 to 15 characters");
         }
+        if !x.pin_path.is_absolute() {
+            problems.push(
+                "xdp.pin_path",
+                "must be an absolute path on a bpf filesystem",
+            );
+        }
         XdpConfig {
             interface: x.interface.clone(),
             mode: match x.mode {
                 RawXdpMode::Driver => XdpMode::Driver,
                 RawXdpMode::Skb => XdpMode::Skb,
+            },
+            pin_path: x.pin_path.clone(),
+            on_exit: match x.on_exit {
+                RawXdpOnExit::Detach => XdpOnExit::Detach,
+                RawXdpOnExit::Keep => XdpOnExit::Keep,
             },
         }
     });

@@ -2,17 +2,19 @@
 //! acl`), optionally with a time to live. They live on the main thread, on top of the
 //! config's lists: the effective edge policy is the config's lists plus these, rebuilt
 //! and swapped in (XDP maps updated new-entries-first) on every change, expiry and
-//! reload. A reload keeps them; a restart forgets them.
+//! reload. A reload keeps them. With XDP attached they are also recorded in a pinned map,
+//! so a restarted or upgraded gateway restores them with their remaining TTL; without
+//! XDP a restart forgets them.
 
 use std::{
     net::IpAddr,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
-use crate::config::EdgePolicyConfig;
+use crate::{config::EdgePolicyConfig, xdp::PersistedEntry};
 
 /// Which list an entry belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +107,16 @@ impl LiveAcl {
         true
     }
 
+    /// How many live entries there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Whether `net` is a live entry of `list`.
     pub fn contains(&self, list: AclList, net: IpNet) -> bool {
         self.entries.iter().any(|e| e.list == list && e.net == net)
@@ -130,6 +142,44 @@ impl LiveAcl {
         gone
     }
 
+    /// The entries as recorded for the next process (expiry as wall-clock time).
+    pub fn persisted(&self) -> Vec<PersistedEntry> {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        self.entries
+            .iter()
+            .map(|e| PersistedEntry {
+                deny: e.list == AclList::Deny,
+                net: e.net,
+                expires: e.expires.map(|t| wall + t.saturating_duration_since(now)),
+            })
+            .collect()
+    }
+
+    /// The entries a previous process recorded, minus the expired ones.
+    pub fn restore(recorded: Vec<PersistedEntry>) -> Self {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let entries = recorded
+            .into_iter()
+            .filter_map(|e| {
+                let expires = match e.expires {
+                    None => None,
+                    Some(at) => Some(now + at.duration_since(wall).ok()?),
+                };
+                Some(LiveEntry {
+                    list: if e.deny {
+                        AclList::Deny
+                    } else {
+                        AclList::Allow
+                    },
+                    net: e.net,
+                    expires,
+                    added_by: "restored".into(),
+                })
+            })
+            .collect();
+        Self { entries }
+    }
+
     /// The config's lists with the live entries added.
     pub fn merged(&self, base: &EdgePolicyConfig) -> EdgePolicyConfig {
         let mut merged = base.clone();
@@ -151,7 +201,7 @@ impl LiveAcl {
         &self,
         base: &EdgePolicyConfig,
         enforcement: &str,
-        hits: impl Fn(bool, &[IpNet]) -> Option<Vec<u64>>,
+        hits: impl Fn(bool, &[IpNet]) -> Option<Vec<Option<u64>>>,
     ) -> Value {
         let now = Instant::now();
         let merged = self.merged(base);
@@ -159,7 +209,7 @@ impl LiveAcl {
             let counts = hits(which == AclList::Deny, effective);
             let hits_of = |net: &IpNet| {
                 let id = effective.iter().position(|n| n == net)?;
-                counts.as_ref()?.get(id).copied()
+                counts.as_ref()?.get(id).copied().flatten()
             };
             let mut out: Vec<Value> = configured
                 .iter()
@@ -212,5 +262,30 @@ mod tests {
         assert!(acl.remove(AclList::Deny, net));
         assert!(!acl.remove(AclList::Deny, net));
         assert!(parse_net("10.0.0.1/8").is_err());
+    }
+
+    #[test]
+    fn recorded_entries_come_back_with_their_remaining_ttl() {
+        let mut acl = LiveAcl::default();
+        let (a, b, c) = (
+            parse_net("192.0.2.1").expect("net"),
+            parse_net("2001:db8::/48").expect("net"),
+            parse_net("198.51.100.0/24").expect("net"),
+        );
+        acl.add(AclList::Deny, a, Some(Duration::from_secs(600)), "t");
+        acl.add(AclList::Allow, b, None, "t");
+        let mut recorded = acl.persisted();
+        recorded.push(PersistedEntry {
+            deny: true,
+            net: c,
+            expires: Some(SystemTime::now() - Duration::from_secs(1)),
+        });
+        let restored = LiveAcl::restore(recorded);
+        assert!(restored.contains(AclList::Deny, a));
+        assert!(restored.contains(AclList::Allow, b));
+        assert!(!restored.contains(AclList::Deny, c), "expired while down");
+        let ttl = restored.entries[0].expires.expect("kept its TTL");
+        let left = ttl.saturating_duration_since(Instant::now());
+        assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600));
     }
 }

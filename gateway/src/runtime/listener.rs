@@ -1,6 +1,7 @@
 //! Listening sockets: one `SO_REUSEPORT` socket per listener per worker, all bound on the
 //! main thread so a bad address fails at startup, not inside a worker. A port of 0 is
-//! resolved by the first socket and reused by the others.
+//! resolved by the first socket and reused by the others. Binding and listening are two
+//! steps: the kernel queues no connection before the edge policy is in the driver.
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -24,7 +25,7 @@ pub fn bind_all(config: &Config, workers: usize) -> Result<BoundListeners, Runti
     for (index, l) in config.listeners.iter().enumerate() {
         let mut addr = l.bind;
         for sockets in &mut per_worker {
-            let socket = bind_one(addr, l.backlog).map_err(|source| RuntimeError::Bind {
+            let socket = bind_one(addr, None).map_err(|source| RuntimeError::Bind {
                 name: l.name.clone(),
                 addr,
                 source,
@@ -73,7 +74,7 @@ pub fn from_takeover(
     }
     for (index, (l, addr)) in config.listeners.iter().zip(&addrs).enumerate() {
         for sockets in per_worker.iter_mut().skip(served[index]) {
-            let socket = bind_one(*addr, l.backlog).map_err(|source| RuntimeError::Bind {
+            let socket = bind_one(*addr, Some(l.backlog)).map_err(|source| RuntimeError::Bind {
                 name: l.name.clone(),
                 addr: *addr,
                 source,
@@ -84,7 +85,7 @@ pub fn from_takeover(
     Ok(BoundListeners { per_worker, addrs })
 }
 
-fn bind_one(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+fn bind_one(addr: SocketAddr, backlog: Option<u32>) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -95,6 +96,27 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.set_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    if let Some(backlog) = backlog {
+        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    }
     Ok(socket.into())
+}
+
+impl BoundListeners {
+    /// Starts listening on every socket (a socket handed over already listens; listening
+    /// again only restates its backlog).
+    pub fn listen(&self, config: &Config) -> Result<(), RuntimeError> {
+        for (index, socket) in self.per_worker.iter().flatten() {
+            let listener = &config.listeners[*index];
+            let backlog = i32::try_from(listener.backlog).unwrap_or(i32::MAX);
+            socket2::SockRef::from(socket)
+                .listen(backlog)
+                .map_err(|source| RuntimeError::Bind {
+                    name: listener.name.clone(),
+                    addr: self.addrs[*index],
+                    source,
+                })?;
+        }
+        Ok(())
+    }
 }

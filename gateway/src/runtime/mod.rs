@@ -33,7 +33,7 @@ use crate::{
     edge::EdgePolicy,
     proxy::{Snapshot, Worker, WorkerShared, serve_connection},
     ratelimit::RateTable,
-    xdp::{XdpProgram, is_placeholder},
+    xdp::{PinFolder, XdpProgram, is_placeholder},
 };
 
 /// Why the appliance could not start.
@@ -90,11 +90,6 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
     let (listeners, takeover) = match takeover {
         None => (listener::bind_all(&config, workers)?, None),
         Some(mut takeover) => {
-            if config.xdp.as_ref().is_some_and(|x| x.interface.is_some()) {
-                return Err(RuntimeError::Takeover(
-                    "a binary upgrade with XDP attached needs pinned maps (not supported yet): restart instead".into(),
-                ));
-            }
             let addrs = std::mem::take(&mut takeover.addrs);
             let sockets = std::mem::take(&mut takeover.sockets);
             (
@@ -115,7 +110,9 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
         Vec::new()
     };
     let snapshot = Arc::new(Snapshot::new(config));
-    let mut xdp = start_xdp(&snapshot, &listeners.addrs)?;
+    let (mut xdp, mut live) = start_xdp(&snapshot, &listeners.addrs)?;
+    // Only now, with the lists in the driver, may the kernel queue connections.
+    listeners.listen(&snapshot.config)?;
     // Without XDP the policy is checked at accept, whatever it holds now: a reload may
     // add lists later.
     let edge_in_userspace = xdp.is_none();
@@ -220,7 +217,6 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
     }
 
     let mut current = snapshot;
-    let mut live = LiveAcl::default();
     loop {
         let message = match inbox.recv_timeout(Duration::from_secs(1)) {
             Ok(message) => message,
@@ -258,6 +254,13 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
                 tracing::info!(signal, "shutting down: draining in-flight requests");
                 break;
             }
+            Control::HandedOver => {
+                if let Some(xdp) = xdp.as_mut() {
+                    xdp.hand_over();
+                }
+                tracing::info!("upgraded: draining in-flight requests");
+                break;
+            }
             Control::Reload { identity, reply } => {
                 let outcome = reload(&current, &live, xdp.as_mut(), &listeners.addrs);
                 audit_reload(&audit, &identity, &current, &outcome);
@@ -281,7 +284,7 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
                     AclCommand::List => Ok(live.view(
                         &current.config.edge,
                         if xdp.is_some() { "xdp" } else { "userspace" },
-                        |deny, list| xdp.as_ref()?.entry_hits(deny, list.len()).ok(),
+                        |deny, list| xdp.as_ref()?.entry_hits(deny, list).ok(),
                     )),
                     AclCommand::Add { list, net, ttl } => {
                         let new = live.add(list, net, ttl, &identity);
@@ -411,10 +414,13 @@ fn apply_live_acl(
     addrs: &[SocketAddr],
 ) {
     let next = Arc::new(EdgePolicy::new(&live.merged(&current.config.edge)));
-    if let Some(xdp) = xdp
-        && let Err(error) = xdp.replace_policy(&current.edge.load(), &next, addrs)
-    {
-        tracing::error!(%error, "ACL change: updating the XDP lists failed");
+    if let Some(xdp) = xdp {
+        if let Err(error) = xdp.sync_policy(next.config(), addrs) {
+            tracing::error!(%error, "ACL change: updating the XDP lists failed");
+        }
+        if let Err(error) = xdp.store_live_entries(&live.persisted()) {
+            tracing::warn!(%error, "ACL change: recording the live entries for a restart failed");
+        }
     }
     current.edge.store(next);
     tracing::info!("ACL updated");
@@ -515,7 +521,7 @@ fn reload(
     next.edge
         .store(Arc::new(EdgePolicy::new(&live.merged(&next.config.edge))));
     if let Some(xdp) = xdp
-        && let Err(error) = xdp.replace_policy(&current.edge.load(), &next.edge.load(), addrs)
+        && let Err(error) = xdp.sync_policy(next.edge.load().config(), addrs)
     {
         tracing::error!(%error, "reload: updating the XDP lists failed; they may be partly new");
     }
@@ -528,34 +534,59 @@ fn reload(
     Ok(next)
 }
 
+/// Loads the XDP program over its interface's pinned maps, restores the live ACL
+/// entries a previous process recorded there, writes the effective policy, and puts the
+/// program in the driver (swapped into a pinned link when one is left, so there is no
+/// moment without it). Without an interface or the program, the live entries start empty
+/// and the policy is enforced at accept.
 fn start_xdp(
     snapshot: &Snapshot,
     listeners: &[SocketAddr],
-) -> Result<Option<XdpProgram>, RuntimeError> {
+) -> Result<(Option<XdpProgram>, LiveAcl), RuntimeError> {
     let config = &snapshot.config;
     let interface = config.xdp.as_ref().and_then(|x| x.interface.clone());
     if is_placeholder() {
         tracing::info!("built without the XDP program: running L7-only");
-        return Ok(None);
+        return Ok((None, LiveAcl::default()));
     }
     let (Some(xdp), Some(interface)) = (config.xdp.as_ref(), interface) else {
         tracing::info!("no [xdp] interface configured: running L7-only");
-        return Ok(None);
+        return Ok((None, LiveAcl::default()));
     };
     let fail = |source| RuntimeError::Xdp {
         interface: interface.clone(),
         source: Box::new(source),
     };
-    let mut program = XdpProgram::load().map_err(fail)?;
+    let Ok(c_name) = std::ffi::CString::new(interface.as_str()) else {
+        return Err(fail(crate::xdp::XdpError::NoInterface));
+    };
+    // SAFETY: a valid NUL-terminated name.
+    if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+        return Err(fail(crate::xdp::XdpError::NoInterface));
+    }
+    let pins = PinFolder::new(&xdp.pin_path, &interface);
+    let mut program = XdpProgram::load_pinned(&pins).map_err(fail)?;
+    let live = LiveAcl::restore(program.live_entries().map_err(fail)?);
+    if !live.is_empty() {
+        tracing::info!(
+            entries = live.len(),
+            "live ACL entries restored from the pinned maps"
+        );
+    }
+    let policy = Arc::new(EdgePolicy::new(&live.merged(&config.edge)));
     program
-        .apply_policy(&snapshot.edge.load(), listeners)
+        .sync_policy(policy.config(), listeners)
         .map_err(fail)?;
-    program.attach(xdp).map_err(fail)?;
+    program
+        .store_live_entries(&live.persisted())
+        .map_err(fail)?;
+    snapshot.edge.store(policy);
+    program.attach(xdp, &pins).map_err(fail)?;
     if xdp.mode == crate::config::XdpMode::Skb {
         tracing::warn!(%interface, "XDP in skb (generic) mode: correct but far slower than driver mode");
     }
-    tracing::info!(%interface, mode = ?xdp.mode, "XDP program attached; edge policy enforced in XDP");
-    Ok(Some(program))
+    tracing::info!(%interface, mode = ?xdp.mode, pins = %pins.dir().display(), "XDP program attached; edge policy enforced in XDP");
+    Ok((Some(program), live))
 }
 
 fn worker_main(

@@ -85,7 +85,7 @@ pub fn serve(
                 match hand_off(stream, &sockets, &addrs) {
                     Ok(()) => {
                         tracing::info!("upgrade: the new process took over the listeners; draining");
-                        let _ = control.send(Control::Signal(libc::SIGTERM));
+                        let _ = control.send(Control::HandedOver);
                         return;
                     }
                     Err(error) => {

@@ -1,28 +1,33 @@
-//! The XDP program's userspace side: the embedded object, loading, attaching to the
-//! configured interface (detached again when the handle drops), and reading its maps.
+//! The XDP program's userspace side: the embedded object, loading it over the pinned
+//! maps of its interface, attaching it through a pinned link (or swapping it into the
+//! link a previous process left), writing the policy and reading the counters.
 //!
 //! A build without the eBPF toolchain embeds an empty placeholder; the gateway then runs
 //! L7-only and says so once.
 
-use std::net::SocketAddr;
+pub mod inspect;
+mod lists;
+mod pins;
+
+use std::{net::SocketAddr, path::PathBuf};
 
 use aya::{
-    Ebpf,
-    maps::{Array, LpmTrie, Map, PerCpuArray, lpm_trie::Key},
-    programs::{ProgramError, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+    Ebpf, EbpfLoader,
+    programs::{
+        ProgramError, Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
-use gateway_common::{
-    ALLOW_HITS_MAP, ALLOW_V4_MAP, ALLOW_V6_MAP, DENY_HITS_MAP, DENY_V4_MAP, DENY_V6_MAP,
-    EDGE_ALLOW_ACTIVE, EDGE_PROTECT_ALL, EDGE_SYN_GUARD, EdgeSettings, PROTECTED_MAP,
-    PROTO_STATS_MAP, PacketCounter, ProtoCounter, SETTINGS_MAP, VERDICT_MAP, Verdict, XDP_PROGRAM,
-    protected_slot,
+use gateway_common::{PROTO_STATS_MAP, PacketCounter, ProtoCounter, Verdict, XDP_PROGRAM};
+
+pub use self::{
+    lists::{PersistedEntry, PinnedMaps, entries_with_hits, verdicts},
+    pins::PinFolder,
 };
 use ipnet::IpNet;
 
-use crate::{
-    config::{XdpConfig, XdpMode},
-    edge::EdgePolicy,
-};
+use crate::config::{EdgePolicyConfig, XdpConfig, XdpMode, XdpOnExit};
 
 /// The XDP object built by `cargo xtask` (empty in plain `cargo build`s).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf.o"));
@@ -46,6 +51,19 @@ pub enum XdpError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("XDP pin folder {}: {message}", path.display())]
+    Pins { path: PathBuf, message: String },
+    #[error("XDP link {action} failed: {message}")]
+    Link {
+        action: &'static str,
+        message: String,
+    },
+    #[error("no such network interface")]
+    NoInterface,
+    #[error("counting CPUs: {0}")]
+    Cpus(std::io::Error),
+    #[error("an edge list holds at most {0} entries per family")]
+    ListFull(u32),
 }
 
 /// Whether the embedded object is the empty placeholder.
@@ -61,33 +79,74 @@ pub fn object() -> &'static [u8] {
 /// A loaded XDP program, attached to an interface while this lives.
 pub struct XdpProgram {
     ebpf: Ebpf,
-    link: Option<XdpLinkId>,
-    interface: Option<String>,
+    attachment: Option<Attachment>,
+}
+
+/// The program's place in the driver: a bpf link pinned in the interface's folder.
+struct Attachment {
+    interface: String,
+    link: FdLink,
+    pins: PinFolder,
+    on_exit: XdpOnExit,
+    /// A binary upgrade's new process owns the link now: leave it be.
+    handed_over: bool,
 }
 
 impl std::fmt::Debug for XdpProgram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XdpProgram")
-            .field("interface", &self.interface)
+            .field("interface", &self.attachment.as_ref().map(|a| &a.interface))
             .finish_non_exhaustive()
     }
 }
 
 impl XdpProgram {
-    /// Loads the embedded program into the kernel without attaching it.
+    /// Loads the embedded program with private, unpinned maps (tests and benchmarks).
     pub fn load() -> Result<Self, XdpError> {
         Self::load_from(OBJECT)
     }
 
-    /// Loads a program from `object` bytes.
+    /// Loads a program from `object` bytes with private, unpinned maps.
     pub fn load_from(object: &[u8]) -> Result<Self, XdpError> {
+        Self::load_with(object, None)
+    }
+
+    /// Loads the embedded program over the maps pinned in `pins` (created and pinned
+    /// when absent), so the lists, live entries and counters of a previous process
+    /// carry on.
+    pub fn load_pinned(pins: &PinFolder) -> Result<Self, XdpError> {
+        Self::load_with(OBJECT, Some(pins))
+    }
+
+    fn load_with(object: &[u8], pins: Option<&PinFolder>) -> Result<Self, XdpError> {
         if object.is_empty() {
             return Err(XdpError::NotBuilt);
         }
+        let ebpf = match pins {
+            None => Ebpf::load(object)?,
+            Some(pins) => {
+                pins.prepare()?;
+                for name in pins.drop_incompatible_maps(object)? {
+                    tracing::warn!(map = %name, "pinned XDP map had another layout; starting it afresh");
+                }
+                let names: Vec<String> = aya_obj::Object::parse(object)
+                    .map(|o| o.maps.into_keys().filter(|n| !n.starts_with('.')).collect())
+                    .unwrap_or_default();
+                let paths: Vec<(String, PathBuf)> = names
+                    .into_iter()
+                    .map(|n| (pins.map(&n), n))
+                    .map(|(p, n)| (n, p))
+                    .collect();
+                let mut loader = EbpfLoader::new();
+                for (name, path) in &paths {
+                    loader.map_pin_path(name.as_str(), path.as_path());
+                }
+                loader.load(object)?
+            }
+        };
         let mut loaded = Self {
-            ebpf: Ebpf::load(object)?,
-            link: None,
-            interface: None,
+            ebpf,
+            attachment: None,
         };
         loaded
             .program_mut()?
@@ -99,25 +158,94 @@ impl XdpProgram {
         Ok(loaded)
     }
 
-    /// Attaches to `config.interface` in the configured mode.
-    pub fn attach(&mut self, config: &XdpConfig) -> Result<(), XdpError> {
+    /// Puts the program on `config.interface`: swapped atomically into the link a
+    /// previous gateway left pinned (no moment without a program), or attached afresh in
+    /// the configured mode with its link pinned in `pins`.
+    pub fn attach(&mut self, config: &XdpConfig, pins: &PinFolder) -> Result<(), XdpError> {
         let Some(interface) = config.interface.as_deref() else {
             return Ok(());
         };
-        let mode = match config.mode {
+        let link_path = pins.link();
+        let link = match self.adopt(&link_path) {
+            Ok(Some(link)) => {
+                tracing::info!(%interface, "XDP program swapped into the pinned link");
+                link
+            }
+            Ok(None) => self.attach_fresh(interface, config.mode, &link_path)?,
+            Err(error) => {
+                tracing::warn!(%interface, %error, "the pinned XDP link is stale; attaching afresh");
+                let _ = std::fs::remove_file(&link_path);
+                self.attach_fresh(interface, config.mode, &link_path)?
+            }
+        };
+        self.attachment = Some(Attachment {
+            interface: interface.to_owned(),
+            link,
+            pins: pins.clone(),
+            on_exit: config.on_exit,
+            handed_over: false,
+        });
+        Ok(())
+    }
+
+    /// Swaps this program into the link pinned at `path`, if there is one.
+    fn adopt(&mut self, path: &std::path::Path) -> Result<Option<FdLink>, XdpError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let link_error = |action, message: String| XdpError::Link { action, message };
+        let pinned = PinnedLink::from_pin(path).map_err(|e| link_error("open", e.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| link_error("open", e.to_string()))?;
+        let program = self.program_mut()?;
+        let id = program
+            .attach_to_link(link)
+            .map_err(|e| link_error("update", e.to_string()))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| link_error("take", e.to_string()))?;
+        FdLink::try_from(link)
+            .map(Some)
+            .map_err(|e| link_error("take", e.to_string()))
+    }
+
+    fn attach_fresh(
+        &mut self,
+        interface: &str,
+        mode: XdpMode,
+        link_path: &std::path::Path,
+    ) -> Result<FdLink, XdpError> {
+        let mode = match mode {
             XdpMode::Driver => AyaXdpMode::Driver,
             XdpMode::Skb => AyaXdpMode::Skb,
         };
-        let link = self
-            .program_mut()?
+        let program = self.program_mut()?;
+        let id = program
             .attach(interface, mode)
             .map_err(|source| XdpError::Program {
                 action: "attach",
                 source,
             })?;
-        self.link = Some(link);
-        self.interface = Some(interface.to_owned());
-        Ok(())
+        let link = program.take_link(id).map_err(|source| XdpError::Program {
+            action: "attach",
+            source,
+        })?;
+        let link_error = |message: String| XdpError::Link {
+            action: "pin",
+            message,
+        };
+        let link = FdLink::try_from(link)
+            .map_err(|e| link_error(format!("the kernel attached XDP without a bpf link ({e})")))?;
+        let pinned = link.pin(link_path).map_err(|e| link_error(e.to_string()))?;
+        Ok(FdLink::from(pinned))
+    }
+
+    /// Marks the program as handed to a binary upgrade's new process: exiting leaves it
+    /// attached whatever `on_exit` says.
+    pub fn hand_over(&mut self) {
+        if let Some(attachment) = &mut self.attachment {
+            attachment.handed_over = true;
+        }
     }
 
     /// The program, for test runs.
@@ -134,165 +262,39 @@ impl XdpProgram {
 
     /// Protocol counters summed over CPUs, in [`ProtoCounter::ALL`] order.
     pub fn protocol_counters(&self) -> Result<Vec<(ProtoCounter, PacketCounter)>, XdpError> {
-        let sums = self.sum_per_cpu(PROTO_STATS_MAP, ProtoCounter::COUNT)?;
+        let sums = lists::summed_counters(&self.ebpf, PROTO_STATS_MAP, ProtoCounter::COUNT)?;
         Ok(ProtoCounter::ALL.iter().copied().zip(sums).collect())
     }
 
     /// Verdict counters summed over CPUs, in [`Verdict::ALL`] order.
     pub fn verdict_counters(&self) -> Result<Vec<(Verdict, PacketCounter)>, XdpError> {
-        let sums = self.sum_per_cpu(VERDICT_MAP, Verdict::COUNT)?;
-        Ok(Verdict::ALL.iter().copied().zip(sums).collect())
+        lists::verdicts(&self.ebpf)
     }
 
-    /// Packets each of the first `entries` deny (or allow) entries matched, summed over
-    /// CPUs; entry ids are positions in the effective list.
-    pub fn entry_hits(&self, deny: bool, entries: usize) -> Result<Vec<u64>, XdpError> {
-        let name = if deny { DENY_HITS_MAP } else { ALLOW_HITS_MAP };
-        let map = self.ebpf.map(name).ok_or_else(|| missing_map(name))?;
-        let array = PerCpuArray::<_, u64>::try_from(map)
-            .map_err(|source| XdpError::Map { name, source })?;
-        (0..entries as u32)
-            .map(|id| {
-                array
-                    .get(&id, 0)
-                    .map(|per_cpu| per_cpu.iter().sum())
-                    .map_err(|source| XdpError::Map { name, source })
-            })
-            .collect()
-    }
-
-    fn sum_per_cpu(&self, name: &'static str, slots: u32) -> Result<Vec<PacketCounter>, XdpError> {
-        let map = self.ebpf.map(name).ok_or_else(|| missing_map(name))?;
-        let array = PerCpuArray::<_, PacketCounter>::try_from(map)
-            .map_err(|source| XdpError::Map { name, source })?;
-        (0..slots)
-            .map(|slot| {
-                let per_cpu = array
-                    .get(&slot, 0)
-                    .map_err(|source| XdpError::Map { name, source })?;
-                Ok(per_cpu
-                    .iter()
-                    .fold(PacketCounter::default(), |acc, c| PacketCounter {
-                        packets: acc.packets + c.packets,
-                        bytes: acc.bytes + c.bytes,
-                    }))
-            })
-            .collect()
-    }
-
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, XdpError> {
-        self.ebpf.map_mut(name).ok_or_else(|| missing_map(name))
-    }
-
-    /// Loads `policy` into the maps: settings, the protected listener ports (TCP) and
-    /// both lists. Entry ids are positions in the configured lists.
-    pub fn apply_policy(
+    /// Brings the maps to `policy`, protecting the ports of `listeners`: new entries
+    /// first, then the switches, then removals, so no packet sees a laxer policy than
+    /// the old or the new one.
+    pub fn sync_policy(
         &mut self,
-        policy: &EdgePolicy,
+        policy: &EdgePolicyConfig,
         listeners: &[SocketAddr],
     ) -> Result<(), XdpError> {
-        let config = policy.config();
-        let mut flags = 0;
-        if !config.allow.is_empty() {
-            flags |= EDGE_ALLOW_ACTIVE;
-        }
-        if config.protect_all {
-            flags |= EDGE_PROTECT_ALL;
-        }
-        let (rate, burst) = config.syn_guard.map_or((0, 0), |g| {
-            flags |= EDGE_SYN_GUARD;
-            (g.rate_per_sec, g.burst)
-        });
-        let settings = EdgeSettings {
-            flags,
-            syn_rate_per_sec: rate,
-            syn_burst: burst,
-            _pad: 0,
-        };
-        let map_error = |name| move |source| XdpError::Map { name, source };
-        let mut protected = Array::<_, u64>::try_from(self.map_mut(PROTECTED_MAP)?)
-            .map_err(map_error(PROTECTED_MAP))?;
-        for addr in listeners {
-            if let Some((word, bit)) = protected_slot(addr.port(), 6) {
-                let bits = protected.get(&word, 0).map_err(map_error(PROTECTED_MAP))?;
-                protected
-                    .set(word, bits | bit, 0)
-                    .map_err(map_error(PROTECTED_MAP))?;
-            }
-        }
-        for (list, v4_name, v6_name) in [
-            (&config.deny, DENY_V4_MAP, DENY_V6_MAP),
-            (&config.allow, ALLOW_V4_MAP, ALLOW_V6_MAP),
-        ] {
-            for (id, net) in list.iter().enumerate() {
-                let id = id as u32;
-                match net {
-                    IpNet::V4(n) => LpmTrie::<_, [u8; 4], u32>::try_from(self.map_mut(v4_name)?)
-                        .map_err(map_error(v4_name))?
-                        .insert(
-                            &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-                            id,
-                            0,
-                        )
-                        .map_err(map_error(v4_name))?,
-                    IpNet::V6(n) => LpmTrie::<_, [u8; 16], u32>::try_from(self.map_mut(v6_name)?)
-                        .map_err(map_error(v6_name))?
-                        .insert(
-                            &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-                            id,
-                            0,
-                        )
-                        .map_err(map_error(v6_name))?,
-                }
-            }
-        }
-        // Settings last: the lists are complete before the switches that use them flip.
-        Array::<_, EdgeSettings>::try_from(self.map_mut(SETTINGS_MAP)?)
-            .map_err(map_error(SETTINGS_MAP))?
-            .set(0, settings, 0)
-            .map_err(map_error(SETTINGS_MAP))
+        lists::sync(&mut self.ebpf, policy, listeners)
     }
-}
 
-impl XdpProgram {
-    /// Reload: switches from `old` to `new` without a moment where a source listed in
-    /// both is admitted: new entries are written first, then the old-only ones removed.
-    pub fn replace_policy(
-        &mut self,
-        old: &EdgePolicy,
-        new: &EdgePolicy,
-        listeners: &[SocketAddr],
-    ) -> Result<(), XdpError> {
-        self.apply_policy(new, listeners)?;
-        let map_error = |name| move |source| XdpError::Map { name, source };
-        for (old_list, new_list, v4_name, v6_name) in [
-            (
-                &old.config().deny,
-                &new.config().deny,
-                DENY_V4_MAP,
-                DENY_V6_MAP,
-            ),
-            (
-                &old.config().allow,
-                &new.config().allow,
-                ALLOW_V4_MAP,
-                ALLOW_V6_MAP,
-            ),
-        ] {
-            for net in old_list.iter().filter(|n| !new_list.contains(n)) {
-                match net {
-                    IpNet::V4(n) => LpmTrie::<_, [u8; 4], u32>::try_from(self.map_mut(v4_name)?)
-                        .map_err(map_error(v4_name))?
-                        .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets()))
-                        .map_err(map_error(v4_name))?,
-                    IpNet::V6(n) => LpmTrie::<_, [u8; 16], u32>::try_from(self.map_mut(v6_name)?)
-                        .map_err(map_error(v6_name))?
-                        .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets()))
-                        .map_err(map_error(v6_name))?,
-                }
-            }
-        }
-        Ok(())
+    /// Packets each of `nets` matched in the deny (or allow) list, summed over CPUs.
+    pub fn entry_hits(&self, deny: bool, nets: &[IpNet]) -> Result<Vec<Option<u64>>, XdpError> {
+        lists::hits(&self.ebpf, deny, nets)
+    }
+
+    /// The live ACL entries a previous process recorded (pinned maps only).
+    pub fn live_entries(&self) -> Result<Vec<PersistedEntry>, XdpError> {
+        lists::live_entries(&self.ebpf)
+    }
+
+    /// Records the live ACL entries for the next process.
+    pub fn store_live_entries(&mut self, entries: &[PersistedEntry]) -> Result<(), XdpError> {
+        lists::store_live_entries(&mut self.ebpf, entries)
     }
 }
 
@@ -305,12 +307,21 @@ fn missing_map(name: &'static str) -> XdpError {
 
 impl Drop for XdpProgram {
     fn drop(&mut self) {
-        if let (Some(link), Ok(program)) = (self.link.take(), self.program_mut()) {
-            if let Err(error) = program.detach(link) {
-                tracing::warn!(%error, interface = ?self.interface, "detaching XDP failed");
-            } else {
-                tracing::info!(interface = ?self.interface, "XDP program detached");
+        let Some(attachment) = self.attachment.take() else {
+            return;
+        };
+        let interface = attachment.interface;
+        if attachment.handed_over {
+            tracing::info!(%interface, "XDP program left to the upgraded gateway");
+        } else if attachment.on_exit == XdpOnExit::Keep {
+            tracing::info!(%interface, pins = %attachment.pins.dir().display(), "XDP program stays attached (on_exit = keep)");
+        } else {
+            // The pin holds the link open; without it, closing our descriptor detaches.
+            match std::fs::remove_file(attachment.pins.link()) {
+                Ok(()) => tracing::info!(%interface, "XDP program detached"),
+                Err(error) => tracing::warn!(%interface, %error, "detaching XDP failed"),
             }
         }
+        drop(attachment.link);
     }
 }
