@@ -195,12 +195,13 @@ fn checksum(bytes: &[u8], start: u32) -> u16 {
 
 impl VethNamespace {
     /// Floods `dst` with TCP SYNs from `src` (any address: the raw socket spoofs it), from
-    /// a thread that joined the namespace, as fast as it can until `stop` is set; the
-    /// thread returns how many it sent.
+    /// a thread that joined the namespace, at `rate` packets per second (`None`: as fast
+    /// as it can) until `stop` is set; the thread returns how many it sent.
     pub fn flood_syns(
         &self,
         src: std::net::Ipv4Addr,
         dst: std::net::SocketAddrV4,
+        rate: Option<u64>,
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> std::thread::JoinHandle<u64> {
         let namespace = format!("/run/netns/{}", self.namespace);
@@ -226,8 +227,15 @@ impl VethNamespace {
             };
             let mut sent = 0u64;
             let mut sport = 1024u16;
+            let started = std::time::Instant::now();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                for _ in 0..256 {
+                if let Some(rate) = rate {
+                    let due = std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                for _ in 0..64 {
                     sport = sport.checked_add(1).unwrap_or(1024);
                     let packet = syn_packet(src, sport, dst);
                     // SAFETY: a valid buffer and address of the stated lengths.

@@ -166,6 +166,7 @@ fn a_syn_flood_from_one_source_leaves_another_client_served() {
     let flooder = veth.flood_syns(
         Ipv4Addr::new(10, 213, 0, 77),
         SocketAddrV4::new(Ipv4Addr::new(10, 213, 0, 1), port),
+        None,
         stop.clone(),
     );
     std::thread::sleep(Duration::from_millis(500));

@@ -28,10 +28,14 @@ pub struct BenchArgs {
     /// wrk connections for keep-alive scenarios.
     #[arg(long, default_value_t = 64)]
     pub(crate) connections: usize,
-    /// Only these scenarios (S1, S2-4k, S2-64k, S5, S3, S4, S6, S7, S8, S9, S11, S12, S13);
+    /// Only these scenarios (S1, S2-4k, S2-64k, S5, S3, S4, S6, S7, S8, S9, S10, S11, S12,
+    /// S13);
     /// all when empty.
     #[arg(long)]
     pub(crate) only: Vec<String>,
+    /// SYNs per second the S10 flooder sends (paced, so it costs the same in every mode).
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) flood_rate: u64,
 }
 
 pub(crate) struct Scenario {
@@ -120,7 +124,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let backend_port = free_port()?;
     let wants = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
     let _backend = if scenarios.is_empty()
-        && !["S6", "S7", "S8", "S11", "S12", "S13"]
+        && !["S6", "S7", "S8", "S10", "S11", "S12", "S13"]
             .iter()
             .any(|id| wants(id))
     {
@@ -197,6 +201,17 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             wants("S12"),
             wants("S13"),
         )?);
+    }
+    if wants("S10") {
+        if crate::is_root() {
+            table.push_str(&crate::bench_flood::section(
+                args,
+                work.path(),
+                backend_port,
+            )?);
+        } else {
+            table.push_str("\nFlood section (S10) skipped: namespaces and XDP need root.\n");
+        }
     }
     if wants("S9") {
         if crate::is_root() {
@@ -380,7 +395,7 @@ pub(crate) fn wrk(
     parse_wrk(&text)
 }
 
-fn parse_wrk(text: &str) -> Result<WrkResult> {
+pub(crate) fn parse_wrk(text: &str) -> Result<WrkResult> {
     let field = |prefix: &str| {
         text.lines()
             .map(str::trim)
@@ -559,7 +574,7 @@ impl Drop for Guard {
     }
 }
 
-fn spawn_pinned(cpu: &str, program: &str, args: &[&str]) -> Result<Child> {
+pub(crate) fn spawn_pinned(cpu: &str, program: &str, args: &[&str]) -> Result<Child> {
     Command::new("taskset")
         .args(["-c", cpu, program])
         .args(args)

@@ -11,6 +11,7 @@
 
 mod bench;
 mod bench_features;
+mod bench_flood;
 mod bench_idle;
 mod bench_traffic;
 mod bench_xdp;

@@ -17,6 +17,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("testssl", "testssl.sh"),
     ("chromium", "chromium"),
     ("curl", "curl"),
+    ("nft", "nftables"),
+    ("ethtool", "ethtool"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
