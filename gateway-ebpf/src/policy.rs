@@ -8,8 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
 };
 use gateway_common::{
-    EDGE_ALLOW_ACTIVE, EDGE_PROTECT_ALL, EDGE_SYN_GUARD, EdgeSettings, LiveEntryKey, MAX_LIST_ENTRIES,
-    MAX_SYN_SOURCES, PROTECTED_WORDS, SourceKey, TokenBucket, Verdict, protected_slot,
+    EDGE_ALLOW_ACTIVE, EDGE_PROTECT_ALL, EDGE_SYN_GUARD, EdgeSettings, LiveEntryKey,
+    MAX_LIST_ENTRIES, MAX_SYN_SOURCES, PROTECTED_WORDS, SourceKey, TokenBucket, Verdict,
+    protected_slot,
 };
 
 use crate::parse::{IPPROTO_TCP, IpPacket, TCP_ACK, TCP_SYN};

@@ -193,6 +193,35 @@ fn checksum(bytes: &[u8], start: u32) -> u16 {
     !(sum as u16)
 }
 
+/// Runs `body` on a new thread that joined network namespace `name` (as made by
+/// `ip netns add`); the rest of the process stays where it is.
+pub fn run_in_namespace<T: Send + 'static>(
+    name: &str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let namespace = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd as _;
+        let ns = std::fs::File::open(&namespace).expect("open the namespace");
+        // SAFETY: a namespace descriptor; only this thread changes network namespace.
+        let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
+        body()
+    })
+}
+
+/// Where a flood's packets are written.
+enum FloodPath {
+    /// A raw IP socket: routed like any packet the namespace sends.
+    Routed(std::net::SocketAddrV4),
+    /// A packet socket on `device`: Ethernet frames to `mac`, past routing and neighbours.
+    Link {
+        device: String,
+        mac: [u8; 6],
+        dst: std::net::SocketAddrV4,
+    },
+}
+
 impl VethNamespace {
     /// Floods `dst` with TCP SYNs from `src` (any address: the raw socket spoofs it), from
     /// a thread that joined the namespace, at `rate` packets per second (`None`: as fast
@@ -204,27 +233,103 @@ impl VethNamespace {
         rate: Option<u64>,
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> std::thread::JoinHandle<u64> {
-        let namespace = format!("/run/netns/{}", self.namespace);
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd as _;
-            let ns = std::fs::File::open(&namespace).expect("open the namespace");
-            // SAFETY: a namespace descriptor; only this thread changes network namespace.
-            let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
-            // SAFETY: plain socket creation.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            // SAFETY: the descriptor was just created and is owned here.
-            let socket =
-                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            let to = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(dst.ip().octets()),
-                },
-                sin_zero: [0; 8],
+        self.flood(src, FloodPath::Routed(dst), rate, stop)
+    }
+
+    /// Like [`VethNamespace::flood_syns`], as Ethernet frames addressed to `mac`, written
+    /// on `device` (an interface inside the namespace) through a packet socket.
+    pub fn flood_syn_frames(
+        &self,
+        device: &str,
+        mac: [u8; 6],
+        src: std::net::Ipv4Addr,
+        dst: std::net::SocketAddrV4,
+        rate: Option<u64>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<u64> {
+        let path = FloodPath::Link {
+            device: device.to_owned(),
+            mac,
+            dst,
+        };
+        self.flood(src, path, rate, stop)
+    }
+
+    /// Runs `body` on a thread inside the namespace.
+    pub fn run_inside<T: Send + 'static>(
+        &self,
+        body: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        run_in_namespace(&self.namespace, body)
+    }
+
+    fn flood(
+        &self,
+        src: std::net::Ipv4Addr,
+        path: FloodPath,
+        rate: Option<u64>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<u64> {
+        self.run_inside(move || {
+            use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+            let (family, kind, protocol) = match path {
+                FloodPath::Routed(_) => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW),
+                FloodPath::Link { .. } => (libc::AF_PACKET, libc::SOCK_RAW, 0),
             };
+            // SAFETY: plain socket creation.
+            let fd = unsafe { libc::socket(family, kind, protocol) };
+            assert!(fd >= 0, "flood socket: {}", std::io::Error::last_os_error());
+            // SAFETY: the descriptor was just created and is owned here.
+            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+            let mut frame = Vec::with_capacity(54);
+            // SAFETY: all-zero is a valid value of both address types.
+            let mut inet: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            let mut link: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let (dst, header, address, address_len) = match &path {
+                FloodPath::Routed(dst) => {
+                    inet.sin_family = libc::AF_INET as libc::sa_family_t;
+                    inet.sin_addr.s_addr = u32::from_ne_bytes(dst.ip().octets());
+                    (
+                        *dst,
+                        0,
+                        (&raw const inet).cast::<libc::sockaddr>(),
+                        std::mem::size_of::<libc::sockaddr_in>(),
+                    )
+                }
+                FloodPath::Link { device, mac, dst } => {
+                    let name = std::ffi::CString::new(device.as_str()).expect("name");
+                    // SAFETY: a valid NUL-terminated name.
+                    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                    assert!(index != 0, "no interface {device} in the namespace");
+                    link.sll_family = libc::AF_PACKET as u16;
+                    link.sll_protocol = 0x0800u16.to_be();
+                    link.sll_ifindex = index as i32;
+                    link.sll_halen = 6;
+                    link.sll_addr[..6].copy_from_slice(mac);
+                    // Straight to the driver: no qdisc in the way.
+                    let one: libc::c_int = 1;
+                    // SAFETY: a valid option value of the stated size.
+                    unsafe {
+                        libc::setsockopt(
+                            socket.as_raw_fd(),
+                            libc::SOL_PACKET,
+                            libc::PACKET_QDISC_BYPASS,
+                            (&raw const one).cast(),
+                            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                        )
+                    };
+                    frame.extend_from_slice(mac);
+                    frame.extend_from_slice(&[0x02, 0, 0, 0, 0x0f, 0x0d, 0x08, 0x00]);
+                    (
+                        *dst,
+                        14,
+                        (&raw const link).cast::<libc::sockaddr>(),
+                        std::mem::size_of::<libc::sockaddr_ll>(),
+                    )
+                }
+            };
+            frame.resize(header + 40, 0);
+            let mut frames = vec![frame; 64];
             let mut sent = 0u64;
             let mut sport = 1024u16;
             let started = std::time::Instant::now();
@@ -235,23 +340,44 @@ impl VethNamespace {
                         std::thread::sleep(wait);
                     }
                 }
-                for _ in 0..64 {
+                // One sendmmsg per batch: the receiving side sees bursts, as from a NIC.
+                for frame in frames.iter_mut() {
                     sport = sport.checked_add(1).unwrap_or(1024);
-                    let packet = syn_packet(src, sport, dst);
-                    // SAFETY: a valid buffer and address of the stated lengths.
-                    let rc = unsafe {
-                        libc::sendto(
-                            socket.as_raw_fd(),
-                            packet.as_ptr().cast(),
-                            packet.len(),
-                            0,
-                            (&raw const to).cast(),
-                            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                        )
-                    };
-                    if rc > 0 {
-                        sent += 1;
-                    }
+                    frame[header..].copy_from_slice(&syn_packet(src, sport, dst));
+                }
+                let mut iovecs: Vec<libc::iovec> = frames
+                    .iter_mut()
+                    .map(|f| libc::iovec {
+                        iov_base: f.as_mut_ptr().cast(),
+                        iov_len: f.len(),
+                    })
+                    .collect();
+                let mut messages: Vec<libc::mmsghdr> = iovecs
+                    .iter_mut()
+                    .map(|iov| {
+                        // SAFETY: all-zero is a valid msghdr.
+                        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+                        header.msg_name = address.cast_mut().cast();
+                        header.msg_namelen = address_len as libc::socklen_t;
+                        header.msg_iov = iov;
+                        header.msg_iovlen = 1;
+                        libc::mmsghdr {
+                            msg_hdr: header,
+                            msg_len: 0,
+                        }
+                    })
+                    .collect();
+                // SAFETY: every header points at a live buffer and address of its length.
+                let rc = unsafe {
+                    libc::sendmmsg(
+                        socket.as_raw_fd(),
+                        messages.as_mut_ptr(),
+                        messages.len() as libc::c_uint,
+                        0,
+                    )
+                };
+                if rc > 0 {
+                    sent += rc as u64;
                 }
             }
             sent

@@ -124,13 +124,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let backend_port = free_port()?;
     let wants = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
     let _backend = if scenarios.is_empty()
-        && !["S6", "S7", "S8", "S10", "S11", "S12", "S13"]
+        && !["S6", "S7", "S8", "S11", "S12", "S13"]
             .iter()
             .any(|id| wants(id))
     {
         None
     } else {
-        let backend = start_backend(work.path(), backend_port)?;
+        let backend = start_backend(work.path(), backend_port, "1")?;
         wait_http(backend_port, "/b/64")?;
         Some(backend)
     };
@@ -207,7 +207,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             table.push_str(&crate::bench_flood::section(
                 args,
                 work.path(),
-                backend_port,
+                &object.with_file_name("bench-wire"),
             )?);
         } else {
             table.push_str("\nFlood section (S10) skipped: namespaces and XDP need root.\n");
@@ -564,7 +564,7 @@ pub(crate) fn stop(mut child: Child) {
 }
 
 /// A child process that is stopped on drop.
-struct Guard(Option<Child>);
+pub(crate) struct Guard(Option<Child>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -585,23 +585,23 @@ pub(crate) fn spawn_pinned(cpu: &str, program: &str, args: &[&str]) -> Result<Ch
         .with_context(|| format!("start {program}"))
 }
 
-fn start_backend(dir: &Path, port: u16) -> Result<Guard> {
+pub(crate) fn start_backend(dir: &Path, port: u16, cpu: &str) -> Result<Guard> {
     let docroot = dir.join("docroot/b");
     std::fs::create_dir_all(&docroot)?;
     for (name, len) in [("64", 64), ("4k", 4096), ("64k", 65536)] {
         std::fs::write(docroot.join(name), vec![b'x'; len])?;
     }
     std::fs::write(docroot.join("page.html"), crate::bench_traffic::html_page())?;
-    let conf = dir.join("backend.conf");
+    let conf = dir.join(format!("backend-{port}.conf"));
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\ndaemon off;\npid {dir}/backend.pid;\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  default_type application/octet-stream;\n  types {{ text/html html; }}\n  sendfile on;\n  keepalive_requests 10000000;\n  open_file_cache max=16;\n  client_body_temp_path {dir}/b_body;\n  proxy_temp_path {dir}/b_proxy;\n  fastcgi_temp_path {dir}/b_fcgi;\n  uwsgi_temp_path {dir}/b_uwsgi;\n  scgi_temp_path {dir}/b_scgi;\n  server {{ listen 127.0.0.1:{port}; root {dir}/docroot; }}\n}}\n",
+            "worker_processes 1;\ndaemon off;\npid {dir}/backend-{port}.pid;\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  default_type application/octet-stream;\n  types {{ text/html html; }}\n  sendfile on;\n  keepalive_requests 10000000;\n  open_file_cache max=16;\n  client_body_temp_path {dir}/b_body;\n  proxy_temp_path {dir}/b_proxy;\n  fastcgi_temp_path {dir}/b_fcgi;\n  uwsgi_temp_path {dir}/b_uwsgi;\n  scgi_temp_path {dir}/b_scgi;\n  server {{ listen 127.0.0.1:{port}; root {dir}/docroot; }}\n}}\n",
             dir = dir.display()
         ),
     )?;
     Ok(Guard(Some(spawn_pinned(
-        "1",
+        cpu,
         "nginx",
         &["-c", conf.to_str().context("utf8 path")?],
     )?)))

@@ -4,12 +4,17 @@
 //! (`netdev` ingress, the earliest nft hook) and in the gateway's userspace only.
 //!
 //! Topology, built so a 2-CPU box behaves like a gateway core receiving from a wire:
-//! - the gateway (one worker) on CPU 0 listens on the outer end of a veth pair; the outer
+//! - the gateway (one worker) and its backend on CPU 0; the gateway listens on the outer
+//!   end of a veth pair; the outer
 //!   end receives through threaded NAPI (GRO on), its NAPI thread pinned to CPU 0 and
 //!   real-time (as a softirq would be), and RPS sends whatever veth passes outside NAPI
 //!   to CPU 0 as well, so every received packet — XDP, nftables, the TCP stack — costs
 //!   CPU 0, as a NIC queue serving the gateway's core would;
 //! - wrk (legitimate clients) and the flooder run inside the client namespace on CPU 1;
+//! - the flood reaches the gateway's interface as XDP frames, not socket buffers, as it
+//!   would from a NIC: the flooder writes Ethernet frames on a second veth pair whose far
+//!   end runs a bench-only XDP program (`gateway-ebpf/src/bin/wire.rs`) redirecting them
+//!   into the client veth (see [`Wire`]);
 //! - the flooder is paced (`--flood-rate`, SYNs per second) so it takes the same CPU 1
 //!   time in every mode; the reference run sends the same paced stream into a dead end
 //!   inside the namespace instead, so wrk has the same CPU in every mode;
@@ -26,13 +31,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use gateway_tests::netns::VethNamespace;
+use gateway_tests::netns::{VethNamespace, run_in_namespace};
 
-use crate::bench::{BenchArgs, median, parse_wrk, spawn_pinned, stop};
+use crate::bench::{BenchArgs, median, parse_wrk, spawn_pinned, start_backend, stop};
 
 const FLOODER: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 77);
-/// The decoy destination of the reference run: a dead end inside the namespace.
-const DECOY: Ipv4Addr = Ipv4Addr::new(10, 213, 9, 9);
 const GATEWAY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
 const NFT_TABLE: &str = "gwbench_flood";
 
@@ -54,6 +57,114 @@ impl Mode {
             Self::Nftables => "flood, list in nftables (netdev ingress)",
             Self::Userspace => "flood, list in the gateway only (accept)",
         }
+    }
+}
+
+/// The wire pair's ends inside the namespace: frames written on `WIRE_IN` arrive at
+/// `WIRE_OUT`, whose XDP program redirects them.
+const WIRE_IN: &str = "gwwire0";
+const WIRE_OUT: &str = "gwwire1";
+/// A pair inside the namespace whose far end cannot take XDP frames: the dead end.
+const DEAD_END: &str = "gwdead0";
+
+/// The flood's way to the gateway: a veth pair inside the namespace whose far end runs
+/// the bench-wire XDP program, redirecting every frame into the client veth (so the
+/// gateway's interface receives XDP frames without socket buffers, as from a NIC) or,
+/// for the reference run, into a dead end. Its redirect work stays on the sender's CPU.
+struct Wire {
+    _program: aya::Ebpf,
+    /// Updated from inside the namespace (a devmap resolves ifindexes in the caller's).
+    targets: Option<aya::maps::DevMap<aya::maps::MapData>>,
+    namespace: String,
+    /// Ifindexes inside the namespace: the client veth, the dead end.
+    to_gateway: u32,
+    to_dead_end: u32,
+    gateway_mac: [u8; 6],
+}
+
+impl Wire {
+    fn build(veth: &VethNamespace, object: &Path) -> Result<Self> {
+        for step in [
+            vec![
+                "link", "add", WIRE_IN, "type", "veth", "peer", "name", WIRE_OUT,
+            ],
+            vec![
+                "link", "add", DEAD_END, "type", "veth", "peer", "name", "gwdead1",
+            ],
+            vec!["link", "set", WIRE_IN, "up"],
+            vec!["link", "set", WIRE_OUT, "up"],
+            vec!["link", "set", DEAD_END, "up"],
+            vec!["link", "set", "gwdead1", "up"],
+        ] {
+            let ok = Command::new("ip")
+                .args(["-n", &veth.namespace])
+                .args(&step)
+                .status()?
+                .success();
+            if !ok {
+                bail!("ip -n {} {step:?} failed", veth.namespace);
+            }
+        }
+        let bytes = std::fs::read(object)
+            .with_context(|| format!("read the bench-wire object {}", object.display()))?;
+        let inner = veth.inner.clone();
+        let (program, to_gateway, to_dead_end) = veth
+            .run_inside(move || -> Result<(aya::Ebpf, u32, u32)> {
+                let index = |name: &str| -> Result<u32> {
+                    let c = std::ffi::CString::new(name)?;
+                    // SAFETY: a valid NUL-terminated name.
+                    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+                        0 => bail!("no interface {name} in the namespace"),
+                        i => Ok(i),
+                    }
+                };
+                let mut ebpf = aya::Ebpf::load(&bytes)?;
+                let program: &mut aya::programs::Xdp = ebpf
+                    .program_mut("bench_wire")
+                    .context("bench_wire program")?
+                    .try_into()?;
+                program.load()?;
+                program.attach(WIRE_OUT, aya::programs::XdpMode::Driver)?;
+                Ok((ebpf, index(&inner)?, index(DEAD_END)?))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the wire setup thread panicked"))??;
+        let mut program = program;
+        let targets = aya::maps::DevMap::try_from(
+            program.take_map("WIRE_TARGET").context("WIRE_TARGET map")?,
+        )?;
+        let mac_text = std::fs::read_to_string(format!("/sys/class/net/{}/address", veth.outer))?;
+        let mut gateway_mac = [0u8; 6];
+        for (byte, part) in gateway_mac.iter_mut().zip(mac_text.trim().split(':')) {
+            *byte = u8::from_str_radix(part, 16)?;
+        }
+        Ok(Self {
+            _program: program,
+            targets: Some(targets),
+            namespace: veth.namespace.clone(),
+            to_gateway,
+            to_dead_end,
+            gateway_mac,
+        })
+    }
+
+    /// Frames from now on go to the gateway (or into the dead end).
+    fn deliver(&mut self, to_gateway: bool) -> Result<()> {
+        let target = if to_gateway {
+            self.to_gateway
+        } else {
+            self.to_dead_end
+        };
+        let mut targets = self.targets.take().context("wire map")?;
+        let (targets, result) = run_in_namespace(&self.namespace, move || {
+            let result = targets.set(0, target, None, 0);
+            (targets, result)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the wire update thread panicked"))?;
+        self.targets = Some(targets);
+        result?;
+        Ok(())
     }
 }
 
@@ -207,6 +318,7 @@ fn pin_thread(tid: i32, cpu: usize) {
 fn measure(
     mode: Mode,
     veth: &VethNamespace,
+    wire: &mut Wire,
     dir: &Path,
     backend: u16,
     args: &BenchArgs,
@@ -238,17 +350,20 @@ fn measure(
     let stop_flood = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     receive_on_cpu0(&veth.outer)?;
+    wire.deliver(mode != Mode::Baseline)?;
     // The flooder thread inherits the affinity of the thread that starts it: CPU 1.
-    let target = if mode == Mode::Baseline {
-        SocketAddrV4::new(DECOY, port)
-    } else {
-        SocketAddrV4::new(GATEWAY_ADDR, port)
-    };
     let flooder = std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 pin_thread(0, 1);
-                veth.flood_syns(FLOODER, target, Some(args.flood_rate), stop_flood.clone())
+                veth.flood_syn_frames(
+                    WIRE_IN,
+                    wire.gateway_mac,
+                    FLOODER,
+                    SocketAddrV4::new(GATEWAY_ADDR, port),
+                    Some(args.flood_rate),
+                    stop_flood.clone(),
+                )
             })
             .join()
     });
@@ -270,10 +385,14 @@ fn measure(
 }
 
 /// The Markdown rows of the flood section.
-pub fn section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
+pub fn section(args: &BenchArgs, dir: &Path, wire_object: &Path) -> Result<String> {
     if Command::new("nft").arg("--version").output().is_err() {
         bail!("nft is missing; `cargo xtask setup` installs nftables as root");
     }
+    // The backend shares CPU 0 with the gateway: CPU 1 belongs to the clients.
+    let backend = crate::bench::free_port()?;
+    let _backend = start_backend(dir, backend, "0")?;
+    crate::bench::wait_http(backend, "/b/64")?;
     let veth = VethNamespace::create("flood");
     // The spoofed source routes back into the namespace: rp_filter lets it in.
     let routed = Command::new("ip")
@@ -290,42 +409,13 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
     if !routed.success() {
         bail!("cannot route the flooder's address into the namespace");
     }
-    // The decoy: a veth pair inside the namespace (no dummy driver on every kernel),
-    // with a static neighbour whose MAC nobody has, so its far end drops what arrives.
-    for step in [
-        vec![
-            "link", "add", "gwdecoy0", "type", "veth", "peer", "name", "gwdecoy1",
-        ],
-        vec!["link", "set", "gwdecoy0", "up"],
-        vec!["link", "set", "gwdecoy1", "up"],
-        vec!["route", "add", "10.213.9.0/24", "dev", "gwdecoy0"],
-        vec![
-            "neigh",
-            "add",
-            "10.213.9.9",
-            "lladdr",
-            "02:00:00:00:09:09",
-            "dev",
-            "gwdecoy0",
-            "nud",
-            "permanent",
-        ],
-    ] {
-        let ok = Command::new("ip")
-            .args(["-n", &veth.namespace])
-            .args(&step)
-            .status()?
-            .success();
-        if !ok {
-            bail!("ip -n {} {step:?} failed", veth.namespace);
-        }
-    }
+    let mut wire = Wire::build(&veth, wire_object)?;
     let modes = [Mode::Baseline, Mode::Xdp, Mode::Nftables, Mode::Userspace];
     let runs = args.runs.min(3);
     let mut samples: Vec<Vec<Run>> = modes.iter().map(|_| Vec::new()).collect();
     for round in 0..runs {
         for (m, mode) in modes.iter().enumerate() {
-            let run = measure(*mode, &veth, dir, backend, args)?;
+            let run = measure(*mode, &veth, &mut wire, dir, backend, args)?;
             eprintln!(
                 "S10 run {}/{runs} {:42} {:8.0} req/s p99 {:6.2} ms flood {:8.0} SYN/s",
                 round + 1,
@@ -341,7 +431,7 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
     let mut out = String::new();
     writeln!(
         out,
-        "\n#### XDP under a SYN flood (S10, veth, {runs} interleaved runs × {} s, median; 10,001-entry deny list; {} SYN/s from a denied source; gateway and packet receive on CPU 0, wrk and flooder on CPU 1)\n",
+        "\n#### XDP under a SYN flood (S10, veth, {runs} interleaved runs × {} s, median; 10,001-entry deny list; {} SYN/s from a denied source; gateway, backend and packet receive on CPU 0; wrk and flooder on CPU 1)\n",
         args.duration, args.flood_rate
     )?;
     writeln!(
