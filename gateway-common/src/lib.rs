@@ -95,6 +95,16 @@ pub const DENY_V6_MAP: &str = "DENY_V6";
 pub const ALLOW_V4_MAP: &str = "ALLOW_V4";
 /// LPM trie of allowed IPv6 sources.
 pub const ALLOW_V6_MAP: &str = "ALLOW_V6";
+/// Hash of denied IPv4 prefixes by length ([`PrefixKeyV4`] → entry id): the same
+/// entries as [`DENY_V4_MAP`], looked up one length at a time when the list has few
+/// distinct lengths (a hash probe costs a fraction of a trie walk).
+pub const DENY_V4_BY_LENGTH_MAP: &str = "DENY_V4_BYLEN_V1";
+/// [`DENY_V4_BY_LENGTH_MAP`] for IPv6 ([`PrefixKeyV6`]).
+pub const DENY_V6_BY_LENGTH_MAP: &str = "DENY_V6_BYLEN_V1";
+/// [`DENY_V4_BY_LENGTH_MAP`] for the allow list.
+pub const ALLOW_V4_BY_LENGTH_MAP: &str = "ALLOW_V4_BYLEN_V1";
+/// [`DENY_V6_BY_LENGTH_MAP`] for the allow list.
+pub const ALLOW_V6_BY_LENGTH_MAP: &str = "ALLOW_V6_BYLEN_V1";
 /// Per-CPU hit counters of deny entries, indexed by entry id.
 pub const DENY_HITS_MAP: &str = "DENY_HITS_V1";
 /// Per-CPU hit counters of allow entries, indexed by entry id.
@@ -106,7 +116,7 @@ pub const PROTECTED_MAP: &str = "PROTECTED_V2";
 /// Words in [`PROTECTED_MAP`]: 65,536 ports × 2 protocols / 64 bits.
 pub const PROTECTED_WORDS: u32 = 2048;
 /// One-slot array holding the [`EdgeSettings`].
-pub const SETTINGS_MAP: &str = "EDGE_SETTINGS_V1";
+pub const SETTINGS_MAP: &str = "EDGE_SETTINGS_V2";
 /// Per-CPU packet/byte counts per [`Verdict`].
 pub const VERDICT_MAP: &str = "VERDICT_STATS_V1";
 /// LRU per-CPU hash of SYN token buckets per source ([`SourceKey`] → [`TokenBucket`]).
@@ -191,6 +201,34 @@ pub const EDGE_PROTECT_ALL: u32 = 2;
 /// [`EdgeSettings::flags`]: the SYN guard is on.
 pub const EDGE_SYN_GUARD: u32 = 4;
 
+/// Most distinct prefix lengths a list (per family) may have and still be looked up in
+/// its by-length hash; past that, one trie walk is cheaper than that many probes.
+pub const MAX_HASHED_LENGTHS: usize = 4;
+/// [`ListShape::count`]: look this list up in its LPM trie.
+pub const LOOKUP_BY_TRIE: u8 = 0xff;
+
+/// How the program looks up one list of one family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListShape {
+    /// 0: the list is empty (no lookup at all); 1..=[`MAX_HASHED_LENGTHS`]: probe the
+    /// by-length hash at `lengths[..count]`, longest first; [`LOOKUP_BY_TRIE`]: the trie.
+    pub count: u8,
+    pub lengths: [u8; MAX_HASHED_LENGTHS],
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<ListShape>() == 8);
+
+/// Index of a list and family in [`EdgeSettings::shapes`].
+pub const SHAPE_DENY_V4: usize = 0;
+/// See [`SHAPE_DENY_V4`].
+pub const SHAPE_DENY_V6: usize = 1;
+/// See [`SHAPE_DENY_V4`].
+pub const SHAPE_ALLOW_V4: usize = 2;
+/// See [`SHAPE_DENY_V4`].
+pub const SHAPE_ALLOW_V6: usize = 3;
+
 /// Switches of the edge policy, written by userspace into [`SETTINGS_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -203,9 +241,71 @@ pub struct EdgeSettings {
     pub syn_burst: u32,
     /// Explicit padding; always zero.
     pub _pad: u32,
+    /// How each list and family is looked up (`SHAPE_*` order).
+    pub shapes: [ListShape; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<EdgeSettings>() == 16);
+const _: () = assert!(core::mem::size_of::<EdgeSettings>() == 48);
+
+/// A key of the IPv4 by-length hashes: the prefix length and the masked address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PrefixKeyV4 {
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<PrefixKeyV4>() == 8);
+
+/// A key of the IPv6 by-length hashes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PrefixKeyV6 {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<PrefixKeyV6>() == 20);
+
+impl PrefixKeyV4 {
+    /// `addr` cut to its first `prefix_len` bits.
+    #[inline(always)]
+    pub fn masked(addr: [u8; 4], prefix_len: u8) -> Self {
+        let bits = u32::from(prefix_len.min(32));
+        let mask = if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
+        Self {
+            prefix_len: bits,
+            addr: (u32::from_be_bytes(addr) & mask).to_be_bytes(),
+        }
+    }
+}
+
+impl PrefixKeyV6 {
+    /// `addr` cut to its first `prefix_len` bits.
+    #[inline(always)]
+    pub fn masked(addr: &[u8; 16], prefix_len: u8) -> Self {
+        let bits = u32::from(prefix_len.min(128));
+        let mut out = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            let start = (i as u32) * 8;
+            if bits >= start + 8 {
+                out[i] = addr[i];
+            } else if bits > start {
+                out[i] = addr[i] & (0xffu8 << (8 - (bits - start)));
+            }
+            i += 1;
+        }
+        Self {
+            prefix_len: bits,
+            addr: out,
+        }
+    }
+}
 
 /// A source address; IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
 #[repr(C)]
@@ -293,11 +393,38 @@ mod pod {
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::TokenBucket {}
     unsafe impl aya::Pod for super::LiveEntryKey {}
+    unsafe impl aya::Pod for super::PrefixKeyV4 {}
+    unsafe impl aya::Pod for super::PrefixKeyV6 {}
 }
 
 #[cfg(test)]
 mod tests {
-    use super::TokenBucket;
+    use super::{PrefixKeyV4, PrefixKeyV6, TokenBucket};
+
+    #[test]
+    fn prefix_keys_keep_only_the_prefix_bits() {
+        assert_eq!(
+            PrefixKeyV4::masked([10, 20, 30, 40], 24).addr,
+            [10, 20, 30, 0]
+        );
+        assert_eq!(PrefixKeyV4::masked([10, 20, 30, 40], 0).addr, [0; 4]);
+        assert_eq!(
+            PrefixKeyV4::masked([10, 20, 30, 41], 31).addr,
+            [10, 20, 30, 40]
+        );
+        assert_eq!(
+            PrefixKeyV4::masked([10, 20, 30, 40], 32).addr,
+            [10, 20, 30, 40]
+        );
+        let addr = [
+            0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+        ];
+        let key = PrefixKeyV6::masked(&addr, 36);
+        assert_eq!(key.prefix_len, 36);
+        assert_eq!(key.addr[..5], [0x20, 0x01, 0x0d, 0xb8, 0xf0]);
+        assert!(key.addr[5..].iter().all(|b| *b == 0));
+        assert_eq!(PrefixKeyV6::masked(&addr, 128).addr, addr);
+    }
 
     #[test]
     fn token_bucket_spends_refills_and_survives_extreme_rates() {

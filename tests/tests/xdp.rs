@@ -865,3 +865,76 @@ fn entries_keep_their_hit_counters_across_policy_changes() {
         "a returning entry starts afresh"
     );
 }
+
+/// A list with few distinct prefix lengths is probed by length in hashes, one with many
+/// is walked in the trie: both give the same verdicts, and the longest match gets the hit.
+#[test]
+fn by_length_and_trie_lookups_agree() {
+    let Some(object) = xdp_object_or_skip("by_length_and_trie_lookups_agree") else {
+        return;
+    };
+    let listeners = ["127.0.0.1:8080".parse().expect("addr")];
+    let net = |s: &str| -> ipnet::IpNet { s.parse().expect("cidr") };
+    let few = [
+        "198.51.100.0/24",
+        "198.51.100.7/32",
+        "2001:db8::/32",
+        "2001:db8::5/128",
+    ];
+    let many: Vec<&str> = few
+        .iter()
+        .copied()
+        .chain([
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "100.64.0.0/10",
+            "192.0.2.128/25",
+            "2001:db9::/48",
+            "2001:dba::/64",
+            "2001:dbb::/100",
+        ])
+        .collect();
+    for (what, list) in [("by length", few.to_vec()), ("trie", many)] {
+        let mut program = XdpProgram::load_from(&object).expect("load");
+        program
+            .sync_policy(&edge_policy(&list, &[], None), &listeners)
+            .expect("sync");
+        let v4 = |program: &mut XdpProgram, src: [u8; 4]| {
+            let packet = cat(&[
+                eth(0x0800),
+                ipv4_from(src, 6, 0, 0),
+                tcp_to(LISTENER, TCP_SYN),
+            ]);
+            run_counted(program, &packet).0
+        };
+        assert_eq!(v4(&mut program, [198, 51, 100, 7]), XDP_DROP, "{what}");
+        assert_eq!(v4(&mut program, [198, 51, 100, 200]), XDP_DROP, "{what}");
+        assert_eq!(v4(&mut program, [198, 51, 101, 7]), XDP_PASS, "{what}");
+        let v6 = |program: &mut XdpProgram, last: u8| {
+            let mut packet = cat(&[eth(0x86DD), ipv6(6), tcp_to(LISTENER, TCP_SYN)]);
+            // Source 2001:db8::<last>.
+            let mut source = [0u8; 16];
+            source[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+            source[15] = last;
+            packet[14 + 8..14 + 24].copy_from_slice(&source);
+            run_counted(program, &packet).0
+        };
+        assert_eq!(v6(&mut program, 5), XDP_DROP, "{what}");
+        assert_eq!(v6(&mut program, 9), XDP_DROP, "{what}");
+        assert_eq!(
+            program
+                .entry_hits(
+                    true,
+                    &[
+                        net("198.51.100.7/32"),
+                        net("198.51.100.0/24"),
+                        net("2001:db8::5/128"),
+                        net("2001:db8::/32")
+                    ]
+                )
+                .expect("hits"),
+            vec![Some(1), Some(1), Some(1), Some(1)],
+            "{what}: the longest match counts"
+        );
+    }
+}

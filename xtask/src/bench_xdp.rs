@@ -35,6 +35,22 @@ fn prefixes(count: u32) -> Vec<ipnet::IpNet> {
         .collect()
 }
 
+/// `count` prefixes of six lengths (/19 to /24, distinct networks): more distinct lengths
+/// than the by-length hashes take, so the program walks the trie.
+fn mixed_prefixes(count: u32) -> Vec<ipnet::IpNet> {
+    (0..count)
+        .map(|i| {
+            let len = 19 + i % 6;
+            let net: ipnet::IpNet = format!("10.{}.{}.0/{len}", i / 256 % 256, i % 256)
+                .parse()
+                .expect("cidr");
+            net.trunc()
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 /// Runs of `REPEAT` packets per case; the median is reported (noise here is ±30%).
 const RUNS: usize = 7;
 
@@ -72,9 +88,17 @@ pub fn section(object_path: &Path) -> Result<String> {
             syn_from([198, 51, 100, 7]),
         ),
         (
-            "deny-hit, 10,000 prefixes (drop)",
+            "deny-hit, 10,000 prefixes (by-length hash, drop)",
             EdgePolicyConfig {
                 deny: prefixes(10_000),
+                ..none.clone()
+            },
+            syn_from([10, 20, 30, 40]),
+        ),
+        (
+            "deny-hit, 10,000 prefixes of 6 lengths (trie walk, drop)",
+            EdgePolicyConfig {
+                deny: mixed_prefixes(10_000),
                 ..none.clone()
             },
             syn_from([10, 20, 30, 40]),

@@ -20,10 +20,13 @@ use aya::{
     },
 };
 use gateway_common::{
-    ALLOW_HITS_MAP, ALLOW_V4_MAP, ALLOW_V6_MAP, DENY_HITS_MAP, DENY_V4_MAP, DENY_V6_MAP,
+    ALLOW_HITS_MAP, ALLOW_V4_BY_LENGTH_MAP, ALLOW_V4_MAP, ALLOW_V6_BY_LENGTH_MAP, ALLOW_V6_MAP,
+    DENY_HITS_MAP, DENY_V4_BY_LENGTH_MAP, DENY_V4_MAP, DENY_V6_BY_LENGTH_MAP, DENY_V6_MAP,
     EDGE_ALLOW_ACTIVE, EDGE_PROTECT_ALL, EDGE_SYN_GUARD, EdgeSettings, LIVE_ACL_MAP,
-    LIVE_LIST_ALLOW, LIVE_LIST_DENY, LiveEntryKey, MAX_LIST_ENTRIES, PROTECTED_MAP,
-    PROTECTED_WORDS, PacketCounter, SETTINGS_MAP, VERDICT_MAP, Verdict, protected_slot,
+    LIVE_LIST_ALLOW, LIVE_LIST_DENY, LOOKUP_BY_TRIE, ListShape, LiveEntryKey, MAX_HASHED_LENGTHS,
+    MAX_LIST_ENTRIES, PROTECTED_MAP, PROTECTED_WORDS, PacketCounter, PrefixKeyV4, PrefixKeyV6,
+    SETTINGS_MAP, SHAPE_ALLOW_V4, SHAPE_ALLOW_V6, SHAPE_DENY_V4, SHAPE_DENY_V6, VERDICT_MAP,
+    Verdict, protected_slot,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -83,19 +86,123 @@ impl MapSource for PinnedMaps {
 struct ListMaps {
     v4: &'static str,
     v6: &'static str,
+    v4_by_length: &'static str,
+    v6_by_length: &'static str,
     hits: &'static str,
+    /// Indexes in [`EdgeSettings::shapes`].
+    v4_shape: usize,
+    v6_shape: usize,
 }
 
 const DENY: ListMaps = ListMaps {
     v4: DENY_V4_MAP,
     v6: DENY_V6_MAP,
+    v4_by_length: DENY_V4_BY_LENGTH_MAP,
+    v6_by_length: DENY_V6_BY_LENGTH_MAP,
     hits: DENY_HITS_MAP,
+    v4_shape: SHAPE_DENY_V4,
+    v6_shape: SHAPE_DENY_V6,
 };
 const ALLOW: ListMaps = ListMaps {
     v4: ALLOW_V4_MAP,
     v6: ALLOW_V6_MAP,
+    v4_by_length: ALLOW_V4_BY_LENGTH_MAP,
+    v6_by_length: ALLOW_V6_BY_LENGTH_MAP,
     hits: ALLOW_HITS_MAP,
+    v4_shape: SHAPE_ALLOW_V4,
+    v6_shape: SHAPE_ALLOW_V6,
 };
+
+/// What a list's sync leaves to do once the settings are written.
+struct Stale {
+    entries: Vec<IpNet>,
+    v4_keys: Vec<PrefixKeyV4>,
+    v6_keys: Vec<PrefixKeyV6>,
+}
+
+/// How `nets` of one family are best looked up: nothing for an empty list, the
+/// by-length hash for a few distinct lengths (longest first), else the trie.
+fn shape_of<'a>(nets: impl Iterator<Item = &'a IpNet>) -> ListShape {
+    let mut lengths: Vec<u8> = nets.map(IpNet::prefix_len).collect();
+    lengths.sort_unstable_by(|a, b| b.cmp(a));
+    lengths.dedup();
+    let mut shape = ListShape::default();
+    if lengths.len() > MAX_HASHED_LENGTHS {
+        shape.count = LOOKUP_BY_TRIE;
+    } else {
+        shape.count = lengths.len() as u8;
+        shape.lengths[..lengths.len()].copy_from_slice(&lengths);
+    }
+    shape
+}
+
+/// Makes the by-length hashes hold exactly the entries of `ids` (inserting what is
+/// missing or changed now); returns the keys to remove after the settings are written.
+fn mirror_by_length(
+    ebpf: &mut dyn MapSource,
+    maps: ListMaps,
+    ids: &HashMap<IpNet, u32>,
+) -> Result<(Vec<PrefixKeyV4>, Vec<PrefixKeyV6>), XdpError> {
+    let mut want_v4 = HashMap::new();
+    let mut want_v6 = HashMap::new();
+    for (net, id) in ids {
+        match net {
+            IpNet::V4(n) => {
+                want_v4.insert(PrefixKeyV4::masked(n.addr().octets(), n.prefix_len()), *id);
+            }
+            IpNet::V6(n) => {
+                want_v6.insert(PrefixKeyV6::masked(&n.addr().octets(), n.prefix_len()), *id);
+            }
+        }
+    }
+    let name = maps.v4_by_length;
+    let mut v4 = BpfHashMap::<_, PrefixKeyV4, u32>::try_from(map_mut(ebpf, name)?)
+        .map_err(map_error(name))?;
+    let present: HashMap<PrefixKeyV4, u32> = v4.iter().filter_map(Result::ok).collect();
+    for (key, id) in &want_v4 {
+        if present.get(key) != Some(id) {
+            v4.insert(key, id, 0).map_err(map_error(name))?;
+        }
+    }
+    let stale_v4 = present
+        .into_keys()
+        .filter(|k| !want_v4.contains_key(k))
+        .collect();
+    let name = maps.v6_by_length;
+    let mut v6 = BpfHashMap::<_, PrefixKeyV6, u32>::try_from(map_mut(ebpf, name)?)
+        .map_err(map_error(name))?;
+    let present: HashMap<PrefixKeyV6, u32> = v6.iter().filter_map(Result::ok).collect();
+    for (key, id) in &want_v6 {
+        if present.get(key) != Some(id) {
+            v6.insert(key, id, 0).map_err(map_error(name))?;
+        }
+    }
+    let stale_v6 = present
+        .into_keys()
+        .filter(|k| !want_v6.contains_key(k))
+        .collect();
+    Ok((stale_v4, stale_v6))
+}
+
+fn remove_by_length(
+    ebpf: &mut dyn MapSource,
+    maps: ListMaps,
+    stale: &Stale,
+) -> Result<(), XdpError> {
+    let name = maps.v4_by_length;
+    let mut v4 = BpfHashMap::<_, PrefixKeyV4, u32>::try_from(map_mut(ebpf, name)?)
+        .map_err(map_error(name))?;
+    for key in &stale.v4_keys {
+        v4.remove(key).map_err(map_error(name))?;
+    }
+    let name = maps.v6_by_length;
+    let mut v6 = BpfHashMap::<_, PrefixKeyV6, u32>::try_from(map_mut(ebpf, name)?)
+        .map_err(map_error(name))?;
+    for key in &stale.v6_keys {
+        v6.remove(key).map_err(map_error(name))?;
+    }
+    Ok(())
+}
 
 /// A live ACL entry as kept in the pinned bookkeeping map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,17 +291,21 @@ fn remove(ebpf: &mut dyn MapSource, maps: ListMaps, net: &IpNet) -> Result<(), X
     }
 }
 
-/// Adds what `wanted` has and the maps lack (free ids, counters zeroed); returns the
-/// entries to remove once the settings are written.
+/// Adds what `wanted` has and the maps lack (free ids, counters zeroed) to the trie and
+/// the by-length hashes; returns what to remove once the settings are written.
 fn add_missing(
     ebpf: &mut dyn MapSource,
     maps: ListMaps,
     wanted: &[IpNet],
-) -> Result<Vec<IpNet>, XdpError> {
+) -> Result<Stale, XdpError> {
     let present = read_list(ebpf, maps)?;
     let mut used: HashSet<u32> = wanted
         .iter()
         .filter_map(|n| present.get(n).copied())
+        .collect();
+    let mut ids: HashMap<IpNet, u32> = wanted
+        .iter()
+        .filter_map(|n| Some((*n, *present.get(n)?)))
         .collect();
     let mut next_id = 0u32;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| XdpError::Cpus(e))?;
@@ -214,12 +325,18 @@ fn add_missing(
             .set(next_id, zero()?, 0)
             .map_err(map_error(maps.hits))?;
         insert(ebpf, maps, net, next_id)?;
+        ids.insert(*net, next_id);
         used.insert(next_id);
     }
-    Ok(present
-        .into_keys()
-        .filter(|n| !wanted.contains(n))
-        .collect())
+    let (v4_keys, v6_keys) = mirror_by_length(ebpf, maps, &ids)?;
+    Ok(Stale {
+        entries: present
+            .into_keys()
+            .filter(|n| !wanted.contains(n))
+            .collect(),
+        v4_keys,
+        v6_keys,
+    })
 }
 
 /// Brings the maps to `policy`, protecting the ports of `listeners`.
@@ -242,21 +359,27 @@ pub fn sync(
         flags |= EDGE_SYN_GUARD;
         (g.rate_per_sec, g.burst)
     });
+    let mut shapes = [ListShape::default(); 4];
+    for (maps, list) in [(DENY, &policy.deny), (ALLOW, &policy.allow)] {
+        shapes[maps.v4_shape] = shape_of(list.iter().filter(|n| matches!(n, IpNet::V4(_))));
+        shapes[maps.v6_shape] = shape_of(list.iter().filter(|n| matches!(n, IpNet::V6(_))));
+    }
     let settings = EdgeSettings {
         flags,
         syn_rate_per_sec: rate,
         syn_burst: burst,
         _pad: 0,
+        shapes,
     };
     Array::<_, EdgeSettings>::try_from(map_mut(ebpf, SETTINGS_MAP)?)
         .map_err(map_error(SETTINGS_MAP))?
         .set(0, settings, 0)
         .map_err(map_error(SETTINGS_MAP))?;
-    for net in &stale_deny {
-        remove(ebpf, DENY, net)?;
-    }
-    for net in &stale_allow {
-        remove(ebpf, ALLOW, net)?;
+    for (maps, stale) in [(DENY, &stale_deny), (ALLOW, &stale_allow)] {
+        for net in &stale.entries {
+            remove(ebpf, maps, net)?;
+        }
+        remove_by_length(ebpf, maps, stale)?;
     }
     Ok(())
 }
