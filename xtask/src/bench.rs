@@ -33,9 +33,10 @@ pub struct BenchArgs {
     /// all when empty.
     #[arg(long)]
     pub(crate) only: Vec<String>,
-    /// SYNs per second the S10 flooder sends (paced, so it costs the same in every mode).
-    #[arg(long, default_value_t = 100_000)]
-    pub(crate) flood_rate: u64,
+    /// SYNs per second the S10 flooder sends (paced, so it costs the same in every
+    /// mode); one table block per rate.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000, 250_000])]
+    pub(crate) flood_rate: Vec<u64>,
 }
 
 pub(crate) struct Scenario {

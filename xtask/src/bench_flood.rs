@@ -1,20 +1,21 @@
 //! The flood section of `cargo xtask bench` (BENCH.md S10): legitimate clients' requests/s
-//! and p99 while a denied source floods the gateway with SYNs as fast as a raw socket
-//! sends them, with the deny list (10,000 prefixes plus the flooder) in XDP, in nftables
-//! (`netdev` ingress, the earliest nft hook) and in the gateway's userspace only.
+//! and p99 while a denied source floods the gateway with SYNs (at paced rates up to what
+//! one sender core sustains here), with the deny list (10,000 prefixes plus the flooder)
+//! in XDP, in nftables (`netdev` ingress, the earliest nft hook) and in the gateway's
+//! userspace only.
 //!
 //! Topology, built so a 2-CPU box behaves like a gateway core receiving from a wire:
 //! - the gateway (one worker) and its backend on CPU 0; the gateway listens on the outer
-//!   end of a veth pair; the outer
-//!   end receives through threaded NAPI (GRO on), its NAPI thread pinned to CPU 0 and
-//!   real-time (as a softirq would be), and RPS sends whatever veth passes outside NAPI
-//!   to CPU 0 as well, so every received packet — XDP, nftables, the TCP stack — costs
-//!   CPU 0, as a NIC queue serving the gateway's core would;
+//!   end of a veth pair, which receives through threaded NAPI (GRO on), its NAPI thread
+//!   pinned to CPU 0 and real-time (as a softirq would be), and RPS sends whatever veth
+//!   passes outside NAPI to CPU 0 as well, so every received packet — XDP, nftables, the
+//!   TCP stack — costs CPU 0, as a NIC queue serving the gateway's core would;
 //! - wrk (legitimate clients) and the flooder run inside the client namespace on CPU 1;
-//! - the flood reaches the gateway's interface as XDP frames, not socket buffers, as it
-//!   would from a NIC: the flooder writes Ethernet frames on a second veth pair whose far
-//!   end runs a bench-only XDP program (`gateway-ebpf/src/bin/wire.rs`) redirecting them
-//!   into the client veth (see [`Wire`]);
+//! - everything the clients send reaches the gateway's interface as XDP frames, not
+//!   socket buffers, as it would from a NIC: the namespace routes the gateway's address
+//!   over a second veth pair whose far end runs a bench-only XDP program
+//!   (`gateway-ebpf/src/bin/wire.rs`) redirecting every frame into the client veth (see
+//!   [`Wire`]); the flooder writes its Ethernet frames on that pair too;
 //! - the flooder is paced (`--flood-rate`, SYNs per second) so it takes the same CPU 1
 //!   time in every mode; the reference run sends the same paced stream into a dead end
 //!   inside the namespace instead, so wrk has the same CPU in every mode;
@@ -37,6 +38,8 @@ use crate::bench::{BenchArgs, median, parse_wrk, spawn_pinned, start_backend, st
 
 const FLOODER: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 77);
 const GATEWAY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
+/// The client end's address inside the namespace (the fixture's).
+const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 const NFT_TABLE: &str = "gwbench_flood";
 
 /// How the deny list is enforced in one mode.
@@ -64,26 +67,32 @@ impl Mode {
 /// `WIRE_OUT`, whose XDP program redirects them.
 const WIRE_IN: &str = "gwwire0";
 const WIRE_OUT: &str = "gwwire1";
-/// A pair inside the namespace whose far end cannot take XDP frames: the dead end.
+/// A pair inside the namespace whose far end takes no XDP frames: the dead end.
 const DEAD_END: &str = "gwdead0";
 
-/// The flood's way to the gateway: a veth pair inside the namespace whose far end runs
-/// the bench-wire XDP program, redirecting every frame into the client veth (so the
-/// gateway's interface receives XDP frames without socket buffers, as from a NIC) or,
-/// for the reference run, into a dead end. Its redirect work stays on the sender's CPU.
+/// The clients' way to the gateway: a veth pair inside the namespace whose far end runs
+/// the bench-wire XDP program, redirecting every frame into the client veth, so the
+/// gateway's interface receives XDP frames without socket buffers, as from a NIC (the
+/// namespace routes the gateway's address through it, wrk's traffic included). For the
+/// reference run the flooder's frames are diverted into a dead end instead. The
+/// redirect work stays on the clients' CPU.
 struct Wire {
+    /// Holds the program attached (and its targets) while the bench runs.
     _program: aya::Ebpf,
-    /// Updated from inside the namespace (a devmap resolves ifindexes in the caller's).
-    targets: Option<aya::maps::DevMap<aya::maps::MapData>>,
-    namespace: String,
-    /// Ifindexes inside the namespace: the client veth, the dead end.
-    to_gateway: u32,
-    to_dead_end: u32,
+    divert: aya::maps::Array<aya::maps::MapData, u32>,
     gateway_mac: [u8; 6],
 }
 
 impl Wire {
     fn build(veth: &VethNamespace, object: &Path) -> Result<Self> {
+        let mac_text = std::fs::read_to_string(format!("/sys/class/net/{}/address", veth.outer))?;
+        let mut gateway_mac = [0u8; 6];
+        for (byte, part) in gateway_mac.iter_mut().zip(mac_text.trim().split(':')) {
+            *byte = u8::from_str_radix(part, 16)?;
+        }
+        let gateway = GATEWAY_ADDR.to_string();
+        let client = CLIENT_ADDR.to_string();
+        let mac = mac_text.trim().to_owned();
         for step in [
             vec![
                 "link", "add", WIRE_IN, "type", "veth", "peer", "name", WIRE_OUT,
@@ -95,6 +104,18 @@ impl Wire {
             vec!["link", "set", WIRE_OUT, "up"],
             vec!["link", "set", DEAD_END, "up"],
             vec!["link", "set", "gwdead1", "up"],
+            vec![
+                "neigh",
+                "replace",
+                &gateway,
+                "lladdr",
+                &mac,
+                "dev",
+                WIRE_IN,
+                "nud",
+                "permanent",
+            ],
+            vec!["route", "replace", &gateway, "dev", WIRE_IN, "src", &client],
         ] {
             let ok = Command::new("ip")
                 .args(["-n", &veth.namespace])
@@ -105,65 +126,74 @@ impl Wire {
                 bail!("ip -n {} {step:?} failed", veth.namespace);
             }
         }
+        // Checksums are filled in by the sender: an XDP frame carries no "to be completed
+        // by the hardware" mark.
+        let ok = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &veth.namespace,
+                "ethtool",
+                "-K",
+                WIRE_IN,
+                "tx",
+                "off",
+            ])
+            .output()?
+            .status
+            .success();
+        if !ok {
+            bail!("cannot turn checksum offload off on {WIRE_IN}");
+        }
         let bytes = std::fs::read(object)
             .with_context(|| format!("read the bench-wire object {}", object.display()))?;
         let inner = veth.inner.clone();
-        let (program, to_gateway, to_dead_end) = veth
-            .run_inside(move || -> Result<(aya::Ebpf, u32, u32)> {
-                let index = |name: &str| -> Result<u32> {
-                    let c = std::ffi::CString::new(name)?;
-                    // SAFETY: a valid NUL-terminated name.
-                    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-                        0 => bail!("no interface {name} in the namespace"),
-                        i => Ok(i),
-                    }
-                };
-                let mut ebpf = aya::Ebpf::load(&bytes)?;
-                let program: &mut aya::programs::Xdp = ebpf
-                    .program_mut("bench_wire")
-                    .context("bench_wire program")?
-                    .try_into()?;
-                program.load()?;
-                program.attach(WIRE_OUT, aya::programs::XdpMode::Driver)?;
-                Ok((ebpf, index(&inner)?, index(DEAD_END)?))
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the wire setup thread panicked"))??;
+        let program = run_in_namespace(&veth.namespace, move || -> Result<aya::Ebpf> {
+            let index = |name: &str| -> Result<u32> {
+                let c = std::ffi::CString::new(name)?;
+                // SAFETY: a valid NUL-terminated name.
+                match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+                    0 => bail!("no interface {name} in the namespace"),
+                    i => Ok(i),
+                }
+            };
+            let mut ebpf = aya::Ebpf::load(&bytes)?;
+            {
+                let mut targets = aya::maps::DevMap::try_from(
+                    ebpf.map_mut("WIRE_TARGETS").context("WIRE_TARGETS map")?,
+                )?;
+                targets.set(0, index(&inner)?, None, 0)?;
+                targets.set(1, index(DEAD_END)?, None, 0)?;
+            }
+            let program: &mut aya::programs::Xdp = ebpf
+                .program_mut("bench_wire")
+                .context("bench_wire program")?
+                .try_into()?;
+            program.load()?;
+            program.attach(WIRE_OUT, aya::programs::XdpMode::Driver)?;
+            Ok(ebpf)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the wire setup thread panicked"))??;
         let mut program = program;
-        let targets = aya::maps::DevMap::try_from(
-            program.take_map("WIRE_TARGET").context("WIRE_TARGET map")?,
+        let divert = aya::maps::Array::try_from(
+            program.take_map("WIRE_DIVERT").context("WIRE_DIVERT map")?,
         )?;
-        let mac_text = std::fs::read_to_string(format!("/sys/class/net/{}/address", veth.outer))?;
-        let mut gateway_mac = [0u8; 6];
-        for (byte, part) in gateway_mac.iter_mut().zip(mac_text.trim().split(':')) {
-            *byte = u8::from_str_radix(part, 16)?;
-        }
         Ok(Self {
             _program: program,
-            targets: Some(targets),
-            namespace: veth.namespace.clone(),
-            to_gateway,
-            to_dead_end,
+            divert,
             gateway_mac,
         })
     }
 
-    /// Frames from now on go to the gateway (or into the dead end).
+    /// The flooder's frames from now on go to the gateway (or into the dead end).
     fn deliver(&mut self, to_gateway: bool) -> Result<()> {
-        let target = if to_gateway {
-            self.to_gateway
+        let divert = if to_gateway {
+            0
         } else {
-            self.to_dead_end
+            u32::from_ne_bytes(FLOODER.octets())
         };
-        let mut targets = self.targets.take().context("wire map")?;
-        let (targets, result) = run_in_namespace(&self.namespace, move || {
-            let result = targets.set(0, target, None, 0);
-            (targets, result)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the wire update thread panicked"))?;
-        self.targets = Some(targets);
-        result?;
+        self.divert.set(0, divert, 0)?;
         Ok(())
     }
 }
@@ -274,6 +304,15 @@ fn receive_on_cpu0(device: &str) -> Result<()> {
     }
     std::fs::write(format!("/sys/class/net/{device}/threaded"), "1")
         .with_context(|| format!("threaded NAPI on {device}"))?;
+    // Interrupt coalescing, as a NIC does it: after a poll the NAPI instance stays armed
+    // and polls again 20 µs later instead of being woken (an IPI) by every burst.
+    std::fs::write(format!("/sys/class/net/{device}/napi_defer_hard_irqs"), "2")
+        .with_context(|| format!("napi_defer_hard_irqs on {device}"))?;
+    std::fs::write(
+        format!("/sys/class/net/{device}/gro_flush_timeout"),
+        "20000",
+    )
+    .with_context(|| format!("gro_flush_timeout on {device}"))?;
     let prefix = format!("napi/{device}-");
     let mut pinned = 0;
     for entry in std::fs::read_dir("/proc")?.flatten() {
@@ -317,6 +356,7 @@ fn pin_thread(tid: i32, cpu: usize) {
 
 fn measure(
     mode: Mode,
+    rate: u64,
     veth: &VethNamespace,
     wire: &mut Wire,
     dir: &Path,
@@ -361,7 +401,7 @@ fn measure(
                     wire.gateway_mac,
                     FLOODER,
                     SocketAddrV4::new(GATEWAY_ADDR, port),
-                    Some(args.flood_rate),
+                    Some(rate),
                     stop_flood.clone(),
                 )
             })
@@ -410,14 +450,42 @@ pub fn section(args: &BenchArgs, dir: &Path, wire_object: &Path) -> Result<Strin
         bail!("cannot route the flooder's address into the namespace");
     }
     let mut wire = Wire::build(&veth, wire_object)?;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\n#### XDP under a SYN flood (S10, veth, {} interleaved runs × {} s, median; 10,001-entry deny list; SYNs from a denied source; gateway, backend and packet receive on CPU 0; wrk and flooder on CPU 1)\n",
+        args.runs.min(3),
+        args.duration
+    )?;
+    writeln!(
+        out,
+        "| flood SYN/s | mode | legitimate req/s | kept | p99 ms | flood SYN/s sent |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
+    for rate in &args.flood_rate {
+        flood_rows(&mut out, *rate, &veth, &mut wire, dir, backend, args)?;
+    }
+    Ok(out)
+}
+
+/// Every mode at one flood rate, interleaved; one table row per mode.
+fn flood_rows(
+    out: &mut String,
+    rate: u64,
+    veth: &VethNamespace,
+    wire: &mut Wire,
+    dir: &Path,
+    backend: u16,
+    args: &BenchArgs,
+) -> Result<()> {
     let modes = [Mode::Baseline, Mode::Xdp, Mode::Nftables, Mode::Userspace];
     let runs = args.runs.min(3);
     let mut samples: Vec<Vec<Run>> = modes.iter().map(|_| Vec::new()).collect();
     for round in 0..runs {
         for (m, mode) in modes.iter().enumerate() {
-            let run = measure(*mode, &veth, &mut wire, dir, backend, args)?;
+            let run = measure(*mode, rate, veth, wire, dir, backend, args)?;
             eprintln!(
-                "S10 run {}/{runs} {:42} {:8.0} req/s p99 {:6.2} ms flood {:8.0} SYN/s",
+                "S10 {rate} SYN/s run {}/{runs} {:42} {:8.0} req/s p99 {:6.2} ms flood {:8.0} SYN/s",
                 round + 1,
                 mode.label(),
                 run.requests_per_sec,
@@ -428,24 +496,13 @@ pub fn section(args: &BenchArgs, dir: &Path, wire_object: &Path) -> Result<Strin
         }
     }
     let baseline = median(samples[0].iter().map(|r| r.requests_per_sec).collect()).0;
-    let mut out = String::new();
-    writeln!(
-        out,
-        "\n#### XDP under a SYN flood (S10, veth, {runs} interleaved runs × {} s, median; 10,001-entry deny list; {} SYN/s from a denied source; gateway, backend and packet receive on CPU 0; wrk and flooder on CPU 1)\n",
-        args.duration, args.flood_rate
-    )?;
-    writeln!(
-        out,
-        "| mode | legitimate req/s | kept | p99 ms | flood SYN/s sent |"
-    )?;
-    writeln!(out, "|---|---|---|---|---|")?;
     for (m, mode) in modes.iter().enumerate() {
         let rps = median(samples[m].iter().map(|r| r.requests_per_sec).collect()).0;
         let p99 = median(samples[m].iter().map(|r| r.p99_ms).collect()).0;
         let pps = median(samples[m].iter().map(|r| r.flood_pps).collect()).0;
         writeln!(
             out,
-            "| {} | {rps:.0} | {:.0}% | {p99:.2} | {} |",
+            "| {rate} | {} | {rps:.0} | {:.0}% | {p99:.2} | {} |",
             mode.label(),
             100.0 * rps / baseline,
             if *mode == Mode::Baseline {
@@ -455,5 +512,5 @@ pub fn section(args: &BenchArgs, dir: &Path, wire_object: &Path) -> Result<Strin
             }
         )?;
     }
-    Ok(out)
+    Ok(())
 }
