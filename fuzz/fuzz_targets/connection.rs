@@ -159,6 +159,7 @@ fuzz_target!(|data: &[u8]| {
             stream,
             "198.51.100.1:4000".parse().expect("addr"),
             0,
+            None,
         ));
     });
     let output = output.borrow();

@@ -528,3 +528,46 @@ fn first_der(pem: &[u8]) -> Vec<u8> {
         .as_ref()
         .to_vec()
 }
+
+/// Each access-log line of a TLS connection names its negotiated version.
+#[test]
+fn the_access_log_names_the_tls_version() {
+    let pki = TestPki::new();
+    let backend = Backend::start("tls-backend");
+    let (cert, key) = pki.issue("api", &["api.test"]);
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 1\n\n[[listeners]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ntls = {{ certificates = [ {{ cert = \"{}\", key = \"{}\" }} ] }}\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"all\"\nupstream = \"u\"\n\n[access_log]\npath = \"{}\"\nfields = [\"path\", \"scheme\", \"tls_version\"]\n",
+        cert.display(),
+        key.display(),
+        backend.addr,
+        log.path().display()
+    ));
+    for (version, path) in [
+        (&rustls::version::TLS13, "/thirteen"),
+        (&rustls::version::TLS12, "/twelve"),
+    ] {
+        https_get(gw.addr(), "api.test", pki.client_config(&[version]), path).expect("request");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(log.path()).expect("read log");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect();
+        if lines.len() >= 2 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        lines,
+        vec![
+            serde_json::json!({ "path": "/thirteen", "scheme": "https", "tls_version": "TLSv1.3" }),
+            serde_json::json!({ "path": "/twelve", "scheme": "https", "tls_version": "TLSv1.2" }),
+        ],
+        "{}",
+        gw.log()
+    );
+}

@@ -20,7 +20,7 @@ const FLUSH_AT: usize = 32 * 1024;
 const QUEUE: usize = 256;
 
 /// Every field, in the order lines carry them.
-pub const FIELDS: [&str; 16] = [
+pub const FIELDS: [&str; 17] = [
     "time",
     "request_id",
     "client",
@@ -37,6 +37,7 @@ pub const FIELDS: [&str; 16] = [
     "consumer",
     "scheme",
     "worker",
+    "tls_version",
 ];
 
 /// Where lines go.
@@ -79,6 +80,8 @@ pub struct Entry<'a> {
     pub consumer: Option<&'a str>,
     pub scheme: &'a str,
     pub worker: usize,
+    /// `TLSv1.3` or `TLSv1.2` on TLS connections.
+    pub tls_version: Option<&'static str>,
 }
 
 /// Starts the writer thread for `target`; the sender goes to every worker. At shutdown,
@@ -291,7 +294,11 @@ fn write_field(out: &mut Vec<u8>, bit: usize, e: &Entry<'_>) {
             None => out.extend_from_slice(b"null"),
         },
         14 => string(out, e.scheme.as_bytes()),
-        _ => number(out, e.worker as u64),
+        15 => number(out, e.worker as u64),
+        _ => match e.tls_version {
+            Some(version) => string(out, version.as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        },
     }
 }
 
@@ -319,6 +326,7 @@ mod tests {
             consumer: None,
             scheme: "https",
             worker: 1,
+            tls_version: Some("TLSv1.3"),
         };
         log.record(&entry, u32::MAX);
         log.record(&entry, 1 << 8 | 1 << 5);

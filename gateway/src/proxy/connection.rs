@@ -46,6 +46,8 @@ pub(super) struct Connection<S> {
     pub(super) peer: SocketAddr,
     /// `http` or `https`, for X-Forwarded-Proto.
     pub(super) proto: &'static str,
+    /// The TLS session's facts on a TLS listener.
+    pub(super) tls: Option<crate::tls::TlsInfo>,
     /// Header lines for the client's response to the current request: the listener's
     /// (HSTS), then what the policy phases add (rate-limit state, CORS, challenges).
     pub(super) reply_headers: Vec<u8>,
@@ -105,6 +107,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split>(
     stream: S,
     peer: SocketAddr,
     listener: usize,
+    tls: Option<crate::tls::TlsInfo>,
 ) {
     let snapshot = worker.snapshot();
     let mut conn = Connection {
@@ -115,6 +118,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split>(
         } else {
             "http"
         },
+        tls,
         reply_headers: snapshot.listener_headers[listener].clone(),
         upstream_headers: Vec::new(),
         query_buf: Vec::new(),
@@ -252,6 +256,7 @@ impl<S> Connection<S> {
                 .and_then(|c| snapshot.config.consumers.get(c))
                 .map(|c| c.name.as_str()),
             scheme: self.proto,
+            tls_version: self.tls.map(|t| t.version),
             worker: worker.id,
         };
         worker.log_request(&entry, log.fields);

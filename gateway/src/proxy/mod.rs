@@ -181,10 +181,7 @@ fn listener_tls(snapshot: &Snapshot) -> Result<Vec<Option<ListenerTls>>, TlsErro
         .map(|(resolver, listener)| match (resolver, &listener.tls) {
             (Some(resolver), Some(tls)) => {
                 let config = crate::tls::server_config(resolver.clone())?;
-                Ok(Some((
-                    monoio_rustls::TlsAcceptor::from(config),
-                    tls.handshake_timeout,
-                )))
+                Ok(Some((config, tls.handshake_timeout)))
             }
             _ => Ok(None),
         })
@@ -221,8 +218,9 @@ fn new_store(settings: crate::config::CacheSettings) -> crate::cache::Store {
     )
 }
 
-/// A TLS listener's acceptor on one worker and its handshake timeout.
-pub type ListenerTls = (monoio_rustls::TlsAcceptor, std::time::Duration);
+/// A TLS listener's server config on one worker (its own session cache) and its
+/// handshake timeout.
+pub type ListenerTls = (std::sync::Arc<rustls::ServerConfig>, std::time::Duration);
 
 /// One worker's state: the config snapshot it serves, its upstream pools and balancers,
 /// its TLS acceptors, its drain signal, its request-id generator. Owned by the worker

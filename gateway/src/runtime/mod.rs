@@ -797,13 +797,17 @@ async fn accept_loop(
                                 stream,
                                 peer,
                                 listener_index,
+                                None,
                             )))
                             .await
                         }
-                        Some((acceptor, timeout)) => {
+                        Some((config, timeout)) => {
                             // A stalled or broken handshake costs at most the timeout.
-                            let handshake =
-                                monoio::time::timeout(timeout, acceptor.accept(stream)).await;
+                            let handshake = monoio::time::timeout(
+                                timeout,
+                                crate::tls::TlsStream::accept(stream, config),
+                            )
+                            .await;
                             if let Some((_, ok, failed)) = &listener_metrics {
                                 match &handshake {
                                     Ok(Ok(_)) => ok.increment(1),
@@ -812,11 +816,13 @@ async fn accept_loop(
                             }
                             match handshake {
                                 Ok(Ok(tls_stream)) => {
+                                    let tls = crate::tls::TlsInfo::of(tls_stream.session());
                                     CatchUnwind(Box::pin(serve_connection(
                                         worker,
                                         tls_stream,
                                         peer,
                                         listener_index,
+                                        Some(tls),
                                     )))
                                     .await
                                 }

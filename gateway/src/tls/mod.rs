@@ -1,4 +1,4 @@
-//! TLS termination (rustls through monoio-rustls): certificates loaded and checked at
+//! TLS termination (rustls, driven by our own stream in [`stream`]): certificates loaded and checked at
 //! config time, an SNI resolver with exact and wildcard names and a default, and a
 //! server config per worker (each with its own bounded session cache; ticket keys are
 //! rotated by rustls' ticketer).
@@ -19,6 +19,30 @@ use rustls::{
     server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache},
     sign::CertifiedKey,
 };
+
+mod stream;
+
+pub use stream::TlsStream;
+
+/// What the request path keeps of a TLS session, taken once after the handshake.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2` (for the access log).
+    pub version: &'static str,
+}
+
+impl TlsInfo {
+    /// The facts of an established `session`.
+    pub fn of(session: &rustls::ServerConnection) -> Self {
+        Self {
+            version: match session.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLS",
+            },
+        }
+    }
+}
 
 /// Sessions each worker remembers for resumption by session id (TLS 1.2 and 1.3
 /// stateful); tickets need no server memory.

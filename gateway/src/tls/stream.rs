@@ -1,0 +1,231 @@
+//! The server side of a TLS connection on a worker: rustls driven directly over the
+//! connection's owned-buffer I/O. Ours rather than monoio-rustls' because the gateway
+//! needs the session after the handshake (protocol version for the access log, the
+//! verified client certificate for mTLS), which that crate does not expose.
+//!
+//! Raw bytes are read into one buffer and handed to rustls as it asks for them; what
+//! rustls produces is written out before any read waits, so a handshake flight, an alert
+//! or a key-update answer never sits in memory while the peer waits for it.
+
+use std::{
+    io::{self, Read as _, Write as _},
+    sync::Arc,
+};
+
+use monoio::{
+    BufResult,
+    buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut},
+    io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split},
+};
+use rustls::{ServerConfig, ServerConnection};
+
+/// Raw bytes read from the socket per read: one maximal TLS record and its header.
+const READ_BUFFER: usize = 16 * 1024 + 5;
+
+/// A server TLS stream: after [`TlsStream::accept`], plaintext in and out.
+pub struct TlsStream<IO> {
+    io: IO,
+    session: ServerConnection,
+    /// Raw bytes from the socket; `incoming[consumed..]` is not yet given to rustls.
+    incoming: Vec<u8>,
+    consumed: usize,
+    /// Encrypted bytes rustls produced, reused between writes.
+    outgoing: Vec<u8>,
+}
+
+impl<IO: AsyncReadRent + AsyncWriteRent> TlsStream<IO> {
+    /// Runs the server handshake on `io` with `config`.
+    pub async fn accept(io: IO, config: Arc<ServerConfig>) -> io::Result<Self> {
+        let session = ServerConnection::new(config).map_err(io::Error::other)?;
+        let mut stream = Self {
+            io,
+            session,
+            incoming: Vec::new(),
+            consumed: 0,
+            outgoing: Vec::new(),
+        };
+        while stream.session.is_handshaking() {
+            stream.write_tls().await?;
+            if !stream.session.is_handshaking() {
+                break;
+            }
+            if stream.receive().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        // The last flight (and session tickets) go out before the first read waits.
+        stream.write_tls().await?;
+        Ok(stream)
+    }
+
+    /// The rustls session: negotiated version, ALPN, the client's certificates.
+    pub fn session(&self) -> &ServerConnection {
+        &self.session
+    }
+
+    /// Writes everything rustls wants to send.
+    async fn write_tls(&mut self) -> io::Result<()> {
+        while self.session.wants_write() {
+            let mut out = std::mem::take(&mut self.outgoing);
+            out.clear();
+            self.session.write_tls(&mut out)?;
+            let (result, out) = self.io.write_all(out).await;
+            self.outgoing = out;
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Gives rustls more raw bytes (reading the socket when none are buffered) and lets
+    /// it process them; 0 at the end of the stream. A protocol error sends its alert.
+    async fn receive(&mut self) -> io::Result<usize> {
+        if self.consumed == self.incoming.len() {
+            let mut buf = std::mem::take(&mut self.incoming);
+            buf.clear();
+            buf.reserve(READ_BUFFER);
+            let (result, buf) = self.io.read(buf).await;
+            self.incoming = buf;
+            self.consumed = 0;
+            if result? == 0 {
+                // Tell rustls: a missing close_notify then reads as an unexpected EOF.
+                let _ = self.session.read_tls(&mut io::empty());
+                return Ok(0);
+            }
+        }
+        let taken = self
+            .session
+            .read_tls(&mut &self.incoming[self.consumed..])?;
+        if taken == 0 {
+            // Only asked when rustls wants bytes: taking none would loop forever.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS receive buffer full",
+            ));
+        }
+        self.consumed += taken;
+        if let Err(error) = self.session.process_new_packets() {
+            let _ = self.write_tls().await;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+        }
+        Ok(taken)
+    }
+
+    /// Copies available plaintext into `dst`; `None` when rustls needs more bytes.
+    fn plaintext(&mut self, dst: &mut [u8]) -> Option<io::Result<usize>> {
+        match self.session.reader().read(dst) {
+            Ok(n) => Some(Ok(n)),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => None,
+            // The peer closed without close_notify: an end of stream like any other;
+            // HTTP framing tells a truncated message apart.
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Some(Ok(0)),
+            Err(error) => Some(Err(error)),
+        }
+    }
+
+    async fn read_into(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        if dst.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some(result) = self.plaintext(dst) {
+                return result;
+            }
+            // Answers rustls owes the peer (key updates) go out before we wait.
+            self.write_tls().await?;
+            if self.receive().await? == 0 {
+                return self.plaintext(dst).unwrap_or(Ok(0));
+            }
+        }
+    }
+
+    async fn write_from(&mut self, src: &[u8]) -> io::Result<usize> {
+        let written = self.session.writer().write(src)?;
+        self.write_tls().await?;
+        Ok(written)
+    }
+}
+
+impl<IO: AsyncReadRent + AsyncWriteRent> AsyncReadRent for TlsStream<IO> {
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // SAFETY: the buffer's pointer and capacity describe writable memory it owns.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
+        match self.read_into(dst).await {
+            Ok(n) => {
+                // SAFETY: `n` bytes were just written at the start of the buffer.
+                unsafe { buf.set_init(n) };
+                (Ok(n), buf)
+            }
+            Err(error) => (Err(error), buf),
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // Plaintext goes into the first non-empty slice; the caller reads again for more.
+        let slices = buf.write_iovec_len();
+        let iovecs = buf.write_iovec_ptr();
+        for i in 0..slices {
+            // SAFETY: the buffer guarantees `slices` valid iovecs behind the pointer.
+            let iovec = unsafe { *iovecs.add(i) };
+            if iovec.iov_len == 0 {
+                continue;
+            }
+            // SAFETY: an iovec of the buffer describes writable memory it owns.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(iovec.iov_base.cast(), iovec.iov_len) };
+            return match self.read_into(dst).await {
+                Ok(n) => {
+                    // SAFETY: `n` bytes were written into the first slice.
+                    unsafe { buf.set_init(n) };
+                    (Ok(n), buf)
+                }
+                Err(error) => (Err(error), buf),
+            };
+        }
+        (Ok(0), buf)
+    }
+}
+
+impl<IO: AsyncReadRent + AsyncWriteRent> AsyncWriteRent for TlsStream<IO> {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: the buffer's pointer and initialized length describe readable memory.
+        let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let result = self.write_from(src).await;
+        (result, buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let mut written = 0;
+        for i in 0..buf.read_iovec_len() {
+            // SAFETY: the buffer guarantees that many valid iovecs behind the pointer.
+            let iovec = unsafe { *buf.read_iovec_ptr().add(i) };
+            // SAFETY: an iovec of the buffer describes readable memory it owns.
+            let src = unsafe { std::slice::from_raw_parts(iovec.iov_base.cast(), iovec.iov_len) };
+            match self.session.writer().write(src) {
+                Ok(n) => {
+                    written += n;
+                    if n < src.len() {
+                        break;
+                    }
+                }
+                Err(error) => return (Err(error), buf),
+            }
+        }
+        let result = self.write_tls().await.map(|()| written);
+        (result, buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.write_tls().await?;
+        self.io.flush().await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.session.send_close_notify();
+        self.write_tls().await?;
+        self.io.shutdown().await
+    }
+}
+
+// SAFETY: as for monoio's own streams: the halves of a split stream are driven by one
+// thread, and no borrow of the session is held across an await.
+unsafe impl<IO: Split> Split for TlsStream<IO> {}
