@@ -69,6 +69,64 @@ impl TestPki {
         (cert_path, key_path)
     }
 
+    /// A client certificate (clientAuth) for `common_name` with a `uri` subjectAltName.
+    pub fn issue_client(&self, stem: &str, common_name: &str, uri: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Acme");
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from(uri).expect("URI"),
+        )];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).expect("sign client cert");
+        let cert_path = self.dir.path().join(format!("{stem}.crt"));
+        let key_path = self.dir.path().join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (cert_path, key_path)
+    }
+
+    /// The CA certificate as a PEM file (for `client_ca`).
+    pub fn ca_file(&self) -> PathBuf {
+        let path = self.dir.path().join("ca.pem");
+        std::fs::write(&path, &self.ca_pem).expect("write CA");
+        path
+    }
+
+    /// Like [`TestPki::client_config`], presenting the client certificate `cert`/`key`
+    /// (which may come from another CA).
+    pub fn client_config_with_cert(
+        &self,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Arc<ClientConfig> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(self.ca_der.clone()))
+            .expect("trust CA");
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .expect("cert file")
+            .map(|c| c.expect("cert"))
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(key).expect("key file");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("client cert");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
     /// The CA certificate in PEM, for configs that trust it.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
@@ -148,6 +206,31 @@ impl rustls::client::danger::ServerCertVerifier for RecordOcsp {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.1.supported_verify_schemes()
     }
+}
+
+/// Connects with TLS, sends `request` (which should ask for `connection: close`) and
+/// reads to the end; an error when the handshake, the write or the read fails (a
+/// refused client certificate shows up as an alert on the first read in TLS 1.3).
+pub fn https_request(
+    addr: SocketAddr,
+    server_name: &str,
+    config: Arc<ClientConfig>,
+    request: &str,
+) -> Result<Response, String> {
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
+    let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    tls.write_all(request.as_bytes())
+        .map_err(|e| format!("handshake or write failed: {e}"))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut tls, &mut bytes).map_err(|e| format!("read failed: {e}"))?;
+    if bytes.is_empty() {
+        return Err("closed without a response".into());
+    }
+    Ok(read_response(&mut std::io::Cursor::new(bytes), false))
 }
 
 /// Connects to `addr` with TLS (SNI `server_name`) and sends one GET.

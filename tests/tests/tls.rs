@@ -9,7 +9,7 @@ use std::{
 use gateway_tests::{
     Backend, Gateway, client,
     gateway::{run_cli, write_config},
-    tls::{TestPki, https_get},
+    tls::{TestPki, https_get, https_request},
 };
 
 /// DNS names in a DER certificate's subjectAltName.
@@ -570,4 +570,154 @@ fn the_access_log_names_the_tls_version() {
         "{}",
         gw.log()
     );
+}
+
+/// A gateway whose TLS listener asks for client certificates (`client_auth`), with a
+/// route only a client whose certificate names `spiffe://acme/billing` may reach.
+fn mtls_gateway(pki: &TestPki, backend: &Backend, client_auth: &str) -> Gateway {
+    let (cert, key) = pki.issue("api", &["api.test"]);
+    Gateway::start(&format!(
+        "[gateway]\nworkers = 1\n\n[[listeners]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ntls = {{ certificates = [ {{ cert = \"{}\", key = \"{}\" }} ], client_auth = \"{client_auth}\", client_ca = \"{}\" }}\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"billing\"\npath_prefix = \"/billing\"\nupstream = \"u\"\nclient_cert = [ {{ name = \"san\", value = \"URI:spiffe://acme/billing\" }} ]\n\n[[routes]]\nname = \"billing-refused\"\npath_prefix = \"/billing\"\nupstream = \"u\"\nrequest_headers = {{ set = {{ \"x-refused\" = \"yes\" }} }}\n\n[[routes]]\nname = \"all\"\nupstream = \"u\"\n",
+        cert.display(),
+        key.display(),
+        pki.ca_file().display(),
+        backend.addr
+    ))
+}
+
+/// mTLS required: a client with a certificate from the CA is served and its identity
+/// reaches the backend (client-sent look-alike headers are dropped); a client without
+/// one, or with one from another CA, fails the handshake.
+#[test]
+fn mtls_required_admits_verified_clients_and_forwards_their_identity() {
+    let pki = TestPki::new();
+    let backend = Backend::start("tls-backend");
+    let gw = mtls_gateway(&pki, &backend, "required");
+    let (cert, key) = pki.issue_client("billing", "svc-billing", "spiffe://acme/billing");
+    let get = "GET /whoami HTTP/1.1\r\nHost: api.test\r\nX-Client-Cert-Subject: CN=admin\r\nConnection: close\r\n\r\n";
+    let echo = https_request(
+        gw.addr(),
+        "api.test",
+        pki.client_config_with_cert(&cert, &key),
+        get,
+    )
+    .expect("a verified client is served")
+    .json();
+    let headers = echo["headers"].to_string();
+    assert!(
+        headers.contains(r#"["x-client-cert-subject","CN=svc-billing, O=Acme"]"#),
+        "{headers}"
+    );
+    assert!(
+        headers.contains(r#"["x-client-cert-san","URI:spiffe://acme/billing"]"#),
+        "{headers}"
+    );
+    assert!(
+        !headers.contains("CN=admin"),
+        "a spoofed header got through: {headers}"
+    );
+
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let anonymous = https_request(gw.addr(), "api.test", pki.client_config(&[version]), get);
+        assert!(
+            anonymous.is_err(),
+            "{version:?}: served without a client certificate"
+        );
+    }
+    // A certificate from another CA (the client itself trusts the gateway's CA).
+    let other = TestPki::new();
+    let (cert, key) = other.issue_client("stranger", "svc-x", "spiffe://evil/x");
+    let stranger = pki.client_config_with_cert(&cert, &key);
+    let refused = https_request(gw.addr(), "api.test", stranger, get);
+    assert!(
+        refused.is_err(),
+        "served with a certificate from another CA"
+    );
+    assert!(gw.log().contains("starting workers"), "still running");
+}
+
+/// mTLS optional: clients without a certificate are served too; routes tell them apart
+/// by the certificate's subjectAltName.
+#[test]
+fn mtls_optional_serves_both_and_routes_on_the_certificate() {
+    let pki = TestPki::new();
+    let backend = Backend::start("tls-backend");
+    let gw = mtls_gateway(&pki, &backend, "optional");
+    let (cert, key) = pki.issue_client("billing", "svc-billing", "spiffe://acme/billing");
+    let with_cert = https_get(
+        gw.addr(),
+        "api.test",
+        pki.client_config_with_cert(&cert, &key),
+        "/billing/x",
+    )
+    .expect("with a certificate");
+    let headers = with_cert.response.json()["headers"].to_string();
+    assert!(!headers.contains("x-refused"), "{headers}");
+    assert!(headers.contains("spiffe://acme/billing"), "{headers}");
+    let without = https_get(
+        gw.addr(),
+        "api.test",
+        pki.client_config(&[&rustls::version::TLS13]),
+        "/billing/x",
+    )
+    .expect("without a certificate");
+    let headers = without.response.json()["headers"].to_string();
+    assert!(headers.contains(r#"["x-refused","yes"]"#), "{headers}");
+    assert!(!headers.contains("x-client-cert"), "{headers}");
+}
+
+/// mTLS settings are checked like certificates: a missing CA bundle, a CA without
+/// client_auth and an unknown condition name are config errors naming their key.
+#[test]
+fn bad_client_auth_settings_are_config_errors() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.issue("ok", &["ok.test"]);
+    let ca = pki.ca_file();
+    let missing = pki.dir.path().join("missing-ca.pem");
+    for (tls_extra, route_extra, field, needle) in [
+        (
+            "client_auth = \"required\"".to_owned(),
+            "",
+            "listeners[0].tls.client_ca",
+            "needs client_ca",
+        ),
+        (
+            format!("client_ca = \"{}\"", ca.display()),
+            "",
+            "listeners[0].tls.client_ca",
+            "without client_auth",
+        ),
+        (
+            format!(
+                "client_auth = \"optional\", client_ca = \"{}\"",
+                missing.display()
+            ),
+            "",
+            "listeners[0].tls.client_ca",
+            "cannot read",
+        ),
+        (
+            format!(
+                "client_auth = \"optional\", client_ca = \"{}\"",
+                ca.display()
+            ),
+            "client_cert = [ { name = \"issuer\", value = \"x\" } ]",
+            "routes[0].client_cert[0].name",
+            "\"subject\" or \"san\"",
+        ),
+    ] {
+        let file = write_config(&format!(
+            "[[listeners]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\", {tls_extra} }}\n\n[[upstreams]]\nname = \"u\"\ntargets = [ {{ addr = \"127.0.0.1:9\" }} ]\n\n[[routes]]\nname = \"r\"\nupstream = \"u\"\n{route_extra}\n",
+            cert.display(),
+            key.display()
+        ));
+        let path = file.path().to_str().expect("utf8");
+        let (status, _, stderr) = run_cli(&["check", "--config", path]);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(": {field}: ")),
+            "expected {field}: {stderr}"
+        );
+        assert!(stderr.contains(needle), "expected {needle:?}: {stderr}");
+    }
 }

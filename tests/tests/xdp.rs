@@ -561,10 +561,18 @@ fn edge_policy_table_through_bpf_prog_test_run() {
         assert_eq!(deltas, vec![(counted, 1)], "{name}: verdict counters");
     }
 
-    // SYN guard: burst 3 at 10 per second, per source.
+    // SYN guard: burst 3 at 2 per second, per source (slow enough that a loaded machine
+    // cannot earn a token between two runs). Buckets are per CPU and a test
+    // run executes on the caller's CPU: stay on one, or a migration finds a full bucket.
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
     let mut program = XdpProgram::load_from(&object).expect("load");
     program
-        .sync_policy(&edge_policy(&[], &[], Some((10, 3))), &listeners)
+        .sync_policy(&edge_policy(&[], &[], Some((2, 3))), &listeners)
         .expect("apply");
     let syn_from =
         |src: [u8; 4]| cat(&[eth(0x0800), ipv4_from(src, 6, 0, 0), tcp_to(LISTENER, syn)]);
@@ -595,7 +603,7 @@ fn edge_policy_table_through_bpf_prog_test_run() {
         XDP_PASS,
         "another source has its own budget"
     );
-    std::thread::sleep(Duration::from_millis(150));
+    std::thread::sleep(Duration::from_millis(600));
     assert_eq!(
         run_counted(&mut program, &syn_from(other_v4)).0,
         XDP_PASS,
@@ -604,7 +612,7 @@ fn edge_policy_table_through_bpf_prog_test_run() {
     assert_eq!(
         run_counted(&mut program, &syn_from(other_v4)).0,
         XDP_DROP,
-        "one token per 100 ms"
+        "one token per 500 ms"
     );
 
     // Cost per packet, for the record (the bench reports it; no assertion on time).

@@ -148,6 +148,8 @@ pub struct TlsListenerConfig {
     pub handshake_timeout: Duration,
     /// `Strict-Transport-Security` header value, when enabled.
     pub hsts: Option<String>,
+    /// Client certificates asked for (mTLS); `None`: not asked.
+    pub client_auth: Option<crate::tls::ClientAuth>,
 }
 
 /// `[[upstreams]]`.
@@ -411,6 +413,8 @@ pub struct RouteConfig {
     pub methods: Vec<String>,
     pub headers: Vec<ValueMatch>,
     pub query: Vec<ValueMatch>,
+    /// Conditions on the connection's verified client certificate (`subject`, `san`).
+    pub client_cert: Vec<ValueMatch>,
     /// `Some(true)`: WebSocket handshakes only; `Some(false)`: never them.
     pub websocket: Option<bool>,
     /// The API version the route serves, and how it reaches the upstream.

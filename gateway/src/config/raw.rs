@@ -186,6 +186,20 @@ pub struct RawTls {
     /// Add `includeSubDomains` to the HSTS header.
     #[serde(default)]
     pub hsts_include_subdomains: bool,
+    /// Client certificates (mTLS): `none`, `optional` or `required`.
+    #[serde(default = "defaults::client_auth")]
+    pub client_auth: RawClientAuth,
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub client_ca: Option<String>,
+}
+
+/// `[listeners.tls] client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawClientAuth {
+    None,
+    Optional,
+    Required,
 }
 
 /// One certificate and key of a TLS listener.
@@ -347,6 +361,9 @@ pub struct RawRoute {
     pub headers: Vec<RawMatcher>,
     #[serde(default)]
     pub query: Vec<RawMatcher>,
+    /// Conditions on the verified client certificate: name `subject` or `san`.
+    #[serde(default)]
+    pub client_cert: Vec<RawMatcher>,
     pub upstream: String,
     #[serde(default)]
     pub strip_prefix: bool,
@@ -823,6 +840,9 @@ pub mod defaults {
     }
     pub fn xdp_on_exit() -> RawXdpOnExit {
         RawXdpOnExit::Detach
+    }
+    pub fn client_auth() -> super::RawClientAuth {
+        super::RawClientAuth::None
     }
     pub fn rate_limit_keys() -> usize {
         65_536

@@ -9,7 +9,7 @@ use std::{
 use super::{
     Config, EdgePolicyConfig, GatewaySettings, Limits, ListenerConfig, Locator, Problem,
     SynGuardConfig, TlsListenerConfig, XdpConfig, XdpMode, XdpOnExit,
-    raw::{RawConfig, RawTls, RawXdp, RawXdpMode, RawXdpOnExit},
+    raw::{RawClientAuth, RawConfig, RawTls, RawXdp, RawXdpMode, RawXdpOnExit},
     validate_policy::{validate_auth, validate_consumers, validate_route_policy},
     validate_route::{validate_route, validate_upstream},
 };
@@ -432,11 +432,39 @@ fn validate_tls(
         };
         format!("max-age={}{sub}", age.as_secs())
     });
+    let client_auth = match (raw.client_auth, raw.client_ca.as_deref()) {
+        (RawClientAuth::None, None) => None,
+        (RawClientAuth::None, Some(_)) => {
+            problems.push(
+                format!("{key}.tls.client_ca"),
+                "client_ca without client_auth = \"optional\" or \"required\"",
+            );
+            None
+        }
+        (_, None) => {
+            problems.push(
+                format!("{key}.tls.client_ca"),
+                "client_auth needs client_ca: the CAs client certificates must chain to",
+            );
+            None
+        }
+        (mode, Some(ca)) => match crate::tls::load_roots(&base.join(ca)) {
+            Ok(roots) => Some(crate::tls::ClientAuth {
+                required: mode == RawClientAuth::Required,
+                roots: std::sync::Arc::new(roots),
+            }),
+            Err(error) => {
+                problems.push(format!("{key}.tls.client_ca"), error.to_string());
+                None
+            }
+        },
+    };
     Some(TlsListenerConfig {
         certificates,
         sni_required: raw.sni_required,
         handshake_timeout: raw.handshake_timeout,
         hsts,
+        client_auth,
     })
 }
 

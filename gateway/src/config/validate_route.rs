@@ -269,6 +269,23 @@ pub(super) fn validate_route(
     }
     let headers = validate_matchers(&format!("{key}.headers"), &r.headers, true, problems);
     let query = validate_matchers(&format!("{key}.query"), &r.query, false, problems);
+    let client_cert = validate_matchers(
+        &format!("{key}.client_cert"),
+        &r.client_cert,
+        false,
+        problems,
+    );
+    for (i, m) in client_cert.iter().enumerate() {
+        if m.name != "subject" && m.name != "san" {
+            problems.push(
+                format!("{key}.client_cert[{i}].name"),
+                format!(
+                    "{:?}: a client_cert condition names \"subject\" or \"san\"",
+                    m.name
+                ),
+            );
+        }
+    }
 
     if r.strip_prefix && r.path_prefix.is_none() {
         problems.push(
@@ -295,6 +312,7 @@ pub(super) fn validate_route(
         methods,
         headers,
         query,
+        client_cert,
         websocket: r.websocket,
         version: super::validate_traffic::validate_version(&key, r, problems),
         upstream: upstream?,

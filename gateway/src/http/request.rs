@@ -21,6 +21,8 @@ pub enum RequestBody {
 /// A parsed, validated request head. Reused across the requests of a connection.
 #[derive(Debug, Default)]
 pub struct RequestHead {
+    /// The verified client certificate of the connection (mTLS), for route conditions.
+    pub client_cert: Option<std::rc::Rc<crate::tls::ClientIdentity>>,
     pub fields: Fields,
     method: (u32, u32),
     /// `HTTP/1.x` minor version.
@@ -260,12 +262,20 @@ impl RequestHead {
     }
 }
 
+/// The verified client certificate's subject, as the gateway forwards it.
+pub const CLIENT_CERT_SUBJECT_HEADER: &[u8] = b"x-client-cert-subject";
+/// Its subjectAltName entries, comma-separated (`URI:…, DNS:…`).
+pub const CLIENT_CERT_SAN_HEADER: &[u8] = b"x-client-cert-san";
+
+/// Headers only the gateway writes: what a client sends under these names is dropped.
 fn is_forwarding_header(name: &[u8]) -> bool {
     [
         &b"x-forwarded-for"[..],
         b"x-forwarded-proto",
         b"x-forwarded-host",
         b"forwarded",
+        CLIENT_CERT_SUBJECT_HEADER,
+        CLIENT_CERT_SAN_HEADER,
     ]
     .iter()
     .any(|n| n.eq_ignore_ascii_case(name))

@@ -168,6 +168,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split>(
                 if status >= 400 {
                     worker.count_rejection(conn.client_ip, peer.ip(), status);
                 }
+                conn.close().await;
                 return;
             }
         }
@@ -200,12 +201,25 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split>(
         // A source that just got banned loses this connection too.
         let banned = status >= 400 && worker.count_rejection(conn.client_ip, peer.ip(), status);
         if !keep_going || banned {
+            conn.close().await;
             return;
         }
         conn.rbuf.shrink_if_idle();
         // An idle client connection keeps no upstream buffer: it goes back to the worker.
         if let Some(buffer) = conn.upstream_buf.release() {
             worker.return_buffer(buffer);
+        }
+    }
+}
+
+impl<S: AsyncWriteRent> Connection<S> {
+    /// Ends a connection the gateway closes: a TLS client gets `close_notify` first (so
+    /// it can tell the end of a close-delimited response from a cut), bounded in time.
+    async fn close(&mut self) {
+        if self.tls.is_some() {
+            let _ =
+                monoio::time::timeout(std::time::Duration::from_secs(1), self.stream.shutdown())
+                    .await;
         }
     }
 }
@@ -256,7 +270,7 @@ impl<S> Connection<S> {
                 .and_then(|c| snapshot.config.consumers.get(c))
                 .map(|c| c.name.as_str()),
             scheme: self.proto,
-            tls_version: self.tls.map(|t| t.version),
+            tls_version: self.tls.as_ref().map(|t| t.version),
             worker: worker.id,
         };
         worker.log_request(&entry, log.fields);
@@ -381,6 +395,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 .answer_redirect(port, limits, worker.drain.is_draining())
                 .await;
         }
+        self.head.client_cert = self.tls.as_ref().and_then(|t| t.client.clone());
         let result = match snapshot.router.find(&self.head) {
             None => Err(ProxyError::NoRoute),
             Some(_) if matches!(self.head.body, RequestBody::Length(n) if n > limits.max_body_size) => {

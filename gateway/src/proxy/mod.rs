@@ -180,7 +180,7 @@ fn listener_tls(snapshot: &Snapshot) -> Result<Vec<Option<ListenerTls>>, TlsErro
         .zip(&snapshot.config.listeners)
         .map(|(resolver, listener)| match (resolver, &listener.tls) {
             (Some(resolver), Some(tls)) => {
-                let config = crate::tls::server_config(resolver.clone())?;
+                let config = crate::tls::server_config(resolver.clone(), tls.client_auth.as_ref())?;
                 Ok(Some((config, tls.handshake_timeout)))
             }
             _ => Ok(None),

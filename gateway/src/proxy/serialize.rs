@@ -105,6 +105,22 @@ pub fn request_head(
     }
     via_line(out, req.version_minor, fwd.via);
     header(out, b"x-request-id", fwd.request_id);
+    if let Some(cert) = &req.client_cert {
+        use crate::http::request::{CLIENT_CERT_SAN_HEADER, CLIENT_CERT_SUBJECT_HEADER};
+        // Certificate text is printable ASCII (x509-parser escapes the rest).
+        header(out, CLIENT_CERT_SUBJECT_HEADER, cert.subject.as_bytes());
+        if !cert.san.is_empty() {
+            out.extend_from_slice(CLIENT_CERT_SAN_HEADER);
+            out.extend_from_slice(b": ");
+            for (i, name) in cert.san.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(name.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     out.extend_from_slice(fwd.extra);
     if req.websocket {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");

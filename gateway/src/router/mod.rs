@@ -231,6 +231,7 @@ fn condition_count(route: &RouteConfig) -> usize {
         + usize::from(route.version.is_some())
         + route.headers.len()
         + route.query.len()
+        + route.client_cert.len()
 }
 
 /// Prefix match at a segment boundary: `/api` matches `/api` and `/api/x`, not `/apix`.
@@ -248,6 +249,10 @@ fn conditions_hold(route: &RouteConfig, req: &RequestHead) -> bool {
             .is_none_or(|v| version::matches(v, req))
         && route.headers.iter().all(|m| header_holds(m, req))
         && route
+            .client_cert
+            .iter()
+            .all(|m| client_cert_holds(m, req.client_cert.as_deref()))
+        && route
             .query
             .iter()
             .all(|m| query_holds(m, req.query().unwrap_or_default()))
@@ -259,6 +264,21 @@ fn header_holds(matcher: &ValueMatch, req: &RequestHead) -> bool {
         ValueCondition::Present(want) => values.next().is_some() == *want,
         ValueCondition::Exact(v) => values.any(|value| value == v.as_bytes()),
         ValueCondition::Regex(re) => values.any(|value| re.is_match(value)),
+    }
+}
+
+/// A `client_cert` condition: `subject` is the certificate's subject DN, `san` any of its
+/// subjectAltName entries (`URI:…`, `DNS:…`); `present = false` requires no certificate.
+fn client_cert_holds(matcher: &ValueMatch, cert: Option<&crate::tls::ClientIdentity>) -> bool {
+    let values: Vec<&str> = match cert {
+        None => Vec::new(),
+        Some(cert) if matcher.name == "subject" => vec![cert.subject.as_str()],
+        Some(cert) => cert.san.iter().map(String::as_str).collect(),
+    };
+    match &matcher.condition {
+        ValueCondition::Present(want) => cert.is_some() == *want,
+        ValueCondition::Exact(v) => values.iter().any(|value| value == v),
+        ValueCondition::Regex(re) => values.iter().any(|value| re.is_match(value.as_bytes())),
     }
 }
 

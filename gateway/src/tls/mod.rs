@@ -9,6 +9,7 @@ use std::{
     collections::HashMap,
     fmt,
     path::{Path, PathBuf},
+    rc::Rc,
     sync::Arc,
 };
 
@@ -25,10 +26,57 @@ mod stream;
 pub use stream::TlsStream;
 
 /// What the request path keeps of a TLS session, taken once after the handshake.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TlsInfo {
     /// `TLSv1.3` or `TLSv1.2` (for the access log).
     pub version: &'static str,
+    /// The client certificate rustls verified (mTLS), if the client sent one.
+    pub client: Option<Rc<ClientIdentity>>,
+}
+
+/// The verified client certificate's identity, as forwarded to upstreams and matched by
+/// routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The subject distinguished name (RFC 4514 order, e.g. `CN=svc-a,O=Acme`).
+    pub subject: String,
+    /// The subjectAltName entries: `DNS:…`, `URI:…`, `email:…`, `IP:…`.
+    pub san: Vec<String>,
+}
+
+impl ClientIdentity {
+    /// The identity in a DER certificate (already verified by rustls).
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let mut san = Vec::new();
+        if let Ok(Some(ext)) = cert.subject_alternative_name() {
+            for name in &ext.value.general_names {
+                match name {
+                    GeneralName::DNSName(dns) => san.push(format!("DNS:{dns}")),
+                    GeneralName::URI(uri) => san.push(format!("URI:{uri}")),
+                    GeneralName::RFC822Name(mail) => san.push(format!("email:{mail}")),
+                    GeneralName::IPAddress(bytes) => {
+                        let ip = match bytes.len() {
+                            4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                            16 => <[u8; 16]>::try_from(*bytes)
+                                .ok()
+                                .map(std::net::IpAddr::from),
+                            _ => None,
+                        };
+                        if let Some(ip) = ip {
+                            san.push(format!("IP:{ip}"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(Self {
+            subject: cert.subject().to_string(),
+            san,
+        })
+    }
 }
 
 impl TlsInfo {
@@ -40,6 +88,11 @@ impl TlsInfo {
                 Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
                 _ => "TLS",
             },
+            client: session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| ClientIdentity::from_der(leaf))
+                .map(Rc::new),
         }
     }
 }
@@ -68,6 +121,8 @@ pub enum TlsError {
     KeyMismatch { key: PathBuf, detail: String },
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("client certificate verification cannot be set up: {0}")]
+    ClientAuth(String),
 }
 
 /// A certificate chain with its key, ready to serve, and the names it is valid for.
@@ -223,13 +278,45 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// A worker's server config for a listener: its own session cache, shared resolver.
-pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<ServerConfig>, TlsError> {
+/// Client certificates a listener asks for (mTLS).
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// `required`: a handshake without a valid certificate fails; `optional`: one is
+    /// asked for and verified when sent.
+    pub required: bool,
+    /// The CAs client certificates must chain to.
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+/// A worker's server config for a listener: its own session cache, shared resolver,
+/// and a client-certificate verifier when the listener asks for one.
+pub fn server_config(
+    resolver: Arc<SniResolver>,
+    client_auth: Option<&ClientAuth>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(aws_lc_rs::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                auth.roots.clone(),
+                provider,
+            );
+            let verifier = if auth.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|e| TlsError::ClientAuth(e.to_string()))?,
+            )
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_PER_WORKER);
     config.ticketer = aws_lc_rs::Ticketer::new()?;
@@ -256,6 +343,32 @@ impl fmt::Debug for UpstreamTls {
     }
 }
 
+/// The certificates of a PEM bundle as trust anchors; an empty or broken bundle is an
+/// error naming the file.
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| TlsError::BadCertificate {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        roots.add(cert).map_err(|e| TlsError::BadCertificate {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(roots)
+}
+
 /// A client config trusting `ca_file` (PEM bundle), or the system roots without one;
 /// `insecure_skip_verify` accepts any certificate (labs only; the caller logs it loudly).
 pub fn client_config(
@@ -273,27 +386,7 @@ pub fn client_config(
     } else {
         let mut roots = rustls::RootCertStore::empty();
         match ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                for cert in CertificateDer::pem_slice_iter(&pem) {
-                    let cert = cert.map_err(|e| TlsError::BadCertificate {
-                        path: path.to_owned(),
-                        detail: e.to_string(),
-                    })?;
-                    roots.add(cert).map_err(|e| TlsError::BadCertificate {
-                        path: path.to_owned(),
-                        detail: e.to_string(),
-                    })?;
-                }
-                if roots.is_empty() {
-                    return Err(TlsError::NoCertificate {
-                        path: path.to_owned(),
-                    });
-                }
-            }
+            Some(path) => roots = load_roots(path)?,
             None => {
                 for cert in rustls_native_certs::load_native_certs().certs {
                     // A broken system certificate is skipped, not fatal.
