@@ -208,6 +208,21 @@ impl rustls::client::danger::ServerCertVerifier for RecordOcsp {
     }
 }
 
+/// A TLS client connection to `addr` with SNI `server_name` (the handshake runs on the
+/// first write), reads timing out after 10 s.
+fn tls_client(
+    addr: SocketAddr,
+    server_name: &str,
+    config: Arc<ClientConfig>,
+) -> Result<StreamOwned<ClientConnection, TcpStream>, String> {
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
+    let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    Ok(StreamOwned::new(conn, tcp))
+}
+
 /// Connects with TLS, sends `request` (which should ask for `connection: close`) and
 /// reads to the end; an error when the handshake, the write or the read fails (a
 /// refused client certificate shows up as an alert on the first read in TLS 1.3).
@@ -217,12 +232,7 @@ pub fn https_request(
     config: Arc<ClientConfig>,
     request: &str,
 ) -> Result<Response, String> {
-    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
-    let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
-    let mut tls = StreamOwned::new(conn, tcp);
+    let mut tls = tls_client(addr, server_name, config)?;
     tls.write_all(request.as_bytes())
         .map_err(|e| format!("handshake or write failed: {e}"))?;
     let mut bytes = Vec::new();
@@ -240,12 +250,7 @@ pub fn https_get(
     config: Arc<ClientConfig>,
     path: &str,
 ) -> Result<TlsExchange, String> {
-    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
-    let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
-    let mut tls = StreamOwned::new(conn, tcp);
+    let mut tls = tls_client(addr, server_name, config)?;
     tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\n\r\n").as_bytes())
         .map_err(|e| format!("handshake or write failed: {e}"))?;
     let response = read_response(&mut tls, false);

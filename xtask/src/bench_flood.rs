@@ -354,15 +354,22 @@ fn pin_thread(tid: i32, cpu: usize) {
     }
 }
 
-fn measure(
-    mode: Mode,
-    rate: u64,
-    veth: &VethNamespace,
-    wire: &mut Wire,
-    dir: &Path,
+/// What every run shares: the namespace, the wire, the work folder, the backend port.
+struct Harness<'a> {
+    veth: &'a VethNamespace,
+    wire: Wire,
+    dir: &'a Path,
     backend: u16,
-    args: &BenchArgs,
-) -> Result<Run> {
+}
+
+fn measure(mode: Mode, rate: u64, harness: &mut Harness<'_>, args: &BenchArgs) -> Result<Run> {
+    let Harness {
+        veth,
+        wire,
+        dir,
+        backend,
+    } = harness;
+    let (veth, dir, backend) = (*veth, *dir, *backend);
     let port = crate::bench::free_port()?;
     let conf = dir.join("flood-gateway.toml");
     let xdp = matches!(mode, Mode::Baseline | Mode::Xdp);
@@ -449,7 +456,13 @@ pub fn section(args: &BenchArgs, dir: &Path, wire_object: &Path) -> Result<Strin
     if !routed.success() {
         bail!("cannot route the flooder's address into the namespace");
     }
-    let mut wire = Wire::build(&veth, wire_object)?;
+    let wire = Wire::build(&veth, wire_object)?;
+    let mut harness = Harness {
+        veth: &veth,
+        wire,
+        dir,
+        backend,
+    };
     let mut out = String::new();
     writeln!(
         out,
@@ -463,7 +476,7 @@ pub fn section(args: &BenchArgs, dir: &Path, wire_object: &Path) -> Result<Strin
     )?;
     writeln!(out, "|---|---|---|---|---|---|")?;
     for rate in &args.flood_rate {
-        flood_rows(&mut out, *rate, &veth, &mut wire, dir, backend, args)?;
+        flood_rows(&mut out, *rate, &mut harness, args)?;
     }
     Ok(out)
 }
@@ -472,10 +485,7 @@ pub fn section(args: &BenchArgs, dir: &Path, wire_object: &Path) -> Result<Strin
 fn flood_rows(
     out: &mut String,
     rate: u64,
-    veth: &VethNamespace,
-    wire: &mut Wire,
-    dir: &Path,
-    backend: u16,
+    harness: &mut Harness<'_>,
     args: &BenchArgs,
 ) -> Result<()> {
     let modes = [Mode::Baseline, Mode::Xdp, Mode::Nftables, Mode::Userspace];
@@ -483,7 +493,7 @@ fn flood_rows(
     let mut samples: Vec<Vec<Run>> = modes.iter().map(|_| Vec::new()).collect();
     for round in 0..runs {
         for (m, mode) in modes.iter().enumerate() {
-            let run = measure(*mode, rate, veth, wire, dir, backend, args)?;
+            let run = measure(*mode, rate, harness, args)?;
             eprintln!(
                 "S10 {rate} SYN/s run {}/{runs} {:42} {:8.0} req/s p99 {:6.2} ms flood {:8.0} SYN/s",
                 round + 1,

@@ -155,33 +155,30 @@ fn mirror_by_length(
             }
         }
     }
-    let name = maps.v4_by_length;
-    let mut v4 = BpfHashMap::<_, PrefixKeyV4, u32>::try_from(map_mut(ebpf, name)?)
-        .map_err(map_error(name))?;
-    let present: HashMap<PrefixKeyV4, u32> = v4.iter().filter_map(Result::ok).collect();
-    for (key, id) in &want_v4 {
-        if present.get(key) != Some(id) {
-            v4.insert(key, id, 0).map_err(map_error(name))?;
-        }
-    }
-    let stale_v4 = present
-        .into_keys()
-        .filter(|k| !want_v4.contains_key(k))
-        .collect();
-    let name = maps.v6_by_length;
-    let mut v6 = BpfHashMap::<_, PrefixKeyV6, u32>::try_from(map_mut(ebpf, name)?)
-        .map_err(map_error(name))?;
-    let present: HashMap<PrefixKeyV6, u32> = v6.iter().filter_map(Result::ok).collect();
-    for (key, id) in &want_v6 {
-        if present.get(key) != Some(id) {
-            v6.insert(key, id, 0).map_err(map_error(name))?;
-        }
-    }
-    let stale_v6 = present
-        .into_keys()
-        .filter(|k| !want_v6.contains_key(k))
-        .collect();
+    let stale_v4 = mirror_one(ebpf, maps.v4_by_length, &want_v4)?;
+    let stale_v6 = mirror_one(ebpf, maps.v6_by_length, &want_v6)?;
     Ok((stale_v4, stale_v6))
+}
+
+/// Inserts what hash `name` lacks of `want` (or holds with another id); returns the keys
+/// it holds beyond `want`.
+fn mirror_one<K: aya::Pod + Eq + std::hash::Hash>(
+    ebpf: &mut dyn MapSource,
+    name: &'static str,
+    want: &HashMap<K, u32>,
+) -> Result<Vec<K>, XdpError> {
+    let mut table =
+        BpfHashMap::<_, K, u32>::try_from(map_mut(ebpf, name)?).map_err(map_error(name))?;
+    let present: HashMap<K, u32> = table.iter().filter_map(Result::ok).collect();
+    for (key, id) in want {
+        if present.get(key) != Some(id) {
+            table.insert(key, id, 0).map_err(map_error(name))?;
+        }
+    }
+    Ok(present
+        .into_keys()
+        .filter(|k| !want.contains_key(k))
+        .collect())
 }
 
 fn remove_by_length(
