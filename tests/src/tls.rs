@@ -36,6 +36,10 @@ impl TestPki {
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
         ca_params
             .distinguished_name
             .push(DnType::CommonName, "gateway test CA");
@@ -59,6 +63,17 @@ impl TestPki {
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
+        // What a public CA issues today: a server certificate valid for 90 days.
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        params.not_before = epoch + Duration::from_secs(now - 86_400);
+        params.not_after = epoch + Duration::from_secs(now + 90 * 86_400);
         let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer).expect("sign leaf");
         let chain = format!("{}{}", cert.pem(), self.ca_pem);

@@ -28,7 +28,58 @@ pub fn setup() -> Result<()> {
     install_packages()?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
-    ensure_cargo_fuzz()
+    ensure_cargo_fuzz()?;
+    ensure_sslyze()
+}
+
+/// sslyze (PyPI, pinned) checks the TLS listener against Mozilla's "intermediate"
+/// profile in the tests; it lives in a virtualenv under `target/tools`.
+const SSLYZE_VERSION: &str = "6.3.1";
+
+/// Where [`ensure_sslyze`] puts the sslyze virtualenv (the tests look there too).
+pub fn sslyze_venv() -> PathBuf {
+    crate::root().join("target/tools/sslyze")
+}
+
+fn ensure_sslyze() -> Result<()> {
+    let venv = sslyze_venv();
+    let python = venv.join("bin/python");
+    let installed = Command::new(&python)
+        .args([
+            "-c",
+            &format!("import sslyze, sys; sys.exit(sslyze.__version__ != '{SSLYZE_VERSION}')"),
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        return Ok(());
+    }
+    if !has_command("python3") {
+        bail!("python3 is missing; install the Debian package python3-venv");
+    }
+    eprintln!(
+        "xtask setup: installing sslyze {SSLYZE_VERSION} into {}",
+        venv.display()
+    );
+    let venv_ok = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !venv_ok {
+        if is_root() {
+            run_checked(Command::new("apt-get").args(["install", "-y", "-qq", "python3-venv"]))?;
+            run_checked(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        } else {
+            bail!("python3 -m venv failed; install the Debian package python3-venv");
+        }
+    }
+    run_checked(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "-q",
+        &format!("sslyze=={SSLYZE_VERSION}"),
+    ]))
 }
 
 /// cargo-fuzz drives the fuzz targets (`cargo xtask fuzz`, and briefly in `test`).

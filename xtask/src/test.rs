@@ -25,6 +25,7 @@ pub fn test() -> Result<()> {
         .env("GATEWAY_EBPF_OBJECT", &object);
     // Tools `setup` installed are required, not optional, under the xtask.
     test.env("GATEWAY_REQUIRE_TOOLS", "1");
+    test.env("GATEWAY_SSLYZE", setup::sslyze_venv().join("bin/python"));
     if is_root() {
         test.env("GATEWAY_REQUIRE_XDP", "1");
     } else {
