@@ -168,7 +168,17 @@ fn metrics_count_real_traffic() {
     for _ in 0..3 {
         assert_eq!(get(gw.addr(), "a", "/nothing-here").status, 404);
     }
-    let text = admin_call(admin, "GET", "/metrics", Some(TOKEN)).text();
+    // A worker records a request right after writing its response: the client can ask
+    // for /metrics first. Wait (bounded) until the last one is in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let text = loop {
+        let text = admin_call(admin, "GET", "/metrics", Some(TOKEN)).text();
+        let seen = metric_sum(&text, "gateway_http_requests_total", &[]);
+        if seen >= 10.0 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let requests =
         |labels: &[(&str, &str)]| metric_sum(&text, "gateway_http_requests_total", labels);
     assert_eq!(
