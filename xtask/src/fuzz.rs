@@ -18,6 +18,7 @@ pub const TARGETS: &[&str] = &[
     "path",
     "config",
     "jwt",
+    "router",
 ];
 
 /// Options of a fuzz run.
