@@ -19,6 +19,7 @@ mod ebpf;
 mod fuzz;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use std::{
@@ -50,6 +51,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Run the cargo-fuzz targets (nightly, libFuzzer) from the seed corpora.
     Fuzz(fuzz::FuzzArgs),
+    /// Mixed traffic and reloads for minutes, resources sampled; fails on growth.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> Result<()> {
@@ -64,6 +67,7 @@ fn main() -> Result<()> {
         Task::Test => test::test(),
         Task::Bench(args) => bench::bench(&args),
         Task::Fuzz(args) => fuzz::fuzz(&args),
+        Task::Soak(args) => soak::soak(&args),
     }
 }
 

@@ -47,7 +47,9 @@ fn ensure_sslyze() -> Result<()> {
     let installed = Command::new(&python)
         .args([
             "-c",
-            &format!("import sslyze, sys; sys.exit(sslyze.__version__ != '{SSLYZE_VERSION}')"),
+            &format!(
+                "import importlib.metadata as m, sys; sys.exit(m.version('sslyze') != '{SSLYZE_VERSION}')"
+            ),
         ])
         .output()
         .is_ok_and(|o| o.status.success());
