@@ -13,5 +13,18 @@ pub mod soak;
 pub mod tls;
 
 pub use backend::{Backend, Behavior};
+
+/// `tool` when it is there; otherwise `None` after a loud skip message, or a failure
+/// when `cargo xtask test` (`GATEWAY_REQUIRE_TOOLS`) promised it is installed.
+pub fn tool_or_skip<T>(test: &str, tool: Option<T>, missing: &str) -> Option<T> {
+    if tool.is_none() {
+        assert!(
+            std::env::var_os("GATEWAY_REQUIRE_TOOLS").is_none(),
+            "{test}: required under `cargo xtask test`, but {missing}"
+        );
+        eprintln!("\n*** SKIPPED {test}: {missing} ***\n");
+    }
+    tool
+}
 pub use client::{Response, raw_exchange, read_response, read_response_from};
 pub use gateway::Gateway;

@@ -69,6 +69,39 @@ impl Report {
     }
 }
 
+/// What a soak runs against: a backend and the gateway in front of it.
+pub struct Fixture {
+    pub pki: TestPki,
+    pub backend: crate::Backend,
+    pub gateway: Gateway,
+}
+
+impl Fixture {
+    /// Starts the backend and the gateway (`$GATEWAY_BIN`, else a debug build) on
+    /// [`config`].
+    pub fn start() -> Self {
+        let pki = TestPki::new();
+        let backend = crate::Backend::start("soak");
+        let gateway = Gateway::start(&config(&pki, backend.addr));
+        Self {
+            pki,
+            backend,
+            gateway,
+        }
+    }
+
+    /// [`run`] against this fixture.
+    pub fn run(&self, duration: Duration, every: Duration) -> Report {
+        run(
+            &self.gateway,
+            &self.pki,
+            self.backend.addr.port(),
+            duration,
+            every,
+        )
+    }
+}
+
 /// The gateway config a soak runs against: a plain and a TLS listener to `backend`.
 pub fn config(pki: &TestPki, backend: SocketAddr) -> String {
     let (cert, key) = pki.issue("soak", &["soak.test"]);
@@ -130,14 +163,15 @@ pub fn run(
     let started = Instant::now();
     let mut report = Report::default();
     let mut next_reload = started + Duration::from_secs(2);
+    let sample = || Sample {
+        at: started.elapsed(),
+        rss_bytes: gw.rss(),
+        fds: open_descriptors(gw.pid()),
+        upstream_connections: established_to(backend_port),
+        answered: answered.load(Ordering::Relaxed),
+    };
     while started.elapsed() < duration {
-        report.samples.push(Sample {
-            at: started.elapsed(),
-            rss_bytes: gw.rss(),
-            fds: open_descriptors(gw.pid()),
-            upstream_connections: established_to(backend_port),
-            answered: answered.load(Ordering::Relaxed),
-        });
+        report.samples.push(sample());
         let until = Instant::now() + every;
         while Instant::now() < until {
             if Instant::now() >= next_reload {
@@ -155,13 +189,7 @@ pub fn run(
             failed.fetch_add(1, Ordering::Relaxed);
         }
     }
-    report.samples.push(Sample {
-        at: started.elapsed(),
-        rss_bytes: gw.rss(),
-        fds: open_descriptors(gw.pid()),
-        upstream_connections: established_to(backend_port),
-        answered: answered.load(Ordering::Relaxed),
-    });
+    report.samples.push(sample());
     report.answered = answered.load(Ordering::Relaxed);
     report.failed = failed.load(Ordering::Relaxed);
     report

@@ -5,20 +5,11 @@
 
 use std::time::Duration;
 
-use gateway_tests::{Backend, Gateway, soak, tls::TestPki};
+use gateway_tests::soak;
 
 #[test]
 fn a_short_soak_stays_within_bounds() {
-    let pki = TestPki::new();
-    let backend = Backend::start("soak");
-    let gw = Gateway::start(&soak::config(&pki, backend.addr));
-    let report = soak::run(
-        &gw,
-        &pki,
-        backend.addr.port(),
-        Duration::from_secs(20),
-        Duration::from_secs(2),
-    );
+    let report = soak::Fixture::start().run(Duration::from_secs(20), Duration::from_secs(2));
     eprintln!("{}", report.table());
     assert_eq!(
         report.failed, 0,

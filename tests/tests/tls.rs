@@ -230,14 +230,17 @@ fn bad_certificates_are_config_errors_with_file_line_and_key() {
             key.display()
         ));
         let path = file.path().to_str().expect("utf8");
-        let (status, _, stderr) = run_cli(&["check", "--config", path]);
-        assert_eq!(status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.contains(&format!("{path}:4: {field}: ")),
-            "expected line 4 and {field}: {stderr}"
-        );
-        assert!(stderr.contains(needle), "expected {needle:?}: {stderr}");
+        check_refuses(&file, &format!("{path}:4: {field}: "), needle);
     }
+}
+
+/// `gateway check` refuses `file`, naming `location` (file:line: key) and `needle`.
+fn check_refuses(file: &tempfile::NamedTempFile, location: &str, needle: &str) {
+    let path = file.path().to_str().expect("utf8");
+    let (status, _, stderr) = run_cli(&["check", "--config", path]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(location), "expected {location:?}: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?}: {stderr}");
 }
 
 #[test]
@@ -379,17 +382,13 @@ fn upstream_tls_with_the_right_ca_works_and_a_wrong_ca_is_502() {
 /// - `cert_*`: the certificate is a throwaway from a test CA no client trusts.
 #[test]
 fn testssl_finds_nothing_high_or_critical() {
-    let Some(testssl) = ["/usr/bin/testssl", "/usr/local/bin/testssl"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-    else {
-        assert!(
-            std::env::var_os("GATEWAY_REQUIRE_TOOLS").is_none(),
-            "testssl is required under `cargo xtask test`"
-        );
-        eprintln!(
-            "\n*** SKIPPED testssl_finds_nothing_high_or_critical: testssl (Debian testssl.sh) is not installed ***\n"
-        );
+    let Some(testssl) = gateway_tests::tool_or_skip(
+        "testssl_finds_nothing_high_or_critical",
+        ["/usr/bin/testssl", "/usr/local/bin/testssl"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists()),
+        "testssl (Debian testssl.sh) is not installed",
+    ) else {
         return;
     };
     let pki = TestPki::new();
@@ -711,13 +710,6 @@ fn bad_client_auth_settings_are_config_errors() {
             cert.display(),
             key.display()
         ));
-        let path = file.path().to_str().expect("utf8");
-        let (status, _, stderr) = run_cli(&["check", "--config", path]);
-        assert_eq!(status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.contains(&format!(": {field}: ")),
-            "expected {field}: {stderr}"
-        );
-        assert!(stderr.contains(needle), "expected {needle:?}: {stderr}");
+        check_refuses(&file, &format!(": {field}: "), needle);
     }
 }

@@ -170,14 +170,11 @@ fn openssl_gets_the_default_without_sni_and_resumes() {
 /// (protocols, cipher suites, curves, certificate), trusting the test CA.
 #[test]
 fn mozilla_intermediate_profile_passes_sslyze() {
-    let Some(python) = std::env::var_os("GATEWAY_SSLYZE") else {
-        assert!(
-            std::env::var_os("GATEWAY_REQUIRE_TOOLS").is_none(),
-            "sslyze is required under `cargo xtask test`"
-        );
-        eprintln!(
-            "\n*** SKIPPED mozilla_intermediate_profile_passes_sslyze: GATEWAY_SSLYZE is not set (run `cargo xtask test`) ***\n"
-        );
+    let Some(python) = gateway_tests::tool_or_skip(
+        "mozilla_intermediate_profile_passes_sslyze",
+        std::env::var_os("GATEWAY_SSLYZE"),
+        "GATEWAY_SSLYZE is not set (run `cargo xtask test`)",
+    ) else {
         return;
     };
     let pki = TestPki::new();

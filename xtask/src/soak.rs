@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use gateway_tests::{Backend, Gateway, soak, tls::TestPki};
+use gateway_tests::soak;
 
 use crate::{cargo, ebpf, root, run_checked, setup};
 
@@ -29,13 +29,7 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
     run_checked(cargo(&object).args(["build", "--release", "-p", "gateway"]))?;
     // SAFETY: set before any thread of this process reads the environment.
     unsafe { std::env::set_var("GATEWAY_BIN", root().join("target/release/gateway")) };
-    let pki = TestPki::new();
-    let backend = Backend::start("soak");
-    let gw = Gateway::start(&soak::config(&pki, backend.addr));
-    let report = soak::run(
-        &gw,
-        &pki,
-        backend.addr.port(),
+    let report = soak::Fixture::start().run(
         Duration::from_secs(args.minutes * 60),
         Duration::from_secs(10),
     );

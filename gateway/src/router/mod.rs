@@ -270,15 +270,18 @@ fn header_holds(matcher: &ValueMatch, req: &RequestHead) -> bool {
 /// A `client_cert` condition: `subject` is the certificate's subject DN, `san` any of its
 /// subjectAltName entries (`URI:…`, `DNS:…`); `present = false` requires no certificate.
 fn client_cert_holds(matcher: &ValueMatch, cert: Option<&crate::tls::ClientIdentity>) -> bool {
-    let values: Vec<&str> = match cert {
-        None => Vec::new(),
-        Some(cert) if matcher.name == "subject" => vec![cert.subject.as_str()],
-        Some(cert) => cert.san.iter().map(String::as_str).collect(),
-    };
+    let subject = matcher.name == "subject";
+    let mut values = cert.into_iter().flat_map(|cert| {
+        let san = if subject { &[][..] } else { &cert.san[..] };
+        subject
+            .then_some(cert.subject.as_str())
+            .into_iter()
+            .chain(san.iter().map(String::as_str))
+    });
     match &matcher.condition {
         ValueCondition::Present(want) => cert.is_some() == *want,
-        ValueCondition::Exact(v) => values.iter().any(|value| value == v),
-        ValueCondition::Regex(re) => values.iter().any(|value| re.is_match(value.as_bytes())),
+        ValueCondition::Exact(v) => values.any(|value| value == v),
+        ValueCondition::Regex(re) => values.any(|value| re.is_match(value.as_bytes())),
     }
 }
 

@@ -306,3 +306,78 @@ mod precedence {
         }
     }
 }
+
+#[test]
+fn client_certificate_conditions_match_subject_and_san() {
+    let config = Config::parse(
+        Path::new("certs.toml"),
+        r#"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+
+[[upstreams]]
+name = "u"
+targets = [ { addr = "127.0.0.1:9" } ]
+
+[[routes]]
+name = "anonymous"
+upstream = "u"
+client_cert = [ { name = "subject", present = false } ]
+
+[[routes]]
+name = "billing"
+upstream = "u"
+client_cert = [ { name = "san", value = "URI:spiffe://acme/billing" } ]
+
+[[routes]]
+name = "acme"
+upstream = "u"
+client_cert = [ { name = "subject", regex = "CN=[a-z-]+, O=Acme" } ]
+
+[[routes]]
+name = "any-certificate"
+upstream = "u"
+client_cert = [ { name = "san", present = true } ]
+"#,
+    )
+    .expect("valid config");
+    let router = Router::new(&config);
+    let route_for = |cert: Option<crate::tls::ClientIdentity>| {
+        let mut head = RequestHead::default();
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        head.parse(
+            raw,
+            ParseLimits {
+                max_headers: 16,
+                max_uri_length: 1024,
+            },
+        )
+        .expect("parse");
+        head.client_cert = cert.map(std::rc::Rc::new);
+        router.find(&head).map(|i| router.routes()[i].name.clone())
+    };
+    let identity = |subject: &str, san: &[&str]| crate::tls::ClientIdentity {
+        subject: subject.into(),
+        san: san.iter().map(|s| s.to_string()).collect(),
+    };
+    assert_eq!(route_for(None).as_deref(), Some("anonymous"));
+    assert_eq!(
+        route_for(Some(identity(
+            "CN=svc, O=Other",
+            &["DNS:a.test", "URI:spiffe://acme/billing"]
+        )))
+        .as_deref(),
+        Some("billing"),
+        "any SAN entry matches"
+    );
+    assert_eq!(
+        route_for(Some(identity("CN=svc-x, O=Acme", &["URI:spiffe://acme/x"]))).as_deref(),
+        Some("acme"),
+        "the subject is matched, not the SANs"
+    );
+    assert_eq!(
+        route_for(Some(identity("CN=x, O=Other", &["URI:spiffe://other"]))).as_deref(),
+        Some("any-certificate")
+    );
+}
