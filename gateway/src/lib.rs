@@ -3,7 +3,7 @@
 //! Modules, one concern each: [`config`] (schema, validation), [`runtime`] (workers,
 //! pinning, listeners, shutdown), [`http`] (codec, framing), [`router`], [`upstream`]
 //! (pools, balancing), [`auth`] (credentials, identities), [`ratelimit`] (global
-//! lock-free limits), [`observe`] (metrics), [`admin`] (the admin API), [`proxy`] (the request pipeline), [`xdp`] (the kernel program's
+//! lock-free limits), [`observe`] (metrics), [`admin`] (the admin API), [`mediate`] (protocol translation, body edits, validation), [`proxy`] (the request pipeline), [`xdp`] (the kernel program's
 //! loader). See the README for the request path drawn phase by phase.
 
 pub mod admin;
@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod edge;
 pub mod http;
+pub mod mediate;
 pub mod observe;
 pub mod proxy;
 pub mod ratelimit;

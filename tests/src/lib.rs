@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod idp;
 pub mod jwt;
 pub mod netns;
+pub mod service;
 pub mod soak;
 pub mod tls;
 

@@ -6,9 +6,11 @@
 
 mod locate;
 pub mod raw;
+mod raw_mediation;
 mod raw_traffic;
 pub mod transform;
 mod validate;
+mod validate_mediation;
 mod validate_policy;
 mod validate_route;
 mod validate_traffic;
@@ -431,6 +433,8 @@ pub struct RouteConfig {
     pub traffic: RouteTraffic,
     /// The route's OpenAPI document, for the developer portal.
     pub openapi: Option<std::sync::Arc<serde_json::Value>>,
+    /// Translation, body edits and validation, when the route does more than forward.
+    pub mediation: Option<std::sync::Arc<crate::mediate::Mediation>>,
 }
 
 /// A route's security policy, checked in this order: client IP, CORS preflight,

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use super::raw_mediation::mediation_defaults;
+pub use super::raw_mediation::*;
 pub use super::raw_traffic::*;
 
 /// The whole file.
@@ -418,6 +420,22 @@ pub struct RawRoute {
     pub response_headers: Option<RawHeaderTransform>,
     /// How failed tries are retried.
     pub retry: Option<RawRetry>,
+    /// The request becomes a GraphQL operation on the upstream.
+    pub graphql: Option<RawGraphql>,
+    /// The JSON request becomes a SOAP call on the upstream.
+    pub soap: Option<RawSoap>,
+    /// Edits to JSON request bodies.
+    pub request_body: Option<RawBodyEdits>,
+    /// Edits to JSON response bodies.
+    pub response_body: Option<RawBodyEdits>,
+    /// Checks of the request (JSON Schema, OpenAPI operation).
+    pub validate: Option<RawValidate>,
+    /// Largest body the route buffers to translate, edit or validate.
+    #[serde(
+        default = "mediation_defaults::max_mediated_body",
+        deserialize_with = "human_size"
+    )]
+    pub max_mediated_body: u64,
     /// Longest time until the response starts, every try and backoff included.
     #[serde(default, deserialize_with = "human_duration_opt")]
     pub timeout: Option<Duration>,

@@ -179,6 +179,14 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
                     }
                 }
             });
+            route.mediation = super::validate_mediation::validate_mediation(
+                dir,
+                &format!("routes[{i}]"),
+                r,
+                &route,
+                problems,
+            )
+            .map(std::sync::Arc::new);
             routes.push(route);
         }
     }

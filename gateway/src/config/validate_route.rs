@@ -241,6 +241,7 @@ pub(super) fn validate_route(
             );
             None
         }
+        (Some(p), _, _) if p.contains('{') => path_template(&format!("{key}.path"), p, problems),
         (Some(p), _, _) => {
             check_path(&format!("{key}.path"), p, problems).then(|| PathMatch::Exact(p.clone()))
         }
@@ -321,6 +322,7 @@ pub(super) fn validate_route(
         policy,
         traffic: super::validate_traffic::validate_route_traffic(&key, r, upstreams, problems),
         openapi: None,
+        mediation: None,
     })
 }
 
@@ -337,6 +339,47 @@ pub(super) fn check_path(key: &str, path: &str, problems: &mut Problems) -> bool
         );
     }
     ok
+}
+
+/// `path = "/users/{id}"`: a path whose `{name}` segments match one segment each and
+/// are captured by name (for translations' parameters).
+fn path_template(key: &str, template: &str, problems: &mut Problems) -> Option<PathMatch> {
+    let mut literal = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            problems.push(key, "an unclosed { in the path template");
+            return None;
+        };
+        let name = &rest[open + 1..open + close];
+        let segment_start = open == 0 || rest[..open].ends_with('/');
+        let segment_end =
+            rest[open + close + 1..].is_empty() || rest[open + close + 1..].starts_with('/');
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            problems.push(
+                key,
+                format!("{{{name}}}: a template parameter is a name of letters, digits and _"),
+            );
+            return None;
+        }
+        if !(segment_start && segment_end) {
+            problems.push(key, format!("{{{name}}} must be a whole path segment"));
+            return None;
+        }
+        literal.push_str(&rest[..open]);
+        literal.push('x');
+        rest = &rest[open + close + 1..];
+    }
+    literal.push_str(rest);
+    if !check_path(key, &literal, problems) {
+        return None;
+    }
+    compile_regex(
+        key,
+        &crate::mediate::schema::template_pattern(template),
+        problems,
+    )
+    .map(PathMatch::Regex)
 }
 
 pub(super) fn compile_regex(key: &str, pattern: &str, problems: &mut Problems) -> Option<Regex> {

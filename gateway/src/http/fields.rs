@@ -72,6 +72,15 @@ impl Fields {
         self.fields[i].forward = false;
     }
 
+    /// Marks every field named `name` (ASCII case-insensitive) as not forwarded.
+    pub fn drop_named(&mut self, name: &[u8]) {
+        for i in 0..self.len() {
+            if self.name(i).eq_ignore_ascii_case(name) {
+                self.drop_field(i);
+            }
+        }
+    }
+
     /// First value of the header `name` (ASCII case-insensitive).
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
         (0..self.len())

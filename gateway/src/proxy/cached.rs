@@ -325,6 +325,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         serialize::request_head(
             &mut request,
             &self.head,
+            self.head.method(),
             &self.path,
             RequestBody::None,
             &self.forwarding(snapshot),

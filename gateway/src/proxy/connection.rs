@@ -8,7 +8,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
 use super::{
     Worker,
-    error::{ProxyError, write_error_response},
+    error::ProxyError,
     io::{IoFailure, ReadBuf, write_all_within},
     policy::Admission,
     relay::BODY_READ,
@@ -99,6 +99,8 @@ pub(super) struct Connection<S> {
     pub(super) cache_key: Vec<u8>,
     pub(super) cache_request: Option<super::cached::CacheRequest>,
     pub(super) cache_body: Vec<u8>,
+    /// The call a mediated route sends upstream instead of the client's request.
+    pub(super) outbound: Option<super::mediated::Outbound>,
 }
 
 /// Serves one accepted connection until it closes.
@@ -150,6 +152,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split>(
         cache_key: Vec::new(),
         cache_request: None,
         cache_body: Vec::new(),
+        outbound: None,
     };
     let limits = snapshot.config.limits.clone();
     drop(snapshot);
@@ -390,6 +393,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         self.upstream_headers.clear();
         self.query_rewritten = false;
         self.cors_applied = false;
+        self.outbound = None;
         if let Some(port) = snapshot.config.listeners[self.listener].redirect_to_https {
             return self
                 .answer_redirect(port, limits, worker.drain.is_draining())
@@ -415,8 +419,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     self.route = Some(index);
                     let route = &snapshot.router.routes()[index];
                     Router::upstream_path(route, &self.head.path, &mut self.path);
-                    match &route.traffic.cache {
-                        Some(cache)
+                    match (&route.mediation, &route.traffic.cache) {
+                        (Some(mediation), _) => {
+                            self.forward_mediated(
+                                worker, &snapshot, route, upstream, limits, mediation,
+                            )
+                            .await
+                        }
+                        (None, Some(cache))
                             if matches!(self.head.method(), b"GET" | b"HEAD")
                                 && !self.head.websocket =>
                         {
@@ -468,10 +478,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             return false;
         };
         self.out.clear();
-        write_error_response(
+        error.write_response(
             &mut self.out,
             answer,
-            &error.to_string(),
             &self.request_id,
             close,
             &self.reply_headers,
@@ -558,6 +567,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
     /// Whether no byte of the request body has been consumed yet.
     pub(super) fn body_untouched(&self) -> bool {
+        if self.outbound.is_some() {
+            // The gateway holds the whole body it sends: it can send it again.
+            return true;
+        }
         match self.head.body {
             RequestBody::None | RequestBody::Length(0) => true,
             RequestBody::Length(n) => self.body == BodyState::Length(n),

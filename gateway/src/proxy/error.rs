@@ -42,6 +42,14 @@ pub enum ProxyError {
     UpstreamClosed,
     #[error("upstream sent an invalid response: {0}")]
     UpstreamFraming(FramingError),
+    #[error("{0}")]
+    Mediation(Box<crate::mediate::MediationError>),
+}
+
+impl From<crate::mediate::MediationError> for ProxyError {
+    fn from(error: crate::mediate::MediationError) -> Self {
+        Self::Mediation(Box::new(error))
+    }
 }
 
 /// What the client is told about an error.
@@ -84,6 +92,7 @@ impl ProxyError {
             Self::UpstreamTimeout => (504, "upstream_timeout"),
             Self::UpstreamIo(_) | Self::UpstreamClosed => (502, "upstream_connection_failed"),
             Self::UpstreamFraming(_) => (502, "upstream_invalid_response"),
+            Self::Mediation(e) => (e.status(), e.code()),
         };
         Some(ErrorAnswer { status, code })
     }
@@ -104,7 +113,40 @@ impl ProxyError {
                 | Self::UpstreamIo(_)
                 | Self::UpstreamClosed
                 | Self::UpstreamFraming(_)
+                | Self::Mediation(_)
         )
+    }
+
+    /// Appends the complete response for this error (`answer` must be its
+    /// [`ProxyError::answer`]): a problem document for mediation errors, the gateway's
+    /// `{code, message}` otherwise.
+    pub fn write_response(
+        &self,
+        out: &mut Vec<u8>,
+        answer: ErrorAnswer,
+        request_id: &[u8],
+        close: bool,
+        extra_headers: &[u8],
+    ) {
+        match self {
+            Self::Mediation(e) => write_json_response(
+                out,
+                answer.status,
+                b"application/problem+json",
+                &e.problem(),
+                request_id,
+                close,
+                extra_headers,
+            ),
+            _ => write_error_response(
+                out,
+                answer,
+                &self.to_string(),
+                request_id,
+                close,
+                extra_headers,
+            ),
+        }
     }
 }
 
@@ -117,7 +159,6 @@ pub fn write_error_response(
     close: bool,
     extra_headers: &[u8],
 ) {
-    use std::io::Write as _;
     #[derive(serde::Serialize)]
     struct Body<'a> {
         code: &'a str,
@@ -129,13 +170,37 @@ pub fn write_error_response(
         message,
     })
     .unwrap_or_default();
+    write_json_response(
+        out,
+        answer.status,
+        b"application/json",
+        &body,
+        request_id,
+        close,
+        extra_headers,
+    );
+}
+
+/// Appends a complete response the gateway composed: `status`, a JSON `body` of
+/// `content_type`, the request id, and the listener's and policy's header lines.
+pub fn write_json_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &[u8],
+    body: &[u8],
+    request_id: &[u8],
+    close: bool,
+    extra_headers: &[u8],
+) {
+    use std::io::Write as _;
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        answer.status,
-        crate::http::reason_phrase(answer.status),
-        body.len()
+        "HTTP/1.1 {} {}\r\ncontent-type: ",
+        status,
+        crate::http::reason_phrase(status),
     );
+    out.extend_from_slice(content_type);
+    let _ = write!(out, "\r\ncontent-length: {}\r\n", body.len());
     if !request_id.is_empty() {
         out.extend_from_slice(b"x-request-id: ");
         out.extend_from_slice(request_id);
@@ -146,7 +211,7 @@ pub fn write_error_response(
     }
     out.extend_from_slice(extra_headers);
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
 }
 
 #[cfg(test)]

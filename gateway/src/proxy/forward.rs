@@ -245,16 +245,25 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     continue;
                 }
             }
-            let result = self
-                .relay_response(
-                    &mut conn.stream,
-                    config,
-                    limits,
-                    worker,
-                    &snapshot.config.gateway.via,
-                    route,
-                )
-                .await;
+            let via = &snapshot.config.gateway.via;
+            let result = match &route.mediation {
+                Some(mediation) if mediation.rewrites_response() => {
+                    self.relay_mediated(
+                        &mut conn.stream,
+                        config,
+                        limits,
+                        worker,
+                        via,
+                        route,
+                        mediation,
+                    )
+                    .await
+                }
+                _ => {
+                    self.relay_response(&mut conn.stream, config, limits, worker, via, route)
+                        .await
+                }
+            };
             let latency = started.filter(|_| result.is_ok()).map(|s| s.elapsed());
             worker.upstream_state(generation, |state| {
                 state.balancers[upstream_index].finished(target, latency)
@@ -335,11 +344,19 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     ) -> Result<(), ExchangeError> {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
+        let (method, body) = match &self.outbound {
+            Some(outbound) => (
+                outbound.method.unwrap_or(self.head.method()),
+                RequestBody::Length(outbound.body.len() as u64),
+            ),
+            None => (self.head.method(), self.head.body),
+        };
         serialize::request_head(
             &mut out,
             &self.head,
+            method,
             &self.path,
-            self.head.body,
+            body,
             &self.forwarding(snapshot),
         );
         self.out = out;
@@ -375,7 +392,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         limits: &Limits,
     ) -> Result<(), ExchangeError> {
         let body = self.head.body;
-        if matches!(body, RequestBody::None | RequestBody::Length(0)) {
+        if let Some(outbound) = &self.outbound {
+            self.out.extend_from_slice(&outbound.body);
+        }
+        if self.outbound.is_some() || matches!(body, RequestBody::None | RequestBody::Length(0)) {
             // A write failure on a pooled connection means the upstream closed it
             // while idle: the request never reached it, so it may be resent.
             return write_all_within(upstream, &mut self.out, config.write_timeout)
@@ -434,7 +454,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         config: &UpstreamConfig,
         deadline: Option<Instant>,
     ) -> Result<(), ExchangeError> {
-        let request_was_head = self.head.is_head();
+        // A translated call is a POST whatever the client's method.
+        let request_was_head =
+            self.head.is_head() && !self.outbound.as_ref().is_some_and(|o| o.translated);
         let mut received_any = false;
         loop {
             let mut scanner = HeadScanner::new(0);
@@ -545,7 +567,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
     /// Sends the response head and relays the body; returns whether the upstream
     /// connection and the client connection may be reused.
-    async fn relay_response(
+    pub(super) async fn relay_response(
         &mut self,
         upstream: &mut UpstreamStream,
         config: &UpstreamConfig,

@@ -86,6 +86,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         serialize::request_head(
             &mut bytes,
             &self.head,
+            self.head.method(),
             &self.path,
             body,
             &self.forwarding(snapshot),

@@ -3,9 +3,11 @@
 //!
 //! ```text
 //! accept → parse head → route → policy (IP, CORS, auth, rate limits) → split
-//!        → concurrency limits → header transforms → cache lookup → pick upstream
+//!        → concurrency limits → header transforms → mediation (read body, validate,
+//!          edit, translate) or cache lookup → pick upstream
 //!        → connection (pool or circuit breaker) → forward request (head, body; mirror)
-//!        → read response head (101: tunnel) → response filters (transforms, compression)
+//!        → read response head (101: tunnel) → response filters (transforms, compression,
+//!          mediation: translate back, edit JSON)
 //!        → relay response (cache store) → pool or close → log → next request
 //!                  ↑ a failed try the route retries: back off, pick another target
 //! ```
@@ -16,6 +18,7 @@
 //! read-only through an `Arc`.
 
 mod attempt;
+mod buffered;
 mod cached;
 mod compress;
 mod connection;
@@ -23,6 +26,7 @@ mod drain;
 pub mod error;
 mod forward;
 pub mod io;
+mod mediated;
 mod mirror;
 mod policy;
 mod relay;

@@ -63,15 +63,17 @@ fn forwarded_fields(out: &mut Vec<u8>, fields: &Fields) {
     }
 }
 
-/// Appends the upstream request head for `req`, with `path` as the forwarded path.
+/// Appends the upstream request head for `req`, with `method` and `path` as forwarded
+/// (a translated call changes both).
 pub fn request_head(
     out: &mut Vec<u8>,
     req: &RequestHead,
+    method: &[u8],
     path: &[u8],
     body: RequestBody,
     fwd: &Forwarding<'_>,
 ) {
-    out.extend_from_slice(req.method());
+    out.extend_from_slice(method);
     out.push(b' ');
     out.extend_from_slice(path);
     if let Some(query) = fwd.query {

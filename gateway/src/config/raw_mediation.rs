@@ -1,0 +1,105 @@
+//! The API-mediation parts of a route as written: `graphql`, `soap`, `request_body`,
+//! `response_body` and `validate`. Re-exported by [`super::raw`].
+
+use serde::Deserialize;
+
+/// `graphql = { … }` of a route: the request becomes this GraphQL operation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGraphql {
+    /// Upstream path the operation is POSTed to.
+    #[serde(default = "mediation_defaults::graphql_endpoint")]
+    pub endpoint: String,
+    /// The operation's text.
+    pub query: String,
+    pub operation_name: Option<String>,
+    /// Variables by name, each with its source in the request.
+    #[serde(default)]
+    pub variables: indexmap::IndexMap<String, RawParameter>,
+    /// The member of `data` returned, dot-separated (`user`, `search.items`); all of
+    /// `data` when unset.
+    pub result: Option<String>,
+}
+
+/// `soap = { … }` of a route: the JSON request becomes a SOAP envelope.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSoap {
+    /// Upstream path the envelope is POSTed to (the route's own forwarded path when unset).
+    pub endpoint: Option<String>,
+    /// `"1.1"` (default) or `"1.2"`.
+    #[serde(default = "mediation_defaults::soap_version")]
+    pub version: String,
+    /// The SOAPAction.
+    pub action: Option<String>,
+    /// The operation element (`GetUser`).
+    pub operation: String,
+    /// The operation's XML namespace.
+    pub namespace: Option<String>,
+    /// The operation's child elements in order; the JSON body's members when empty.
+    #[serde(default)]
+    pub parameters: indexmap::IndexMap<String, RawParameter>,
+    /// The member of the response element returned, dot-separated.
+    pub result: Option<String>,
+}
+
+/// Where a GraphQL variable or SOAP element comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawParameter {
+    /// `path`, `query`, `header` or `body`.
+    pub from: String,
+    /// The name in the request (path capture, query parameter, header); defaults to the
+    /// parameter's own name. Not for `body`.
+    pub name: Option<String>,
+    /// For `body`: the JSON pointer of the member (the whole body when unset).
+    pub pointer: Option<String>,
+    /// `string` (default), `int`, `float`, `bool` or `json`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// A missing value refuses the request (default: true for `path`, false otherwise).
+    pub required: Option<bool>,
+    /// The value when the request has none.
+    pub default: Option<toml::Value>,
+}
+
+/// `request_body = { … }` / `response_body = { … }`: JSON edits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBodyEdits {
+    /// JSON pointers of members removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Member pointer → its new name (in the same object).
+    #[serde(default)]
+    pub rename: indexmap::IndexMap<String, String>,
+    /// Member pointer → where it goes.
+    #[serde(default, rename = "move")]
+    pub moves: indexmap::IndexMap<String, String>,
+    /// Pointer → value set there (objects on the way are created).
+    #[serde(default)]
+    pub add: indexmap::IndexMap<String, toml::Value>,
+}
+
+/// `validate = { … }` of a route: requests are checked before they go upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValidate {
+    /// A JSON Schema file (relative to the config file) the JSON body must satisfy.
+    pub schema: Option<String>,
+    /// Also check the request against the route's `openapi` document's operation.
+    #[serde(default)]
+    pub openapi: bool,
+}
+
+pub(super) mod mediation_defaults {
+    pub fn graphql_endpoint() -> String {
+        "/graphql".into()
+    }
+    pub fn soap_version() -> String {
+        "1.1".into()
+    }
+    pub fn max_mediated_body() -> u64 {
+        1024 * 1024
+    }
+}
