@@ -614,3 +614,107 @@ validate = { openapi = true }
         assert!(error.contains(key), "{key} missing from: {error}");
     }
 }
+
+#[test]
+fn aggregates_fan_out_concurrently_and_mark_partial_answers() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    // The profile service answers only once the orders service has its request too: the
+    // answer proves both calls were in flight at once.
+    let orders_seen = Arc::new(AtomicBool::new(false));
+    let seen = orders_seen.clone();
+    let orders = Service::start(move |req| {
+        seen.store(true, Ordering::SeqCst);
+        Reply::json(200, &json!([{"order": 1, "for": req.path}]))
+    });
+    let profile = Service::start(move |req| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while !orders_seen.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let concurrent = orders_seen.load(Ordering::SeqCst);
+        Reply::json(
+            200,
+            &json!({"id": req.path.rsplit('/').next(), "concurrent": concurrent, "auth": req.header("authorization"), "query": req.query}),
+        )
+    });
+    let slow = Service::start(|_| {
+        Reply::json(200, &json!({"late": true})).delayed(std::time::Duration::from_secs(2))
+    });
+    let failing = Service::start(|_| Reply::json(500, &json!({"error": "down"})));
+    let gateway = Gateway::start(&format!(
+        r#"[gateway]
+workers = 1
+
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+
+[[upstreams]]
+name = "profile"
+targets = [ {{ addr = "{}" }} ]
+
+[[upstreams]]
+name = "orders"
+targets = [ {{ addr = "{}" }} ]
+
+[[upstreams]]
+name = "slow"
+targets = [ {{ addr = "{}" }} ]
+
+[[upstreams]]
+name = "failing"
+targets = [ {{ addr = "{}" }} ]
+
+[[routes]]
+name = "dashboard"
+path = "/dashboard/{{id}}"
+upstream = "profile"
+response_body = {{ rename = {{ "/profile/concurrent" = "parallel" }} }}
+aggregate = {{ calls = [
+  {{ key = "profile", path = "/profiles/{{id}}", forward_query = true, required = true }},
+  {{ key = "orders", upstream = "orders", path = "/users/{{id}}/orders" }},
+  {{ key = "recommendations", upstream = "slow", path = "/recs", timeout = "300ms" }},
+  {{ key = "reviews", upstream = "failing", path = "/reviews" }},
+] }}
+
+[[routes]]
+name = "strict"
+path = "/strict/{{id}}"
+upstream = "failing"
+aggregate = {{ calls = [ {{ key = "reviews", path = "/reviews", required = true }}, {{ key = "orders", upstream = "orders", path = "/o/{{id}}" }} ] }}
+"#,
+        profile.addr, orders.addr, slow.addr, failing.addr
+    ));
+    let addr = gateway.addr();
+    let response = get(addr, "/dashboard/31?lang=en");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.header("x-aggregate-partial"),
+        Some("recommendations, reviews")
+    );
+    let body = response.json();
+    assert_eq!(
+        body["profile"],
+        json!({"id": "31", "parallel": true, "auth": "Bearer t0k", "query": "lang=en"}),
+        "both calls in flight at once, the client's credentials and query passed on"
+    );
+    assert_eq!(
+        body["orders"],
+        json!([{"order": 1, "for": "/users/31/orders"}])
+    );
+    assert_eq!(body["_errors"]["reviews"], "status 500");
+    assert_eq!(body["_errors"]["recommendations"], "timed out");
+    assert!(body.get("recommendations").is_none());
+    assert_eq!(profile.last().path, "/profiles/31");
+
+    let strict = get(addr, "/strict/1");
+    assert_eq!(strict.status, 502, "{}", strict.text());
+    assert!(
+        problem(&strict)["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("reviews"))
+    );
+}

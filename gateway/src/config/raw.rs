@@ -428,6 +428,8 @@ pub struct RawRoute {
     pub request_body: Option<RawBodyEdits>,
     /// Edits to JSON response bodies.
     pub response_body: Option<RawBodyEdits>,
+    /// The answer merges concurrent calls to several upstreams.
+    pub aggregate: Option<RawAggregate>,
     /// Checks of the request (JSON Schema, OpenAPI operation).
     pub validate: Option<RawValidate>,
     /// Largest body the route buffers to translate, edit or validate.

@@ -43,6 +43,41 @@ pub struct RawSoap {
     pub result: Option<String>,
 }
 
+/// `aggregate = { … }` of a route: the answer merges several upstream calls.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAggregate {
+    /// The calls, made concurrently.
+    pub calls: Vec<RawAggregateCall>,
+}
+
+/// One call of an aggregate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAggregateCall {
+    /// The member of the merged answer holding this call's JSON.
+    pub key: String,
+    /// The upstream called (the route's own when unset).
+    pub upstream: Option<String>,
+    /// Upper-case method (GET by default).
+    #[serde(default = "mediation_defaults::call_method")]
+    pub method: String,
+    /// The path; `{name}` is filled from the route's path template.
+    pub path: String,
+    /// Pass the client's query string on.
+    #[serde(default)]
+    pub forward_query: bool,
+    /// Longest wait for this call's whole answer.
+    #[serde(
+        default = "mediation_defaults::call_timeout",
+        deserialize_with = "super::raw::human_duration"
+    )]
+    pub timeout: std::time::Duration,
+    /// Without this call's answer the request fails (502).
+    #[serde(default)]
+    pub required: bool,
+}
+
 /// Where a GraphQL variable or SOAP element comes from.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +133,12 @@ pub(super) mod mediation_defaults {
     }
     pub fn soap_version() -> String {
         "1.1".into()
+    }
+    pub fn call_method() -> String {
+        "GET".into()
+    }
+    pub fn call_timeout() -> std::time::Duration {
+        std::time::Duration::from_secs(5)
     }
     pub fn max_mediated_body() -> u64 {
         1024 * 1024

@@ -184,6 +184,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
                 &format!("routes[{i}]"),
                 r,
                 &route,
+                &upstream_index,
                 problems,
             )
             .map(std::sync::Arc::new);

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::mediate::{
     Mediation, Translation,
+    aggregate::{Aggregate, Call, PathPart, parse_path},
     graphql::GraphqlCall,
     json_edit::{JsonEdits, Pointer},
     params::{Kind, Parameter, Source},
@@ -26,6 +27,7 @@ pub(super) fn validate_mediation(
     key: &str,
     raw: &RawRoute,
     route: &RouteConfig,
+    upstreams: &std::collections::HashMap<&str, usize>,
     problems: &mut Problems,
 ) -> Option<Mediation> {
     let before = problems.0.len();
@@ -82,10 +84,30 @@ pub(super) fn validate_mediation(
             }
         }
     });
+    let aggregate = raw
+        .aggregate
+        .as_ref()
+        .map(|a| aggregate(&format!("{key}.aggregate"), a, route, upstreams, problems));
+    if aggregate.is_some() {
+        for (set, name) in [
+            (raw.graphql.is_some(), "graphql"),
+            (raw.soap.is_some(), "soap"),
+            (raw.request_body.is_some(), "request_body"),
+            (raw.validate.is_some(), "validate"),
+        ] {
+            if set {
+                problems.push(
+                    format!("{key}.{name}"),
+                    format!("{name} does not apply to an aggregate route"),
+                );
+            }
+        }
+    }
     let mediated = translation.is_some()
         || request_edits.is_some()
         || response_edits.is_some()
-        || validator.is_some();
+        || validator.is_some()
+        || aggregate.is_some();
     if !mediated {
         return None;
     }
@@ -116,8 +138,94 @@ pub(super) fn validate_mediation(
         request_edits,
         response_edits,
         validator,
+        aggregate,
         max_body: usize::try_from(raw.max_mediated_body).unwrap_or(usize::MAX),
     })
+}
+
+fn aggregate(
+    key: &str,
+    raw: &super::raw::RawAggregate,
+    route: &RouteConfig,
+    upstreams: &std::collections::HashMap<&str, usize>,
+    problems: &mut Problems,
+) -> Aggregate {
+    if raw.calls.is_empty() {
+        problems.push(
+            format!("{key}.calls"),
+            "an aggregate needs at least one call",
+        );
+    }
+    let captures: Vec<&str> = match &route.path {
+        PathMatch::Regex(re) => re.capture_names().flatten().collect(),
+        _ => Vec::new(),
+    };
+    let mut keys = std::collections::HashSet::new();
+    let mut calls = Vec::new();
+    for (i, c) in raw.calls.iter().enumerate() {
+        let ckey = format!("{key}.calls[{i}]");
+        if c.key.is_empty() || c.key == "_errors" || !keys.insert(c.key.as_str()) {
+            problems.push(
+                format!("{ckey}.key"),
+                format!("{:?}: each call needs its own key (not _errors)", c.key),
+            );
+        }
+        let upstream = match &c.upstream {
+            None => route.upstream,
+            Some(name) => match upstreams.get(name.as_str()) {
+                Some(&index) => index,
+                None => {
+                    problems.push(
+                        format!("{ckey}.upstream"),
+                        format!("unknown upstream {name:?}"),
+                    );
+                    continue;
+                }
+            },
+        };
+        if c.method.is_empty() || !c.method.bytes().all(|b| b.is_ascii_uppercase()) {
+            problems.push(
+                format!("{ckey}.method"),
+                format!("{:?}: write an upper-case method", c.method),
+            );
+        }
+        if c.timeout.is_zero() {
+            problems.push(format!("{ckey}.timeout"), "must be greater than zero");
+        }
+        let path = match parse_path(&c.path) {
+            Ok(parts) => parts,
+            Err(message) => {
+                problems.push(format!("{ckey}.path"), message);
+                continue;
+            }
+        };
+        let mut literal = String::new();
+        for part in &path {
+            match part {
+                PathPart::Literal(text) => literal.push_str(text),
+                PathPart::Capture(name) => {
+                    literal.push('x');
+                    if !captures.contains(&name.as_str()) {
+                        problems.push(
+                            format!("{ckey}.path"),
+                            format!("the route's path has no {{{name}}} segment"),
+                        );
+                    }
+                }
+            }
+        }
+        check_path(&format!("{ckey}.path"), &literal, problems);
+        calls.push(Call {
+            key: c.key.clone(),
+            upstream,
+            method: c.method.clone(),
+            path,
+            forward_query: c.forward_query,
+            timeout: c.timeout,
+            required: c.required,
+        });
+    }
+    Aggregate { calls }
 }
 
 fn result_path(result: Option<&String>) -> Vec<String> {

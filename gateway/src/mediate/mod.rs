@@ -1,13 +1,15 @@
 //! API mediation: what the gateway does to a request and its response beyond forwarding
 //! them — protocol translation (REST → GraphQL in [`graphql`], JSON ↔ SOAP in [`soap`]),
-//! JSON body edits ([`json_edit`]), request validation ([`schema`]), with request values
-//! taken from the path, query, headers and body ([`params`]).
+//! JSON body edits ([`json_edit`]), request validation ([`schema`]), response
+//! aggregation ([`aggregate`]), with request values taken from the path, query, headers
+//! and body ([`params`]).
 //!
 //! A route's [`Mediation`] is compiled once from the config; the proxy buffers the bodies
 //! it needs (bounded by [`Mediation::max_body`]) and calls into this module, which never
 //! does I/O. Every refusal is a [`MediationError`], answered as an RFC 9457
 //! `application/problem+json` document listing each violation with its JSON pointer.
 
+pub mod aggregate;
 pub mod graphql;
 pub mod json_edit;
 pub mod params;
@@ -25,6 +27,8 @@ pub struct Mediation {
     pub request_edits: Option<json_edit::JsonEdits>,
     /// Edits to the JSON response body, applied after the translation.
     pub response_edits: Option<json_edit::JsonEdits>,
+    /// The answer merges concurrent calls to several upstreams.
+    pub aggregate: Option<aggregate::Aggregate>,
     /// The request body must satisfy this JSON Schema.
     pub validator: Option<schema::BodyValidator>,
     /// Largest body buffered for mediation, each way. A larger body is refused (413,
@@ -55,7 +59,7 @@ impl Mediation {
 
     /// Whether the response body is read whole and rewritten.
     pub fn rewrites_response(&self) -> bool {
-        self.translation.is_some() || self.response_edits.is_some()
+        self.translation.is_some() || self.response_edits.is_some() || self.aggregate.is_some()
     }
 }
 

@@ -64,6 +64,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         limits: &Limits,
         mediation: &Mediation,
     ) -> Result<bool, ProxyError> {
+        if let Some(aggregate) = &mediation.aggregate {
+            return self
+                .answer_aggregate(worker, snapshot, route, limits, mediation, aggregate)
+                .await;
+        }
         self.prepare_outbound(route, limits, mediation).await?;
         if mediation.rewrites_response() {
             // The answer is parsed: it must come unencoded and whole.

@@ -17,6 +17,7 @@
 //! Per-worker state ([`Worker`]) lives on its thread; the config [`Snapshot`] is shared
 //! read-only through an `Arc`.
 
+mod aggregate;
 mod attempt;
 mod buffered;
 mod cached;
