@@ -123,7 +123,10 @@ thread_local! {
     );
     static RATE_TABLE: Arc<RateTable> = Arc::new(RateTable::new(1024));
     static SNAPSHOT: Arc<Snapshot> =
-        Arc::new(Snapshot::new(Config::parse(Path::new("fuzz.toml"), CONFIG).expect("fuzz config")));
+        Arc::new(Snapshot::new(
+            Config::parse(Path::new("fuzz.toml"), CONFIG).expect("fuzz config"),
+            &Arc::default(),
+        ));
 }
 
 fuzz_target!(|data: &[u8]| {

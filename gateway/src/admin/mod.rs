@@ -364,6 +364,13 @@ fn handle(request: &Request, state: &AdminState) -> Reply {
             body: views::metrics(state).into_bytes(),
         },
         "/audit" => Reply::json(200, &json!({ "entries": state.audit.entries() })),
+        "/usage" => Reply::json(200, &views::usage(&snapshot)),
+        "/usage.csv" => Reply {
+            status: 200,
+            content_type: "text/csv",
+            body: views::usage_csv(&snapshot).into_bytes(),
+        },
+        "/webhooks" => Reply::json(200, &views::webhooks(&snapshot)),
         "/acl" | "/acl/add" | "/acl/remove" => acl(state, request),
         "/cache/purge" => cache_purge(state, request),
         "/reload" => match state.ask(|reply| Control::Reload {

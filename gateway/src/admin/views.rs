@@ -270,3 +270,92 @@ pub fn metrics(state: &AdminState) -> String {
     }
     out
 }
+
+/// `GET /usage`: each consumer's totals against its plan, and its requests per route.
+pub fn usage(snapshot: &Snapshot) -> Value {
+    let now = crate::metering::Period::now();
+    let book = snapshot.meter.book();
+    let routes = book.usage(now);
+    let consumers: Vec<Value> = book
+        .totals(now)
+        .into_iter()
+        .map(|total| {
+            let plan = snapshot
+                .config
+                .consumers
+                .iter()
+                .find(|c| c.name == total.consumer)
+                .and_then(|c| c.plan.as_ref());
+            let quota = plan.map(|p| {
+                json!({
+                    "plan": p.name,
+                    "requests_per_day": p.quota.per_day,
+                    "requests_per_month": p.quota.per_month,
+                    "day_left": p.quota.per_day.map(|q| q.saturating_sub(total.day)),
+                    "month_left": p.quota.per_month.map(|q| q.saturating_sub(total.month)),
+                })
+            });
+            json!({
+                "consumer": total.consumer,
+                "day_requests": total.day,
+                "month_requests": total.month,
+                "quota": quota,
+                "routes": routes
+                    .iter()
+                    .filter(|u| u.consumer == total.consumer)
+                    .map(|u| json!({ "route": u.route, "day_requests": u.day, "month_requests": u.month }))
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "day": crate::metering::day_label(now.day),
+        "month": crate::metering::month_label(now.month),
+        "consumers": consumers,
+    })
+}
+
+/// `GET /usage.csv`: one line per consumer and route (names are quoted when needed).
+pub fn usage_csv(snapshot: &Snapshot) -> String {
+    let now = crate::metering::Period::now();
+    let (day, month) = (
+        crate::metering::day_label(now.day),
+        crate::metering::month_label(now.month),
+    );
+    let mut out = String::from("consumer,route,day,day_requests,month,month_requests\n");
+    for usage in snapshot.meter.book().usage(now) {
+        let route = usage.route.unwrap_or_default();
+        out.push_str(&format!(
+            "{},{},{day},{},{month},{}\n",
+            csv_field(&usage.consumer),
+            csv_field(&route),
+            usage.day,
+            usage.month
+        ));
+    }
+    out
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break (RFC 4180).
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// `GET /webhooks`: subscribers (secrets left out) and the last deliveries.
+pub fn webhooks(snapshot: &Snapshot) -> Value {
+    let (deliveries, dropped) = crate::webhooks::deliveries();
+    json!({
+        "subscribers": snapshot.config.webhooks.iter().map(|w| json!({
+            "name": w.name,
+            "url": w.url.as_str(),
+            "events": if w.events.is_empty() { crate::webhooks::Event::KINDS.iter().map(|k| k.to_string()).collect() } else { w.events.clone() },
+            "max_attempts": w.max_attempts,
+        })).collect::<Vec<_>>(),
+        "dropped_events": dropped,
+        "deliveries": deliveries,
+    })
+}

@@ -40,6 +40,8 @@ pub struct Config {
     pub consumers: Vec<ConsumerConfig>,
     pub access_log: Option<crate::observe::access_log::AccessLogConfig>,
     pub cache: CacheSettings,
+    pub metering: MeteringConfig,
+    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
 }
 
 /// `[cache]`: limits of each worker's response cache.
@@ -514,6 +516,23 @@ pub struct ConsumerConfig {
     pub api_key_hashes: Vec<[u8; 32]>,
     pub jwt_subjects: Vec<String>,
     pub rate_limit: Option<crate::ratelimit::LimitSpec>,
+    /// The plan whose quotas apply.
+    pub plan: Option<PlanConfig>,
+}
+
+/// A plan: quotas its consumers share the terms of (each consumer has its own counts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanConfig {
+    pub name: String,
+    pub quota: crate::metering::Quota,
+}
+
+/// `[metering]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeteringConfig {
+    /// The usage file; `None`: counts are kept in memory only.
+    pub path: Option<PathBuf>,
+    pub flush_interval: Duration,
 }
 
 /// Host condition (compared lower-case, port ignored).

@@ -32,6 +32,15 @@ pub struct RawConfig {
     pub access_log: Option<RawAccessLog>,
     #[serde(default)]
     pub cache: RawCacheSettings,
+    /// Where usage counts are kept.
+    #[serde(default)]
+    pub metering: RawMetering,
+    /// Plans consumers subscribe to (quotas).
+    #[serde(default)]
+    pub plans: Vec<RawPlan>,
+    /// Endpoints receiving the gateway's events.
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
 }
 
 /// `[access_log]`: one JSON line per request.
@@ -654,6 +663,8 @@ pub struct RawConsumer {
     pub jwt_subjects: Vec<String>,
     /// A limit on everything this consumer calls (keyed by consumer).
     pub rate_limit: Option<RawRateLimit>,
+    /// The plan whose quotas apply (a `[[plans]]` name).
+    pub plan: Option<String>,
 }
 
 /// XDP attach mode.

@@ -127,7 +127,85 @@ pub struct RawValidate {
     pub openapi: bool,
 }
 
+/// `[metering]`: where the usage book is saved.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetering {
+    /// The usage file (relative to the config file); counts stay in memory when unset.
+    pub path: Option<String>,
+    /// How often changed counts are saved.
+    #[serde(
+        default = "mediation_defaults::flush_interval",
+        deserialize_with = "super::raw::human_duration"
+    )]
+    pub flush_interval: std::time::Duration,
+}
+
+impl Default for RawMetering {
+    fn default() -> Self {
+        Self {
+            path: None,
+            flush_interval: mediation_defaults::flush_interval(),
+        }
+    }
+}
+
+/// `[[webhooks]]`: an endpoint receiving signed event deliveries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub name: String,
+    /// `http://` or `https://` URL the events are POSTed to.
+    pub url: String,
+    /// The HMAC-SHA256 key deliveries are signed with.
+    pub secret: String,
+    /// Event types delivered (all when empty): `upstream_health`, `quota_exhausted`,
+    /// `acl_change`, `ban`, `config_reload`.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Longest wait for one attempt.
+    #[serde(
+        default = "mediation_defaults::webhook_timeout",
+        deserialize_with = "super::raw::human_duration"
+    )]
+    pub timeout: std::time::Duration,
+    /// Attempts per event, the first included.
+    #[serde(default = "mediation_defaults::webhook_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the second attempt, doubled for each further one.
+    #[serde(
+        default = "mediation_defaults::webhook_backoff",
+        deserialize_with = "super::raw::human_duration"
+    )]
+    pub retry_backoff: std::time::Duration,
+    /// CA bundle for an `https` URL (system roots when unset).
+    pub ca_file: Option<String>,
+}
+
+/// `[[plans]]`: quotas consumers subscribe to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlan {
+    pub name: String,
+    /// Requests a consumer may make per UTC day (unlimited when unset).
+    pub requests_per_day: Option<u64>,
+    /// Requests a consumer may make per UTC month.
+    pub requests_per_month: Option<u64>,
+}
+
 pub(super) mod mediation_defaults {
+    pub fn webhook_timeout() -> std::time::Duration {
+        std::time::Duration::from_secs(2)
+    }
+    pub fn webhook_attempts() -> u32 {
+        5
+    }
+    pub fn webhook_backoff() -> std::time::Duration {
+        std::time::Duration::from_millis(500)
+    }
+    pub fn flush_interval() -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
     pub fn graphql_endpoint() -> String {
         "/graphql".into()
     }

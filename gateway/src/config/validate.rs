@@ -142,7 +142,8 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
 
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut auth = validate_auth(dir, &raw.auth, problems);
-    let consumers = validate_consumers(&raw.consumers, problems);
+    let plans = validate_plans(&raw.plans, problems);
+    let consumers = validate_consumers(&raw.consumers, &plans, problems);
 
     let mut route_names = HashSet::new();
     let mut routes = Vec::new();
@@ -297,7 +298,118 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
             max_size: raw.cache.max_size,
             max_entry_size: raw.cache.max_entry_size,
         },
+        webhooks: validate_webhooks(dir, &raw.webhooks, problems),
+        metering: {
+            if raw.metering.flush_interval.is_zero() {
+                problems.push("metering.flush_interval", "must be greater than zero");
+            }
+            crate::config::MeteringConfig {
+                path: raw.metering.path.as_ref().map(|p| dir.join(p)),
+                flush_interval: raw.metering.flush_interval,
+            }
+        },
     }
+}
+
+/// `[[webhooks]]`: reachable URLs, a secret, known event types, sane retries.
+fn validate_webhooks(
+    dir: &Path,
+    raw: &[super::raw::RawWebhook],
+    problems: &mut Problems,
+) -> Vec<crate::webhooks::WebhookConfig> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, w) in raw.iter().enumerate() {
+        let key = format!("webhooks[{i}]");
+        if w.name.is_empty() || !names.insert(w.name.as_str()) {
+            problems.push(
+                format!("{key}.name"),
+                format!("empty or duplicate webhook name {:?}", w.name),
+            );
+        }
+        let url = match url::Url::parse(&w.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
+                Some(url)
+            }
+            _ => {
+                problems.push(
+                    format!("{key}.url"),
+                    format!("{:?}: write an http:// or https:// URL", w.url),
+                );
+                None
+            }
+        };
+        if w.secret.len() < 16 {
+            problems.push(
+                format!("{key}.secret"),
+                "use a secret of at least 16 characters",
+            );
+        }
+        for (e, event) in w.events.iter().enumerate() {
+            if !crate::webhooks::Event::KINDS.contains(&event.as_str()) {
+                problems.push(
+                    format!("{key}.events[{e}]"),
+                    format!(
+                        "unknown event {event:?}; known: {}",
+                        crate::webhooks::Event::KINDS.join(", ")
+                    ),
+                );
+            }
+        }
+        if !(1..=20).contains(&w.max_attempts) {
+            problems.push(format!("{key}.max_attempts"), "must be between 1 and 20");
+        }
+        if w.timeout.is_zero() {
+            problems.push(format!("{key}.timeout"), "must be greater than zero");
+        }
+        if let Some(url) = url {
+            out.push(crate::webhooks::WebhookConfig {
+                name: w.name.clone(),
+                url,
+                secret: w.secret.clone(),
+                events: w.events.clone(),
+                timeout: w.timeout,
+                max_attempts: w.max_attempts,
+                retry_backoff: w.retry_backoff,
+                ca_file: w.ca_file.as_ref().map(|f| dir.join(f)),
+            });
+        }
+    }
+    out
+}
+
+/// `[[plans]]`: unique names and positive quotas.
+fn validate_plans(raw: &[super::raw::RawPlan], problems: &mut Problems) -> Vec<super::PlanConfig> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
+        let key = format!("plans[{i}]");
+        if p.name.is_empty() || !names.insert(p.name.as_str()) {
+            problems.push(
+                format!("{key}.name"),
+                format!("empty or duplicate plan name {:?}", p.name),
+            );
+        }
+        for (field, value) in [
+            ("requests_per_day", p.requests_per_day),
+            ("requests_per_month", p.requests_per_month),
+        ] {
+            if value == Some(0) {
+                problems.push(
+                    format!("{key}.{field}"),
+                    "must be at least 1 (leave it out for no quota)",
+                );
+            }
+        }
+        out.push(super::PlanConfig {
+            name: p.name.clone(),
+            quota: crate::metering::Quota {
+                per_day: p.requests_per_day,
+                per_month: p.requests_per_month,
+            },
+        });
+    }
+    out
 }
 
 fn validate_gateway(dir: &Path, raw: &RawConfig, problems: &mut Problems) -> GatewaySettings {

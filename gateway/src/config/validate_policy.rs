@@ -275,6 +275,7 @@ fn validate_introspection(
 /// Consumers, with their API key hashes decoded.
 pub(super) fn validate_consumers(
     raw: &[RawConsumer],
+    plans: &[super::PlanConfig],
     problems: &mut Problems,
 ) -> Vec<ConsumerConfig> {
     let mut names = HashMap::new();
@@ -323,12 +324,20 @@ pub(super) fn validate_consumers(
             spec.key = LimitKey::Consumer;
             Some(spec)
         });
+        let plan = c.plan.as_ref().and_then(|name| {
+            let found = plans.iter().find(|p| &p.name == name).cloned();
+            if found.is_none() {
+                problems.push(format!("{key}.plan"), format!("unknown plan {name:?}"));
+            }
+            found
+        });
         out.push(ConsumerConfig {
             name: c.name.clone(),
             group: c.group.clone(),
             api_key_hashes,
             jwt_subjects: c.jwt_subjects.clone(),
             rate_limit,
+            plan,
         });
     }
     out

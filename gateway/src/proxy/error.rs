@@ -26,6 +26,8 @@ pub enum ProxyError {
     Auth(crate::auth::AuthFailure),
     #[error("rate limit exceeded")]
     RateLimited,
+    #[error("the consumer's {0}ly quota is spent")]
+    QuotaExceeded(&'static str),
     #[error("too many requests in flight on this route or upstream")]
     TooManyInFlight,
     #[error("upstream has no available target")]
@@ -85,6 +87,7 @@ impl ProxyError {
             Self::Auth(AuthFailure::UnknownApiKey) => (401, "invalid_api_key"),
             Self::Auth(AuthFailure::Unavailable) => (503, "auth_unavailable"),
             Self::RateLimited => (429, "rate_limited"),
+            Self::QuotaExceeded(_) => (429, "quota_exceeded"),
             Self::TooManyInFlight => (503, "too_many_in_flight"),
             Self::NoTarget => (503, "no_upstream_target"),
             Self::Overloaded(_) => (503, "upstream_overloaded"),
@@ -105,6 +108,7 @@ impl ProxyError {
                 | Self::IpDenied
                 | Self::Auth(_)
                 | Self::RateLimited
+                | Self::QuotaExceeded(_)
                 | Self::TooManyInFlight
                 | Self::NoTarget
                 | Self::Overloaded(_)

@@ -80,11 +80,14 @@ pub struct Snapshot {
     pub identity_header_names: Vec<String>,
     /// Whether any credential is configured (so identity headers mean something).
     pub identity_headers_in_use: bool,
+    /// Usage counters and plan quotas of the consumers (global across workers).
+    pub meter: crate::metering::Meter,
 }
 
 impl Snapshot {
-    /// Compiles the routing table and upstream tables for `config`.
-    pub fn new(config: Config) -> Self {
+    /// Compiles the routing table and upstream tables for `config`; its consumers count
+    /// their usage in `usage` (the process's book, kept across reloads).
+    pub fn new(config: Config, usage: &Arc<crate::metering::UsageBook>) -> Self {
         let router = Router::new(&config);
         let upstreams = Upstreams::new(&config);
         let edge = arc_swap::ArcSwap::from_pointee(EdgePolicy::new(&config.edge));
@@ -129,6 +132,7 @@ impl Snapshot {
             identity_header_names.extend(provider.claim_headers.iter().map(|(_, h)| h.clone()));
         }
         let identity_headers_in_use = !config.auth.jwt.is_empty() || !config.consumers.is_empty();
+        let meter = usage.meter(&config);
         Self {
             config,
             router,
@@ -141,6 +145,7 @@ impl Snapshot {
             upstream_in_flight,
             identity_header_names,
             identity_headers_in_use,
+            meter,
         }
     }
 

@@ -26,6 +26,7 @@ use crate::{
     auth::{AuthFailure, CredentialPlace, Identity},
     config::{CorsConfig, RouteConfig, RoutePolicy},
     http::target::query_without,
+    metering::QuotaDecision,
     ratelimit::{Decision, InFlightGuard, LimitKey, LimitSpec},
 };
 
@@ -88,6 +89,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         };
         self.consumer = identity.as_ref().and_then(|i| i.consumer);
         self.rate_limit(worker, snapshot, route, client, identity.as_deref())?;
+        self.charge_quota(snapshot, route_index)?;
         let enter = |limit: Option<&'s crate::ratelimit::InFlight>| match limit {
             Some(limit) => limit
                 .try_enter()
@@ -329,6 +331,57 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     }
 
     /// The rate-limit phase: the route's limit, then the consumer's.
+    /// Usage metering: counts the request against its consumer's day and month, and
+    /// refuses it (429, with the quota's headers) when the consumer's plan is spent.
+    fn charge_quota(&mut self, snapshot: &Snapshot, route_index: usize) -> Result<(), ProxyError> {
+        let Some(consumer) = self.consumer else {
+            return Ok(());
+        };
+        let now = crate::metering::Period::now();
+        let out = &mut self.reply_headers;
+        match snapshot.meter.record(consumer, route_index, now) {
+            QuotaDecision::Admitted {
+                day_left,
+                month_left,
+            } => {
+                let quota = snapshot.meter.quota(consumer);
+                for (name, limit, left) in [
+                    ("day", quota.per_day, day_left),
+                    ("month", quota.per_month, month_left),
+                ] {
+                    if let (Some(limit), Some(left)) = (limit, left) {
+                        let _ = write!(
+                            out,
+                            "x-quota-limit-{name}: {limit}\r\nx-quota-remaining-{name}: {left}\r\n"
+                        );
+                    }
+                }
+                Ok(())
+            }
+            QuotaDecision::Exhausted {
+                period,
+                limit,
+                renews_in,
+                first,
+            } => {
+                let _ = write!(
+                    out,
+                    "retry-after: {renews_in}\r\nx-quota-limit-{period}: {limit}\r\nx-quota-remaining-{period}: 0\r\nx-quota-reset-{period}: {renews_in}\r\n"
+                );
+                if first {
+                    let name = &snapshot.config.consumers[consumer].name;
+                    tracing::info!(consumer = %name, period, limit, "quota exhausted");
+                    crate::webhooks::publish(crate::webhooks::Event::QuotaExhausted {
+                        consumer: name.clone(),
+                        period,
+                        limit,
+                    });
+                }
+                Err(ProxyError::QuotaExceeded(period))
+            }
+        }
+    }
+
     fn rate_limit(
         &mut self,
         worker: &Worker,

@@ -33,7 +33,8 @@ impl AclList {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// `deny` or `allow`.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Deny => "deny",
             Self::Allow => "allow",

@@ -33,12 +33,15 @@ use crate::{
     edge::EdgePolicy,
     proxy::{Snapshot, Worker, WorkerShared, serve_connection},
     ratelimit::RateTable,
+    webhooks,
     xdp::{PinFolder, XdpProgram, is_placeholder},
 };
 
 /// Why the appliance could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    #[error("{0}")]
+    Usage(#[from] crate::metering::StoreError),
     #[error("listener {name:?}: cannot bind {addr}: {source}")]
     Bind {
         name: String,
@@ -109,7 +112,18 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
     } else {
         Vec::new()
     };
-    let snapshot = Arc::new(Snapshot::new(config));
+    let usage = Arc::new(crate::metering::UsageBook::open(
+        config.metering.path.clone(),
+    )?);
+    if config.metering.path.is_none() && config.consumers.iter().any(|c| c.plan.is_some()) {
+        tracing::warn!(
+            "no [metering] path: usage counts and quotas restart from zero with the process"
+        );
+    }
+    let saver_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let saver = usage.spawn_saver(config.metering.flush_interval, saver_stop.clone());
+    let snapshot = Arc::new(Snapshot::new(config, &usage));
+    webhooks::start(&snapshot.config.webhooks);
     let (mut xdp, mut live) = start_xdp(&snapshot, &listeners.addrs)?;
     // Only now, with the lists in the driver, may the kernel queue connections.
     listeners.listen(&snapshot.config)?;
@@ -229,6 +243,12 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
                             "acl_expire",
                             serde_json::json!({ "list": list, "cidr": net.to_string() }),
                         );
+                        webhooks::publish(webhooks::Event::AclChange {
+                            action: "expire",
+                            list,
+                            cidr: net.to_string(),
+                            by: "ttl".into(),
+                        });
                     }
                     apply_live_acl(&current, &live, xdp.as_mut(), &listeners.addrs);
                 }
@@ -288,6 +308,12 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
                     )),
                     AclCommand::Add { list, net, ttl } => {
                         let new = live.add(list, net, ttl, &identity);
+                        webhooks::publish(webhooks::Event::AclChange {
+                            action: "add",
+                            list: list.name(),
+                            cidr: net.to_string(),
+                            by: identity.clone(),
+                        });
                         audit.record(
                             &identity,
                             "acl_add",
@@ -303,6 +329,12 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
                     }
                     AclCommand::Remove { list, net } => {
                         if live.remove(list, net) {
+                            webhooks::publish(webhooks::Event::AclChange {
+                                action: "remove",
+                                list: list.name(),
+                                cidr: net.to_string(),
+                                by: identity.clone(),
+                            });
                             audit.record(
                                 &identity,
                                 "acl_remove",
@@ -333,6 +365,11 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
                 live.add(AclList::Deny, net, Some(ban.duration), "l7-ban");
                 tracing::warn!(%ip, status, duration = ?ban.duration, "source banned at the edge after repeated rejected requests");
                 metrics::counter!("gateway_edge_bans_total").increment(1);
+                webhooks::publish(webhooks::Event::Ban {
+                    ip: ip.to_string(),
+                    last_status: status,
+                    seconds: ban.duration.as_secs(),
+                });
                 audit.record(
                     "l7-ban",
                     "ban",
@@ -401,6 +438,14 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
         }
     }
     drop(shared);
+    saver_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(saver) = saver {
+        saver.thread().unpark();
+        let _ = saver.join();
+    }
+    if let Err(error) = usage.save_if_changed() {
+        tracing::error!(%error, "saving usage counts at shutdown failed");
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -447,10 +492,23 @@ fn audit_reload(
         }),
     };
     audit.record(identity, "reload", entry);
+    webhooks::publish(webhooks::Event::ConfigReload {
+        applied: outcome.is_ok(),
+        by: identity.to_owned(),
+        detail: match outcome {
+            Ok(next) => format!(
+                "{} routes, {} upstreams",
+                next.config.routes.len(),
+                next.config.upstreams.len()
+            ),
+            Err(problems) => problems.clone(),
+        },
+    });
 }
 
 /// Puts a reloaded snapshot in service: every worker, and the admin API's view.
 fn install(mailboxes: &[Arc<WorkerMailbox>], admin: Option<&AdminState>, next: &Arc<Snapshot>) {
+    webhooks::start(&next.config.webhooks);
     for mailbox in mailboxes {
         mailbox.config.post(next.clone());
     }
@@ -509,7 +567,10 @@ fn reload(
             "gateway.rate_limit_keys changed: the rate-limit table keeps its size until restart"
         );
     }
-    let next = Arc::new(Snapshot::new(config));
+    if config.metering != current.config.metering {
+        tracing::warn!("[metering] changed: the usage file and interval stay until restart");
+    }
+    let next = Arc::new(Snapshot::new(config, current.meter.book()));
     next.adopt_remote_keys(current);
     // Targets that stay keep their health (no flapping back into rotation on reload).
     next.upstreams.health.adopt(

@@ -225,12 +225,22 @@ async fn check_target(
             failures = 0;
             if successes >= check.healthy && health.set_up(global, true) {
                 tracing::info!(upstream = %upstream.name, %addr, "target healthy again");
+                crate::webhooks::publish(crate::webhooks::Event::UpstreamHealth {
+                    upstream: upstream.name.clone(),
+                    target: addr.to_string(),
+                    healthy: true,
+                });
             }
         } else {
             failures += 1;
             successes = 0;
             if failures >= check.unhealthy && health.set_up(global, false) {
                 tracing::warn!(upstream = %upstream.name, %addr, "target failed its health checks; out of rotation");
+                crate::webhooks::publish(crate::webhooks::Event::UpstreamHealth {
+                    upstream: upstream.name.clone(),
+                    target: addr.to_string(),
+                    healthy: false,
+                });
             }
         }
     }
