@@ -64,6 +64,13 @@ fn graphql_service() -> Service {
     })
 }
 
+/// A gateway config: `workers` workers, one plain listener named `public`, then `rest`.
+fn public_gateway(workers: usize, rest: &str) -> String {
+    format!(
+        "[gateway]\nworkers = {workers}\n\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n{rest}"
+    )
+}
+
 fn get(addr: SocketAddr, path: &str) -> Response {
     request(
         addr,
@@ -96,15 +103,10 @@ fn problem(response: &Response) -> Value {
 #[test]
 fn rest_routes_become_graphql_operations() {
     let graphql = graphql_service();
-    let gateway = Gateway::start(&format!(
-        r#"[gateway]
-workers = 2
-
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-
-[[upstreams]]
+    let gateway = Gateway::start(&public_gateway(
+        2,
+        &format!(
+            r#"[[upstreams]]
 name = "graphql"
 targets = [ {{ addr = "{}" }} ]
 
@@ -122,7 +124,8 @@ methods = ["POST"]
 upstream = "graphql"
 graphql = {{ query = "mutation Create($input: UserInput!) {{ createUser(input: $input) {{ id name }} }}", result = "createUser", variables = {{ input = {{ from = "body", type = "json", required = true }} }} }}
 "#,
-        graphql.addr
+            graphql.addr
+        ),
     ));
     let addr = gateway.addr();
 
@@ -294,15 +297,10 @@ fn quick_escape(text: &str) -> String {
 #[test]
 fn json_requests_become_soap_calls_and_faults_become_problems() {
     let soap = soap_service();
-    let gateway = Gateway::start(&format!(
-        r#"[gateway]
-workers = 1
-
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-
-[[upstreams]]
+    let gateway = Gateway::start(&public_gateway(
+        1,
+        &format!(
+            r#"[[upstreams]]
 name = "ledger"
 targets = [ {{ addr = "{}" }} ]
 
@@ -319,7 +317,8 @@ upstream = "ledger"
 rewrite = "/ledger.asmx"
 soap = {{ action = "urn:accounts/PlaceOrder", operation = "PlaceOrder", namespace = "urn:accounts" }}
 "#,
-        soap.addr
+            soap.addr
+        ),
     ));
     let addr = gateway.addr();
 
@@ -396,15 +395,10 @@ fn json_bodies_are_edited_both_ways() {
             &json!({"id": 5, "internal": {"shard": 3}, "userName": "ann", "echo": req.json()}),
         ),
     });
-    let gateway = Gateway::start(&format!(
-        r#"[gateway]
-workers = 1
-
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-
-[[upstreams]]
+    let gateway = Gateway::start(&public_gateway(
+        1,
+        &format!(
+            r#"[[upstreams]]
 name = "app"
 targets = [ {{ addr = "{}" }} ]
 
@@ -416,7 +410,8 @@ max_mediated_body = "4KiB"
 request_body = {{ remove = ["/password"], rename = {{ "/userName" = "user_name" }}, move = {{ "/city" = "/address/city" }}, add = {{ "/meta/source" = "gateway", "/meta/version" = 2 }} }}
 response_body = {{ remove = ["/internal", "/echo"], rename = {{ "/userName" = "user_name" }} }}
 "#,
-        backend.addr
+            backend.addr
+        ),
     ));
     let addr = gateway.addr();
     let response = post_json(
@@ -483,15 +478,10 @@ fn requests_are_validated_against_a_schema_and_the_openapi_operation() {
         .to_string(),
     )
     .expect("openapi");
-    let gateway = Gateway::start(&format!(
-        r#"[gateway]
-workers = 1
-
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-
-[[upstreams]]
+    let gateway = Gateway::start(&public_gateway(
+        1,
+        &format!(
+            r#"[[upstreams]]
 name = "app"
 targets = [ {{ addr = "{}" }} ]
 
@@ -508,9 +498,10 @@ upstream = "app"
 openapi = "{}"
 validate = {{ openapi = true }}
 "#,
-        backend.addr,
-        schema.display(),
-        openapi.display()
+            backend.addr,
+            schema.display(),
+            openapi.display()
+        ),
     ));
     let addr = gateway.addr();
     let ok = post_json(addr, "/orders", r#"{"sku": "AB-1", "qty": 3}"#);
@@ -644,15 +635,10 @@ fn aggregates_fan_out_concurrently_and_mark_partial_answers() {
         Reply::json(200, &json!({"late": true})).delayed(std::time::Duration::from_secs(2))
     });
     let failing = Service::start(|_| Reply::json(500, &json!({"error": "down"})));
-    let gateway = Gateway::start(&format!(
-        r#"[gateway]
-workers = 1
-
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-
-[[upstreams]]
+    let gateway = Gateway::start(&public_gateway(
+        1,
+        &format!(
+            r#"[[upstreams]]
 name = "profile"
 targets = [ {{ addr = "{}" }} ]
 
@@ -686,7 +672,8 @@ path = "/strict/{{id}}"
 upstream = "failing"
 aggregate = {{ calls = [ {{ key = "reviews", path = "/reviews", required = true }}, {{ key = "orders", upstream = "orders", path = "/o/{{id}}" }} ] }}
 "#,
-        profile.addr, orders.addr, slow.addr, failing.addr
+            profile.addr, orders.addr, slow.addr, failing.addr
+        ),
     ));
     let addr = gateway.addr();
     let response = get(addr, "/dashboard/31?lang=en");

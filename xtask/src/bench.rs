@@ -125,7 +125,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let backend_port = free_port()?;
     let wants = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
     let _backend = if scenarios.is_empty()
-        && !["S6", "S7", "S8", "S11", "S12", "S13"]
+        && !["S6", "S7", "S8", "S11", "S12", "S13", "S14"]
             .iter()
             .any(|id| wants(id))
     {
@@ -201,6 +201,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             backend_port,
             wants("S12"),
             wants("S13"),
+        )?);
+    }
+    if wants("S14") {
+        table.push_str(&crate::bench_mediation::section(
+            args,
+            work.path(),
+            backend_port,
         )?);
     }
     if wants("S10") {
@@ -597,7 +604,7 @@ pub(crate) fn start_backend(dir: &Path, port: u16, cpu: &str) -> Result<Guard> {
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\ndaemon off;\npid {dir}/backend-{port}.pid;\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  default_type application/octet-stream;\n  types {{ text/html html; }}\n  sendfile on;\n  keepalive_requests 10000000;\n  open_file_cache max=16;\n  client_body_temp_path {dir}/b_body;\n  proxy_temp_path {dir}/b_proxy;\n  fastcgi_temp_path {dir}/b_fcgi;\n  uwsgi_temp_path {dir}/b_uwsgi;\n  scgi_temp_path {dir}/b_scgi;\n  server {{ listen 127.0.0.1:{port}; root {dir}/docroot; }}\n}}\n",
+            "worker_processes 1;\ndaemon off;\npid {dir}/backend-{port}.pid;\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  default_type application/octet-stream;\n  types {{ text/html html; }}\n  sendfile on;\n  keepalive_requests 10000000;\n  open_file_cache max=16;\n  client_body_temp_path {dir}/b_body;\n  proxy_temp_path {dir}/b_proxy;\n  fastcgi_temp_path {dir}/b_fcgi;\n  uwsgi_temp_path {dir}/b_uwsgi;\n  scgi_temp_path {dir}/b_scgi;\n  server {{\n    listen 127.0.0.1:{port};\n    root {dir}/docroot;\n    location = /gql {{ default_type application/json; return 200 '{{\"data\":{{\"user\":{{\"id\":7,\"name\":\"bench user\"}}}}}}'; }}\n    location = /b/user {{ default_type application/json; return 200 '{{\"id\":7,\"name\":\"bench user\"}}'; }}\n    location = /b/orders {{ default_type application/json; return 200 '{{\"ok\":true}}'; }}\n  }}\n}}\n",
             dir = dir.display()
         ),
     )?;

@@ -103,7 +103,7 @@ fn policy(dir: &Path) -> Result<(GatewayPolicy, std::path::PathBuf)> {
 
 /// Runs `scenario` through each gateway variant `args.runs` times, interleaved; the
 /// first variant is the baseline of the "vs" column. Returns the table.
-fn compare(
+pub(crate) fn compare(
     args: &BenchArgs,
     dir: &Path,
     backend: u16,
