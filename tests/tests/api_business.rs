@@ -259,6 +259,13 @@ fn webhooks_are_signed_filtered_and_retried_until_delivered() {
         }
     });
     let reloads = Service::start(|_| Reply::new(204, "text/plain", ""));
+    let health = Service::start(|_| Reply::new(204, "text/plain", ""));
+    // A port nothing listens on: its target fails the TCP health check.
+    let health_addr = health.addr;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
     let dir = tempfile::tempdir().expect("dir");
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).expect("token");
@@ -276,6 +283,11 @@ bind = "127.0.0.1:0"
 name = "app"
 targets = [ {{ addr = "{}" }} ]
 
+[[upstreams]]
+name = "dead"
+targets = [ {{ addr = "{dead}" }} ]
+health_check = {{ interval = "100ms", timeout = "100ms", unhealthy = 1 }}
+
 [[routes]]
 name = "all"
 upstream = "app"
@@ -286,12 +298,19 @@ url = "http://{}/hooks?source=gw"
 secret = "{SECRET}"
 retry_backoff = "50ms"
 max_attempts = 4
+events = ["acl_change"]
 
 [[webhooks]]
 name = "changes"
 url = "http://{}/reloads"
 secret = "{SECRET}"
 events = ["config_reload"]
+
+[[webhooks]]
+name = "health"
+url = "http://{health_addr}/health"
+secret = "{SECRET}"
+events = ["upstream_health"]
 "#,
         token.display(),
         backend.addr,
@@ -312,6 +331,13 @@ events = ["config_reload"]
     wait_for("three attempts", || flaky.received().len() >= 3);
     let received = flaky.received();
     assert!(received.iter().all(signed), "every attempt is signed");
+    wait_for("the health event", || !health.received().is_empty());
+    let down = health.received()[0].json();
+    assert!(signed(&health.received()[0]));
+    assert_eq!(
+        down["data"],
+        json!({"upstream": "dead", "target": dead.to_string(), "healthy": false})
+    );
     let ids: Vec<_> = received
         .iter()
         .map(|r| r.header("x-gateway-delivery").map(str::to_owned))
@@ -342,6 +368,7 @@ events = ["config_reload"]
         .as_array()
         .expect("deliveries")
         .iter()
+        .filter(|d| d["webhook"] == "ops")
         .filter_map(|d| d["outcome"].as_str())
         .collect();
     assert_eq!(outcomes, ["delivered", "retrying", "retrying"], "{log}");

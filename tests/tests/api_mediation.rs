@@ -244,6 +244,17 @@ fn soap_service() -> Service {
                 )),
             )
         };
+        if req.header("content-type")
+            == Some("application/soap+xml; charset=utf-8; action=\"urn:accounts/Ping\"")
+            && body.contains("http://www.w3.org/2003/05/soap-envelope")
+            && req.header("soapaction").is_none()
+        {
+            return Reply::new(
+                200,
+                "application/soap+xml",
+                "<env:Envelope xmlns:env=\"http://www.w3.org/2003/05/soap-envelope\"><env:Body><PingResponse xmlns=\"urn:accounts\"><pong>1</pong></PingResponse></env:Body></env:Envelope>",
+            );
+        }
         if req.header("content-type") != Some("text/xml; charset=utf-8")
             || !body.contains(SOAP_ENVELOPE_11)
         {
@@ -316,6 +327,12 @@ path = "/orders"
 upstream = "ledger"
 rewrite = "/ledger.asmx"
 soap = {{ action = "urn:accounts/PlaceOrder", operation = "PlaceOrder", namespace = "urn:accounts" }}
+
+[[routes]]
+name = "ping"
+path = "/ping"
+upstream = "ledger"
+soap = {{ endpoint = "/ledger.asmx", version = "1.2", action = "urn:accounts/Ping", operation = "Ping", namespace = "urn:accounts", result = "pong" }}
 "#,
             soap.addr
         ),
@@ -384,6 +401,14 @@ soap = {{ action = "urn:accounts/PlaceOrder", operation = "PlaceOrder", namespac
     );
     let not_object = post_json(addr, "/orders", "[1, 2]");
     assert_eq!(not_object.status, 400);
+
+    let ping = get(addr, "/ping");
+    assert_eq!(ping.status, 200, "{}", ping.text());
+    assert_eq!(
+        ping.json(),
+        json!("1"),
+        "SOAP 1.2: the action rides in the content type"
+    );
 }
 
 #[test]

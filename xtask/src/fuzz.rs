@@ -19,6 +19,7 @@ pub const TARGETS: &[&str] = &[
     "config",
     "jwt",
     "router",
+    "mediation",
 ];
 
 /// Options of a fuzz run.
