@@ -27,8 +27,12 @@ pub struct RequestHead {
     method: (u32, u32),
     /// `HTTP/1.x` minor version.
     pub version_minor: u8,
-    /// Normalized path; what routes match and what is forwarded.
+    /// Normalized path; what is forwarded, and what routes match unless it has
+    /// `;parameters` (see [`RequestHead::routing_path`]).
     pub path: Vec<u8>,
+    /// The path without `;parameters`, when it has any.
+    path_without_parameters: Vec<u8>,
+    has_parameters: bool,
     query: Option<(u32, u32)>,
     /// Authority the request is for (Host, or the absolute-form target's authority).
     authority: (u32, u32),
@@ -248,8 +252,22 @@ impl RequestHead {
         };
         let path = if path.is_empty() { &b"/"[..] } else { path };
         normalize_path_into(path, &mut self.path)?;
+        self.has_parameters = memchr::memchr(b';', &self.path).is_some();
+        if self.has_parameters {
+            super::target::strip_parameters_into(&self.path, &mut self.path_without_parameters);
+        }
         self.query = query;
         self.resolve_host()
+    }
+
+    /// The path routes match: the normalized path without its segments' `;parameters`
+    /// (the same bytes as [`RequestHead::path`] when there are none).
+    pub fn routing_path(&self) -> &[u8] {
+        if self.has_parameters {
+            &self.path_without_parameters
+        } else {
+            &self.path
+        }
     }
 
     /// Validates the authority and derives the routing host (lower-case, no port).

@@ -10,12 +10,43 @@
 //!    A raw `\`, `#`, control bytes and non-ASCII bytes are rejected too.
 //! 4. Empty segments (`//`) are merged, `.` and `..` segments removed as RFC 3986
 //!    §5.2.4 does (`..` never climbs above `/`); a trailing `/` is kept.
+//! 5. A `;` starts a segment's parameters (RFC 3986 §3.3). Many backends (Tomcat, Jetty,
+//!    Spring) drop them before resolving the path, so `..;x` and `.;x` are dot segments
+//!    there: they are refused here. Routes match the path with every segment's
+//!    parameters removed ([`strip_parameters_into`]); the path is forwarded with them.
 
 use super::{FramingError, hex_value};
 
 const AMBIGUOUS: FramingError = FramingError::Malformed("ambiguous percent-encoding in path");
 const BAD_ESCAPE: FramingError = FramingError::Malformed("invalid percent-encoding in path");
 const BAD_BYTE: FramingError = FramingError::Malformed("invalid character in path");
+const DOT_PARAMETERS: FramingError =
+    FramingError::Malformed("a dot segment with parameters (..;) in path");
+
+/// Writes the normalized `path` without its segments' `;parameters` into `out`: what
+/// routes match, so `/admin;x` is routed as `/admin` (as such backends resolve it).
+pub fn strip_parameters_into(path: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(b'/');
+    let segments = path
+        .strip_prefix(b"/")
+        .unwrap_or(path)
+        .split(|&b| b == b'/');
+    for segment in segments {
+        let name = &segment[..memchr::memchr(b';', segment).unwrap_or(segment.len())];
+        // A segment that was all parameters leaves nothing (as `//` would not).
+        if name.is_empty() {
+            continue;
+        }
+        if out.last() != Some(&b'/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(name);
+    }
+    if path.ends_with(b"/") && out.last() != Some(&b'/') {
+        out.push(b'/');
+    }
+}
 
 /// Normalizes `input` (the path, without query) into `out`.
 pub fn normalize_path_into(input: &[u8], out: &mut Vec<u8>) -> Result<(), FramingError> {
@@ -36,6 +67,13 @@ pub fn normalize_path_into(input: &[u8], out: &mut Vec<u8>) -> Result<(), Framin
         }
         let start = out.len();
         decode_segment(raw_segment, out)?;
+        let name = match memchr::memchr(b';', &out[start..]) {
+            Some(semicolon) => &out[start..start + semicolon],
+            None => &out[start..],
+        };
+        if name.len() < out.len() - start && matches!(name, b"." | b"..") {
+            return Err(DOT_PARAMETERS);
+        }
         match &out[start..] {
             b"." => {
                 out.truncate(mark);
@@ -182,10 +220,41 @@ mod tests {
     }
 
     #[test]
+    fn routes_see_the_path_without_segment_parameters() {
+        for (input, expected) in [
+            ("/admin;x", "/admin"),
+            ("/admin;jsessionid=1/users;v=2", "/admin/users"),
+            ("/a;/b;", "/a/b"),
+            ("/;x/a", "/a"),
+            ("/a/;x", "/a"),
+            ("/a/b;x/", "/a/b/"),
+            ("/plain/path/", "/plain/path/"),
+        ] {
+            let mut out = Vec::new();
+            super::strip_parameters_into(input.as_bytes(), &mut out);
+            assert_eq!(out, expected.as_bytes(), "input {input:?}");
+        }
+    }
+
+    #[test]
     fn rejects_ambiguous_and_broken_paths() {
         for input in [
-            "", "a/b", "/a%2Fb", "/a%2fb", "/a%5Cb", "/a%00", "/a\\b", "/%", "/%4", "/%zz", "/a#b",
+            "",
+            "a/b",
+            "/a%2Fb",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a%00",
+            "/a\\b",
+            "/%",
+            "/%4",
+            "/%zz",
+            "/a#b",
             "/a b",
+            "/a/..;/b",
+            "/a/.;x/b",
+            "/..;",
+            "/a/%2e%2e;x/b",
         ] {
             assert!(norm(input).is_err(), "input {input:?} must be rejected");
         }

@@ -106,7 +106,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// when asked, and the forwarding, identity and credential headers.
     fn call_request(&self, route: &RouteConfig, call: &Call) -> Vec<u8> {
         let captures = match &route.path {
-            PathMatch::Regex(re) => re.captures(&self.head.path),
+            PathMatch::Regex(re) => re.captures(self.head.routing_path()),
             _ => None,
         };
         let mut out = Vec::with_capacity(512);

@@ -418,7 +418,16 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 Ok(Admission::Forward(_in_flight, upstream)) => {
                     self.route = Some(index);
                     let route = &snapshot.router.routes()[index];
-                    Router::upstream_path(route, &self.head.path, &mut self.path);
+                    // A route that cuts or rewrites the path works on what it matched;
+                    // one that forwards it whole keeps its `;parameters`.
+                    let source =
+                        if route.strip_prefix || route.rewrite.is_some() || route.version.is_some()
+                        {
+                            self.head.routing_path()
+                        } else {
+                            &self.head.path
+                        };
+                    Router::upstream_path(route, source, &mut self.path);
                     match (&route.mediation, &route.traffic.cache) {
                         (Some(mediation), _) => {
                             self.forward_mediated(

@@ -147,7 +147,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             return Err(MediationError::NotJsonContent.into());
         }
         let captures = match &route.path {
-            PathMatch::Regex(re) => re.captures(&self.head.path),
+            PathMatch::Regex(re) => re.captures(self.head.routing_path()),
             _ => None,
         };
         let view = RequestView {

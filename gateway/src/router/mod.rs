@@ -139,18 +139,18 @@ impl Router {
     }
 
     fn find_in(&self, table: &PathTable, req: &RequestHead) -> Option<usize> {
-        let exact = table.exact.get(req.path.as_slice()).into_iter().flatten();
+        let exact = table.exact.get(req.routing_path()).into_iter().flatten();
         let bucket = table
             .prefix
-            .get(first_segment(&req.path))
+            .get(first_segment(req.routing_path()))
             .into_iter()
             .flatten();
         let prefix = bucket.filter(|&&i| match &self.routes[i].path {
-            PathMatch::Prefix(p) => prefix_matches(p.as_bytes(), &req.path),
+            PathMatch::Prefix(p) => prefix_matches(p.as_bytes(), req.routing_path()),
             _ => false,
         });
         let regex = table.regex.iter().filter(|&&i| match &self.routes[i].path {
-            PathMatch::Regex(re) => re.is_match(&req.path),
+            PathMatch::Regex(re) => re.is_match(req.routing_path()),
             _ => false,
         });
         let root = table.root_prefix.iter();

@@ -12,7 +12,7 @@ pub fn matches(version: &VersionConfig, req: &RequestHead) -> bool {
     let wanted = version.value.as_bytes();
     match &version.from {
         VersionSource::Path => {
-            path_version(&req.path).is_some_and(|v| v.eq_ignore_ascii_case(wanted))
+            path_version(req.routing_path()).is_some_and(|v| v.eq_ignore_ascii_case(wanted))
         }
         VersionSource::Header(name) => req
             .fields
