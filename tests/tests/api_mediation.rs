@@ -279,6 +279,21 @@ fn soap_service() -> Service {
                     ),
                 }
             }
+            "\"urn:accounts/Search\"" => {
+                let query = body
+                    .split("<s:Search xmlns:s=\"urn:accounts\">")
+                    .nth(1)
+                    .and_then(|r| r.split("</s:Search>").next())
+                    .unwrap_or_default();
+                Reply::new(
+                    200,
+                    "text/xml",
+                    envelope(&format!(
+                        "<SearchResponse xmlns=\"urn:accounts\"><received>{}</received></SearchResponse>",
+                        quick_escape(query)
+                    )),
+                )
+            }
             "\"urn:accounts/PlaceOrder\"" => {
                 let operation = body
                     .split("<PlaceOrder xmlns=\"urn:accounts\">")
@@ -327,6 +342,12 @@ path = "/orders"
 upstream = "ledger"
 rewrite = "/ledger.asmx"
 soap = {{ action = "urn:accounts/PlaceOrder", operation = "PlaceOrder", namespace = "urn:accounts" }}
+
+[[routes]]
+name = "search"
+path = "/search"
+upstream = "ledger"
+soap = {{ endpoint = "/ledger.asmx", action = "urn:accounts/Search", template = "<s:Search xmlns:s=\"urn:accounts\"><s:q>{{q}}</s:q><s:limit>{{limit}}</s:limit></s:Search>", result = "received", parameters = {{ q = {{ from = "query" }}, limit = {{ from = "query", type = "int", default = 10 }} }} }}
 
 [[routes]]
 name = "ping"
@@ -401,6 +422,14 @@ soap = {{ endpoint = "/ledger.asmx", version = "1.2", action = "urn:accounts/Pin
     );
     let not_object = post_json(addr, "/orders", "[1, 2]");
     assert_eq!(not_object.status, 400);
+
+    let search = get(addr, "/search?q=a%3Cb%20%26%20c");
+    assert_eq!(search.status, 200, "{}", search.text());
+    assert_eq!(
+        search.json(),
+        json!("<s:q>a&lt;b &amp; c</s:q><s:limit>10</s:limit>"),
+        "the operator's template, values escaped"
+    );
 
     let ping = get(addr, "/ping");
     assert_eq!(ping.status, 200, "{}", ping.text());
@@ -608,6 +637,12 @@ upstream = "app"
 soap = { operation = "1bad", version = "1.3" }
 
 [[routes]]
+name = "templated"
+path = "/t"
+upstream = "app"
+soap = { template = "<a>{x}</b>", parameters = { y = { from = "query" } } }
+
+[[routes]]
 name = "edits"
 upstream = "app"
 request_body = { remove = ["nope"], rename = { "/a" = "b/c" } }
@@ -623,9 +658,10 @@ validate = { openapi = true }
         "routes[0].graphql.variables.k.type",
         "routes[0].cache",
         "routes[1].path",
-        "routes[2].request_body.remove",
-        "routes[2].request_body.rename",
-        "routes[2].validate.openapi",
+        "routes[2].soap.template",
+        "routes[3].request_body.remove",
+        "routes[3].request_body.rename",
+        "routes[3].validate.openapi",
     ] {
         assert!(error.contains(key), "{key} missing from: {error}");
     }

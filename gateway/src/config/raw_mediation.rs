@@ -32,13 +32,17 @@ pub struct RawSoap {
     pub version: String,
     /// The SOAPAction.
     pub action: Option<String>,
-    /// The operation element (`GetUser`).
+    /// The operation element (`GetUser`); with a `template`, only a name for logs.
+    #[serde(default)]
     pub operation: String,
     /// The operation's XML namespace.
     pub namespace: Option<String>,
     /// The operation's child elements in order; the JSON body's members when empty.
     #[serde(default)]
     pub parameters: indexmap::IndexMap<String, RawParameter>,
+    /// The Body's content as XML with `{name}` placeholders (instead of `operation`'s
+    /// element with one child per value).
+    pub template: Option<String>,
     /// The member of the response element returned, dot-separated.
     pub result: Option<String>,
 }

@@ -279,7 +279,34 @@ fn soap_call(
             SoapVersion::V1_1
         }
     };
-    if !is_element_name(&raw.operation) {
+    let template = raw
+        .template
+        .as_deref()
+        .map(crate::mediate::soap::parse_template);
+    if let Some(parts) = &template {
+        for part in parts {
+            if let crate::mediate::soap::TemplatePart::Value(name) = part
+                && !raw.parameters.is_empty()
+                && !raw.parameters.contains_key(name)
+            {
+                problems.push(
+                    format!("{key}.template"),
+                    format!("{{{name}}} is not one of the parameters"),
+                );
+            }
+        }
+        // The template with every placeholder empty must be well-formed XML.
+        let empty: String = parts
+            .iter()
+            .map(|p| match p {
+                crate::mediate::soap::TemplatePart::Literal(text) => text.as_str(),
+                crate::mediate::soap::TemplatePart::Value(_) => "",
+            })
+            .collect();
+        if let Err(message) = crate::mediate::soap::check_fragment(&empty) {
+            problems.push(format!("{key}.template"), message);
+        }
+    } else if !is_element_name(&raw.operation) {
         problems.push(
             format!("{key}.operation"),
             format!("{:?} is not an XML element name", raw.operation),
@@ -320,6 +347,7 @@ fn soap_call(
         operation: raw.operation.clone(),
         namespace: raw.namespace.clone(),
         parameters,
+        template,
         result: result_path(raw.result.as_ref()),
     })
 }

@@ -46,8 +46,50 @@ pub struct SoapCall {
     pub namespace: Option<String>,
     /// The operation's child elements, in order; empty: the JSON body's members.
     pub parameters: Vec<Parameter>,
+    /// The Body's content written by the operator, `{name}` replaced by each value
+    /// (text escaped; an object or array as elements); `None`: the operation element
+    /// with one child per value.
+    pub template: Option<Vec<TemplatePart>>,
     /// The member of the response element returned; empty: all of it.
     pub result: Vec<String>,
+}
+
+/// A piece of a SOAP body template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    /// `{name}`: a value by name.
+    Value(String),
+}
+
+/// Splits a template at its `{name}` placeholders (names of letters, digits and `_`;
+/// other braces are literal).
+pub fn parse_template(template: &str) -> Vec<TemplatePart> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        if name_len > 0 && after[name_len..].starts_with('}') {
+            literal.push_str(&rest[..open]);
+            if !literal.is_empty() {
+                parts.push(TemplatePart::Literal(std::mem::take(&mut literal)));
+            }
+            parts.push(TemplatePart::Value(after[..name_len].to_owned()));
+            rest = &after[name_len + 1..];
+        } else {
+            literal.push_str(&rest[..=open]);
+            rest = after;
+        }
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        parts.push(TemplatePart::Literal(literal));
+    }
+    parts
 }
 
 /// Deepest element nesting accepted in either direction.
@@ -85,7 +127,53 @@ impl SoapCall {
             b"<?xml version=\"1.0\" encoding=\"utf-8\"?><soap:Envelope xmlns:soap=\"",
         );
         out.extend_from_slice(self.version.envelope_namespace().as_bytes());
-        out.extend_from_slice(b"\"><soap:Body><");
+        out.extend_from_slice(b"\"><soap:Body>");
+        if let Some(template) = &self.template {
+            let mut violations = Vec::new();
+            for part in template {
+                match part {
+                    TemplatePart::Literal(text) => out.extend_from_slice(text.as_bytes()),
+                    TemplatePart::Value(name) => match values.get(name) {
+                        None | Some(Value::Null) => {}
+                        Some(Value::String(s)) => {
+                            out.extend_from_slice(quick_xml::escape::escape(s.as_str()).as_bytes());
+                        }
+                        Some(Value::Object(members)) => {
+                            for (child, v) in members {
+                                write_element(
+                                    out,
+                                    child,
+                                    v,
+                                    &mut format!("/{name}/{child}"),
+                                    0,
+                                    &mut violations,
+                                );
+                            }
+                        }
+                        Some(Value::Array(items)) => {
+                            for (i, item) in items.iter().enumerate() {
+                                write_element(
+                                    out,
+                                    "item",
+                                    item,
+                                    &mut format!("/{name}/{i}"),
+                                    0,
+                                    &mut violations,
+                                );
+                            }
+                        }
+                        Some(scalar) => out.extend_from_slice(scalar.to_string().as_bytes()),
+                    },
+                }
+            }
+            out.extend_from_slice(b"</soap:Body></soap:Envelope>");
+            return if violations.is_empty() {
+                Ok(())
+            } else {
+                Err(violations)
+            };
+        }
+        out.push(b'<');
         out.extend_from_slice(self.operation.as_bytes());
         if let Some(namespace) = &self.namespace {
             out.extend_from_slice(b" xmlns=\"");
@@ -326,6 +414,13 @@ fn start_element(start: &BytesStart<'_>) -> Result<Element, String> {
     })
 }
 
+/// Whether `fragment` is well-formed XML content (a template with its values left out).
+pub fn check_fragment(fragment: &str) -> Result<(), String> {
+    parse(&format!("<fragment>{fragment}</fragment>"))
+        .map(|_| ())
+        .map_err(|e| format!("the template is not well-formed XML: {e}"))
+}
+
 /// Parses a whole XML document into its root element.
 fn parse(text: &str) -> Result<Element, String> {
     let mut reader = quick_xml::Reader::from_str(text);
@@ -401,6 +496,7 @@ mod tests {
             operation: "GetUser".into(),
             namespace: Some("urn:users".into()),
             parameters: Vec::new(),
+            template: None,
             result: result
                 .split('.')
                 .filter(|s| !s.is_empty())
@@ -429,6 +525,27 @@ mod tests {
             .expect_err("invalid names");
         let pointers: Vec<_> = violations.iter().map(|v| v.pointer.as_str()).collect();
         assert_eq!(pointers, ["/1st", "/a/b c"]);
+    }
+
+    #[test]
+    fn templates_place_escaped_values_where_the_operator_wrote_them() {
+        let parts = parse_template(
+            "<q:Find xmlns:q=\"urn:q\"><q:who>{name}</q:who><q:n>{n}</q:n>{filter}{x-y}</q:Find>",
+        );
+        assert!(parts.contains(&TemplatePart::Literal("{x-y}</q:Find>".into())));
+        let call = SoapCall {
+            template: Some(parts),
+            ..call(SoapVersion::V1_1, "")
+        };
+        let values = serde_json::json!({"name": "A & <B>", "n": 3, "filter": {"active": true}});
+        let mut out = Vec::new();
+        call.envelope(values.as_object().expect("object"), &mut out)
+            .expect("valid");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(
+            text.ends_with("<soap:Body><q:Find xmlns:q=\"urn:q\"><q:who>A &amp; &lt;B&gt;</q:who><q:n>3</q:n><active>true</active>{x-y}</q:Find></soap:Body></soap:Envelope>"),
+            "{text}"
+        );
     }
 
     #[test]
