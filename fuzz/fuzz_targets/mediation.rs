@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         operation: "Op".into(),
         namespace: Some("urn:ns".into()),
         parameters: Vec::new(),
+        template: None,
         result: if selector & 0x40 == 0 { Vec::new() } else { vec!["item".into(), "0".into()] },
     };
     match soap.response(status, body) {
