@@ -93,7 +93,7 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-const CONTENDERS: &[&str] = &["gateway", "nginx", "haproxy"];
+pub(crate) const CONTENDERS: &[&str] = &["gateway", "nginx", "haproxy"];
 const DUMMY_ROUTES: usize = 99;
 
 /// One measured run.
@@ -125,7 +125,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let backend_port = free_port()?;
     let wants = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
     let _backend = if scenarios.is_empty()
-        && !["S6", "S7", "S8", "S11", "S12", "S13", "S14"]
+        && !["S6", "S7", "S8", "S11", "S12", "S13", "S14", "S15"]
             .iter()
             .any(|id| wants(id))
     {
@@ -173,6 +173,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         )?);
     }
     if wants("S7") {
+        table.push_str(&crate::bench_latency::section(
+            args,
+            work.path(),
+            backend_port,
+        )?);
+    }
+    if wants("S15") {
         table.push_str(&crate::bench_features::observability_section(
             args,
             work.path(),

@@ -3,7 +3,7 @@
 //!   (ES256; four tokens repeated, so the per-worker cache is what requests pay for) plus
 //!   a per-consumer rate limit that is never hit; then criterion figures for the pieces
 //!   (a cold ES256/RS256 verification, a cache hit, a limiter check);
-//! - S7, what observability costs: metrics (admin API on) and access logs to a file,
+//! - S15, what observability costs: metrics (admin API on) and access logs to a file,
 //!   versus neither.
 
 use std::{fmt::Write as _, path::Path};
@@ -43,8 +43,8 @@ const S11_TLS: Scenario = Scenario {
     tls: true,
 };
 
-const S7: Scenario = Scenario {
-    id: "S7",
+const S15: Scenario = Scenario {
+    id: "S15",
     what: "keep-alive, 64 B body, metrics + JSON access log to a file",
     path: "/b/64",
     close: false,
@@ -178,7 +178,7 @@ pub fn policy_section(args: &BenchArgs, dir: &Path, backend: u16, object: &Path)
     Ok(out)
 }
 
-/// S7: metrics and access logs on versus off.
+/// S15: metrics and access logs on versus off.
 pub fn observability_section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
     let admin = free_port()?;
     let token = dir.join("admin.token");
@@ -201,10 +201,10 @@ pub fn observability_section(args: &BenchArgs, dir: &Path, backend: u16) -> Resu
     let mut out = String::new();
     writeln!(
         out,
-        "\nObservability cost (S7: {}; {} runs × {} s, median)\n",
-        S7.what, args.runs, args.duration
+        "\nObservability cost (S15: {}; {} runs × {} s, median)\n",
+        S15.what, args.runs, args.duration
     )?;
-    out.push_str(&compare(args, dir, backend, &S7, &variants, None, None)?);
+    out.push_str(&compare(args, dir, backend, &S15, &variants, None, None)?);
     writeln!(
         out,
         "\nTarget: with metrics and access logs on, at least 95% of the throughput with them off."

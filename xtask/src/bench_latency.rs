@@ -1,0 +1,231 @@
+//! S7, latency at a fixed offered load, open loop: each contender gets the same request
+//! rate (50% and 80% of the slowest peer's closed-loop S1 maximum) from the xtask's own
+//! generator, and its p50/p99/p99.9 are compared.
+//!
+//! The generator schedules every request in advance (`connections` keep-alive
+//! connections, each sending at `rate / connections`, staggered) and measures each
+//! latency from the request's *scheduled* time, not from when it could be sent: a
+//! response that comes late delays the next send on its connection, and that wait is
+//! counted (no coordinated omission). Its threads run on CPU 1, the proxy on CPU 0.
+
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::bench::{
+    BenchArgs, CONTENDERS, Scenario, free_port, median, start_proxy, stop, wait_http, wrk,
+};
+
+/// The closed-loop probe that sets the offered loads.
+const S1_PROBE: Scenario = Scenario {
+    id: "S7",
+    what: "keep-alive, 64 B body (closed-loop maximum, to set the offered loads)",
+    path: "/b/64",
+    close: false,
+    tls: false,
+};
+
+/// Connections the open-loop generator spreads its requests over.
+const CONNECTIONS: usize = 32;
+/// Shares of the slowest peer's maximum offered to every contender.
+const LOADS: [f64; 2] = [0.5, 0.8];
+
+/// Latencies of one open-loop run.
+#[derive(Debug, Clone, Copy)]
+struct Percentiles {
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    achieved: f64,
+}
+
+/// The README section.
+pub fn section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
+    // The slowest peer's closed-loop maximum sets the offered loads.
+    let mut maxima = Vec::new();
+    for contender in CONTENDERS.iter().filter(|c| **c != "gateway") {
+        let port = free_port()?;
+        let proxy = start_proxy(contender, dir, port, backend, None)?;
+        wait_http(port, S1_PROBE.path)?;
+        let result = wrk(port, &S1_PROBE, args.connections, args.duration, None);
+        stop(proxy);
+        let result = result?;
+        eprintln!(
+            "S7 probe {contender:8} {:9.0} req/s",
+            result.requests_per_sec
+        );
+        maxima.push((*contender, result.requests_per_sec));
+    }
+    let (slowest, max) = maxima
+        .iter()
+        .copied()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .context("no peers")?;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\nLatency at a fixed offered load (S7: open loop, {CONNECTIONS} keep-alive connections, 64 B body; offered 50% and 80% of the slowest peer's closed-loop maximum, {slowest} {max:.0} req/s; {} runs × {} s, median)\n",
+        args.runs, args.duration
+    )?;
+    writeln!(
+        out,
+        "| offered req/s | contender | achieved req/s | p50 ms | p99 ms | p99.9 ms | p99 vs best peer |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|")?;
+    for share in LOADS {
+        let rate = max * share;
+        let mut runs: Vec<Vec<Percentiles>> = vec![Vec::new(); CONTENDERS.len()];
+        for _ in 0..args.runs {
+            for (c, contender) in CONTENDERS.iter().enumerate() {
+                let port = free_port()?;
+                let proxy = start_proxy(contender, dir, port, backend, None)?;
+                wait_http(port, S1_PROBE.path)?;
+                // A short warm-up at the same rate, then the measured run.
+                let warm = open_loop(port, S1_PROBE.path, rate, Duration::from_secs(1));
+                let measured = warm.and_then(|_| {
+                    open_loop(
+                        port,
+                        S1_PROBE.path,
+                        rate,
+                        Duration::from_secs(args.duration),
+                    )
+                });
+                stop(proxy);
+                let measured = measured?;
+                eprintln!(
+                    "S7 {rate:8.0}/s {contender:8} p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms ({:.0} req/s)",
+                    measured.p50_ms, measured.p99_ms, measured.p999_ms, measured.achieved
+                );
+                runs[c].push(measured);
+            }
+        }
+        let pick = |c: usize, f: fn(&Percentiles) -> f64| median(runs[c].iter().map(f).collect()).0;
+        let best_peer = (0..CONTENDERS.len())
+            .filter(|&c| CONTENDERS[c] != "gateway")
+            .map(|c| pick(c, |p| p.p99_ms))
+            .fold(f64::INFINITY, f64::min);
+        for (c, contender) in CONTENDERS.iter().enumerate() {
+            let p99 = pick(c, |p| p.p99_ms);
+            writeln!(
+                out,
+                "| {rate:.0} | {contender} | {:.0} | {:.2} | {p99:.2} | {:.2} | **{:.2}×** |",
+                pick(c, |p| p.achieved),
+                pick(c, |p| p.p50_ms),
+                pick(c, |p| p.p999_ms),
+                p99 / best_peer
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "\nTarget: the gateway's p99 no worse than the best peer's at equal load (ratio ≤ 1.0). Reproduce: `cargo xtask bench --only S7`."
+    )?;
+    Ok(out)
+}
+
+/// Offers `rate` requests/s of `GET path` to `port` for `duration`, open loop.
+fn open_loop(port: u16, path: &str, rate: f64, duration: Duration) -> Result<Percentiles> {
+    let interval = Duration::from_secs_f64(CONNECTIONS as f64 / rate);
+    let start = Instant::now() + Duration::from_millis(50);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let workers: Vec<_> = (0..CONNECTIONS)
+        .map(|i| {
+            let request = request.clone();
+            let offset = interval.mul_f64(i as f64 / CONNECTIONS as f64);
+            std::thread::spawn(move || -> Result<Vec<u32>> {
+                pin_to_cpu(1);
+                let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let mut latencies = Vec::new();
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut next = start + offset;
+                let end = start + duration;
+                while next < end {
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    }
+                    stream.write_all(request.as_bytes())?;
+                    read_response(&mut stream, &mut buf)?;
+                    latencies.push(next.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    next += interval;
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a generator thread panicked"))??,
+        );
+    }
+    if all.is_empty() {
+        bail!("the open-loop run sent nothing");
+    }
+    all.sort_unstable();
+    let at = |q: f64| f64::from(all[((all.len() as f64 * q) as usize).min(all.len() - 1)]) / 1000.0;
+    Ok(Percentiles {
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        p999_ms: at(0.999),
+        achieved: all.len() as f64 / duration.as_secs_f64(),
+    })
+}
+
+/// Reads one response (head, then a `content-length` body); a non-2xx fails the run.
+fn read_response(stream: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
+    let mut filled = 0;
+    loop {
+        let n = stream.read(&mut buf[filled..])?;
+        if n == 0 {
+            bail!("the proxy closed the connection");
+        }
+        filled += n;
+        let Some(head_end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = std::str::from_utf8(&buf[..head_end]).context("response head")?;
+        let status = head.split_whitespace().nth(1).unwrap_or_default();
+        if !status.starts_with('2') {
+            bail!("non-2xx response: {status}");
+        }
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .context("a response without content-length")?;
+        let total = head_end + 4 + length;
+        while filled < total {
+            let n = stream.read(&mut buf[filled..total])?;
+            if n == 0 {
+                bail!("the proxy closed mid-body");
+            }
+            filled += n;
+        }
+        return Ok(());
+    }
+}
+
+/// Pins the calling thread to `cpu` (best effort).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it, and
+    // sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
