@@ -864,10 +864,12 @@ async fn accept_loop(
                         }
                         Some((config, timeout)) => {
                             // A stalled or broken handshake costs at most the timeout.
-                            let handshake = monoio::time::timeout(
+                            // Boxed: the handshake's state is large, and it would otherwise
+                            // be reserved in every connection's task, plain ones included.
+                            let handshake = Box::pin(monoio::time::timeout(
                                 timeout,
                                 crate::tls::TlsStream::accept(stream, config),
-                            )
+                            ))
                             .await;
                             if let Some((_, ok, failed)) = &listener_metrics {
                                 match &handshake {
