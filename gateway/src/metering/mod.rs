@@ -318,7 +318,10 @@ impl Meter {
         };
         cell.day.add(now.day);
         cell.month.add(now.month);
-        self.book.dirty.store(true, Ordering::Relaxed);
+        // Read first: a flag already set costs every worker a shared read, not a write.
+        if !self.book.dirty.load(Ordering::Relaxed) {
+            self.book.dirty.store(true, Ordering::Relaxed);
+        }
         QuotaDecision::Admitted {
             day_left: quota.per_day.map(|q| q.saturating_sub(day_count)),
             month_left: quota.per_month.map(|q| q.saturating_sub(month_count)),
