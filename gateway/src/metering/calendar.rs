@@ -1,7 +1,8 @@
 //! UTC days and months as numbers, and their labels (`2026-11-28`, `2026-11`), from the
-//! wall clock (civil-from-days as in Howard Hinnant's date algorithms).
+//! wall clock. Calendar arithmetic is humantime's (RFC 3339 formatting and parsing); a
+//! day is a count of whole days since the epoch, a month `year * 12 + month - 1`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The current day and month, and how long until each renews.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,54 +24,54 @@ impl Period {
         Self::at(secs)
     }
 
-    /// The period at `secs` since the epoch.
+    /// The period at `secs` since the epoch. The calendar work runs once per day and
+    /// thread; other calls are arithmetic on the cached month.
     pub fn at(secs: u64) -> Self {
+        thread_local! {
+            /// (day, month number, start of the next month) last computed here.
+            static MONTH_OF_DAY: std::cell::Cell<(u64, u64, u64)> =
+                const { std::cell::Cell::new((u64::MAX, 0, 0)) };
+        }
         let day = secs / 86_400;
-        let (year, month, _) = civil_from_days(day);
-        let (next_year, next_month) = if month == 12 {
-            (year + 1, 1)
-        } else {
-            (year, month + 1)
-        };
-        let next_month_start = days_from_civil(next_year, next_month, 1) * 86_400;
+        let (month_number, next_month_start) = MONTH_OF_DAY.with(|cached| {
+            let (cached_day, month, next) = cached.get();
+            if cached_day == day {
+                return (month, next);
+            }
+            let (year, month) = year_month(day);
+            let month_number = year * 12 + month - 1;
+            let next = month_start(month_number + 1).unwrap_or(u64::MAX);
+            cached.set((day, month_number, next));
+            (month_number, next)
+        });
         Self {
             day,
-            month: year * 12 + month - 1,
+            month: month_number,
             seconds_to_next_day: (day + 1) * 86_400 - secs,
             seconds_to_next_month: next_month_start.saturating_sub(secs),
         }
     }
 }
 
-/// (year, month 1–12, day 1–31) of a day number.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
-}
-
-/// The day number of (year, month, day).
-fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// `2026-11-28` for a day number.
 pub fn day_label(day: u64) -> String {
-    let (y, m, d) = civil_from_days(day);
-    format!("{y:04}-{m:02}-{d:02}")
+    let stamp = humantime::format_rfc3339(UNIX_EPOCH + Duration::from_secs(day * 86_400));
+    stamp.to_string()[..10].to_owned()
+}
+
+/// (year, month 1–12) of a day number.
+fn year_month(day: u64) -> (u64, u64) {
+    let label = day_label(day);
+    let year = label[..4].parse().unwrap_or(1970);
+    let month = label[5..7].parse().unwrap_or(1);
+    (year, month)
+}
+
+/// Seconds since the epoch at the start of month number `month`.
+fn month_start(month: u64) -> Option<u64> {
+    let label = format!("{:04}-{:02}-01T00:00:00Z", month / 12, month % 12 + 1);
+    let time = humantime::parse_rfc3339(&label).ok()?;
+    Some(time.duration_since(UNIX_EPOCH).ok()?.as_secs())
 }
 
 /// `2026-11` for a month number.
@@ -80,17 +81,18 @@ pub fn month_label(month: u64) -> String {
 
 /// The day number of a `YYYY-MM-DD` label.
 pub fn parse_day(label: &str) -> Option<u64> {
-    let mut parts = label.splitn(3, '-').map(|p| p.parse::<u64>().ok());
-    let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
-    ((1970..10_000).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d))
-        .then(|| days_from_civil(y, m, d))
+    if label.len() != 10 {
+        return None;
+    }
+    let time = humantime::parse_rfc3339(&format!("{label}T00:00:00Z")).ok()?;
+    Some(time.duration_since(UNIX_EPOCH).ok()?.as_secs() / 86_400)
 }
 
 /// The month number of a `YYYY-MM` label.
 pub fn parse_month(label: &str) -> Option<u64> {
-    let (y, m) = label.split_once('-')?;
-    let (y, m) = (y.parse::<u64>().ok()?, m.parse::<u64>().ok()?);
-    ((1970..10_000).contains(&y) && (1..=12).contains(&m)).then(|| y * 12 + m - 1)
+    let day = parse_day(&format!("{label}-01"))?;
+    let (year, month) = year_month(day);
+    Some(year * 12 + month - 1)
 }
 
 #[cfg(test)]
