@@ -27,5 +27,14 @@ pub fn tool_or_skip<T>(test: &str, tool: Option<T>, missing: &str) -> Option<T> 
     }
     tool
 }
+/// `sha256:<hex>` API-key entries are written with this: the lower-case hex SHA-256 of
+/// `text`, as `printf %s KEY | sha256sum` prints it.
+pub fn sha256_hex(text: &str) -> String {
+    ::gateway::auth::sha256(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub use client::{Response, raw_exchange, read_response, read_response_from};
 pub use gateway::Gateway;

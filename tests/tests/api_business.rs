@@ -15,6 +15,7 @@ use gateway_tests::{
     client::{Response, request},
     gateway::Gateway,
     service::{Received, Reply, Service},
+    sha256_hex,
 };
 use serde_json::{Value, json};
 
@@ -35,14 +36,6 @@ fn call(addr: SocketAddr, path: &str, key: &str) -> Response {
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: api\r\nX-Api-Key: {key}\r\n\r\n"),
     )
-}
-
-fn sha256(text: &str) -> String {
-    hex(&gateway::auth::sha256(text.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `received` is a delivery signed with `SECRET` within the last five minutes.
@@ -121,8 +114,8 @@ auth = ["api_key"]
 "#,
         token = token.display(),
         usage = dir.join("usage.json").display(),
-        acme = sha256("acme-key"),
-        zen = sha256("zen-key"),
+        acme = sha256_hex("acme-key"),
+        zen = sha256_hex("zen-key"),
     )
 }
 

@@ -12,6 +12,7 @@ use gateway_tests::{
     backend::Backend,
     client::{Response, connect, read_response},
     gateway::Gateway,
+    sha256_hex,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -93,15 +94,6 @@ fn forge(header: &Value, claims: &Value, signature: &[u8]) -> String {
         b64(claims.to_string().as_bytes()),
         b64(signature)
     )
-}
-
-fn sha256_hex(text: &str) -> String {
-    let digest = aws_digest(text.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn aws_digest(bytes: &[u8]) -> [u8; 32] {
-    gateway::auth::sha256(bytes)
 }
 
 fn config(keys: &Keys, backend: &Backend) -> String {

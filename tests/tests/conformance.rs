@@ -14,16 +14,10 @@ use gateway_tests::{
     client::raw_exchange,
     gateway::Gateway,
     service::{Received, Reply, Service},
+    sha256_hex,
 };
 
 const KEY: &str = "treasure-key-0123456789";
-
-fn sha256_hex(text: &str) -> String {
-    gateway::auth::sha256(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn start(backend: SocketAddr) -> Gateway {
     Gateway::start(&format!(

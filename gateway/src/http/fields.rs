@@ -18,6 +18,19 @@ pub struct Fields {
     fields: Vec<Field>,
 }
 
+#[cfg(test)]
+impl Fields {
+    /// The fields of the request head `raw` (for tests elsewhere in the crate).
+    pub(crate) fn of_request_head(raw: &[u8]) -> Self {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        request.parse(raw).expect("a valid test head");
+        let mut fields = Self::default();
+        fields.fill(raw, request.headers);
+        fields
+    }
+}
+
 /// Connection-header tokens that name other headers (hop-by-hop by declaration).
 const MAX_CONNECTION_TOKENS: usize = 16;
 
@@ -72,10 +85,15 @@ impl Fields {
         self.fields[i].forward = false;
     }
 
-    /// Marks every field named `name` (ASCII case-insensitive) as not forwarded.
-    pub fn drop_named(&mut self, name: &[u8]) {
+    /// Marks every field whose name is one of `names` (ASCII case-insensitive) as not
+    /// forwarded, in one pass over the fields.
+    pub fn drop_named<N: AsRef<[u8]>>(&mut self, names: &[N]) {
+        if names.is_empty() {
+            return;
+        }
         for i in 0..self.len() {
-            if self.name(i).eq_ignore_ascii_case(name) {
+            let name = self.name(i);
+            if names.iter().any(|n| name.eq_ignore_ascii_case(n.as_ref())) {
                 self.drop_field(i);
             }
         }

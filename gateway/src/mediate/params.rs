@@ -58,7 +58,7 @@ impl Kind {
     }
 
     /// Converts request text to this type.
-    fn read_text(self, text: &str) -> Option<Value> {
+    pub(crate) fn read_text(self, text: &str) -> Option<Value> {
         Some(match self {
             Self::String => Value::String(text.to_owned()),
             Self::Int => Value::from(text.trim().parse::<i64>().ok()?),
@@ -208,19 +208,10 @@ mod tests {
         }
     }
 
-    fn fields(raw: &[u8]) -> Fields {
-        let mut headers = [httparse::EMPTY_HEADER; 8];
-        let mut request = httparse::Request::new(&mut headers);
-        request.parse(raw).expect("head");
-        let mut fields = Fields::default();
-        fields.fill(raw, request.headers);
-        fields
-    }
-
     #[test]
     fn values_come_from_path_query_header_and_body_with_their_types() {
         let re = regex::bytes::Regex::new(r"^/users/(?P<id>[^/]+)$").expect("regex");
-        let fields = fields(b"GET / HTTP/1.1\r\nx-tenant: acme\r\n\r\n");
+        let fields = Fields::of_request_head(b"GET / HTTP/1.1\r\nx-tenant: acme\r\n\r\n");
         let body = serde_json::json!({"filter": {"active": "true", "tags": ["a"]}});
         let view = RequestView {
             captures: re.captures(b"/users/42%20"),

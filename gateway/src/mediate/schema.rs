@@ -159,7 +159,7 @@ impl Operation {
                 continue;
             };
             let value = match parameter.kind {
-                Some(kind) => match kind_value(kind, &text) {
+                Some(kind) => match kind.read_text(&text) {
                     Some(value) => value,
                     None => {
                         violations.push(Violation::new(pointer, "has the wrong type"));
@@ -180,16 +180,6 @@ impl Operation {
             _ => {}
         }
     }
-}
-
-fn kind_value(kind: super::params::Kind, text: &str) -> Option<Value> {
-    use super::params::Kind;
-    Some(match kind {
-        Kind::Int => Value::from(text.parse::<i64>().ok()?),
-        Kind::Float => serde_json::Number::from_f64(text.parse().ok()?)?.into(),
-        Kind::Bool => Value::Bool(text.parse().ok()?),
-        Kind::String | Kind::Json => Value::String(text.to_owned()),
-    })
 }
 
 fn report(
@@ -406,15 +396,6 @@ pub fn template_pattern(template: &str) -> String {
 mod tests {
     use super::*;
 
-    fn fields(raw: &[u8]) -> Fields {
-        let mut headers = [httparse::EMPTY_HEADER; 8];
-        let mut request = httparse::Request::new(&mut headers);
-        request.parse(raw).expect("head");
-        let mut fields = Fields::default();
-        fields.fill(raw, request.headers);
-        fields
-    }
-
     fn pointers(result: Result<(), Vec<Violation>>) -> Vec<String> {
         result
             .err()
@@ -480,8 +461,8 @@ mod tests {
         });
         let validator = BodyValidator::new(None, Some(&doc)).expect("openapi");
         assert!(validator.checks_body());
-        let with_tenant = fields(b"POST / HTTP/1.1\r\nx-tenant: acme\r\n\r\n");
-        let no_tenant = fields(b"POST / HTTP/1.1\r\n\r\n");
+        let with_tenant = Fields::of_request_head(b"POST / HTTP/1.1\r\nx-tenant: acme\r\n\r\n");
+        let no_tenant = Fields::of_request_head(b"POST / HTTP/1.1\r\n\r\n");
         let good = serde_json::json!({"sku": "A", "qty": 1});
         let bad = serde_json::json!({"qty": "x"});
         let ok = Checked {

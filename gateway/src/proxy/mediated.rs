@@ -72,8 +72,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         self.prepare_outbound(route, limits, mediation).await?;
         if mediation.rewrites_response() {
             // The answer is parsed: it must come unencoded and whole.
-            self.head.fields.drop_named(b"accept-encoding");
-            self.head.fields.drop_named(b"range");
+            self.head
+                .fields
+                .drop_named(&[&b"accept-encoding"[..], b"range"]);
         }
         self.forward(worker, snapshot, route, upstream, limits)
             .await
@@ -197,9 +198,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 }
             }
         }
-        for name in TRANSLATED_DROPS {
-            self.head.fields.drop_named(name);
-        }
+        self.head.fields.drop_named(&TRANSLATED_DROPS);
         self.upstream_headers.extend_from_slice(&headers);
         // The values the query carried are in the call now.
         self.query_buf.clear();
@@ -367,19 +366,18 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 }
                 let body = serde_json::to_vec(&value).unwrap_or_default();
                 if translated {
-                    for name in [
+                    self.response.fields.drop_named(&[
                         &b"content-type"[..],
                         b"etag",
                         b"last-modified",
                         b"content-md5",
-                    ] {
-                        self.response.fields.drop_named(name);
-                    }
+                    ]);
                     self.reply_headers
                         .extend_from_slice(b"content-type: application/json\r\n");
                 } else {
-                    self.response.fields.drop_named(b"etag");
-                    self.response.fields.drop_named(b"content-md5");
+                    self.response
+                        .fields
+                        .drop_named(&[&b"etag"[..], b"content-md5"]);
                 }
                 if self.cors_applied {
                     self.response.drop_cors_fields();

@@ -12,24 +12,7 @@ use crate::{
         RouteConfig,
         transform::{HeaderTransform, Piece, Template, Variable},
     },
-    http::fields::Fields,
 };
-
-/// Marks every field named in `remove` as not forwarded.
-fn drop_named(fields: &mut Fields, remove: &[String]) {
-    if remove.is_empty() {
-        return;
-    }
-    for i in 0..fields.len() {
-        let name = fields.name(i);
-        if remove
-            .iter()
-            .any(|r| name.eq_ignore_ascii_case(r.as_bytes()))
-        {
-            fields.drop_field(i);
-        }
-    }
-}
 
 impl<S> Connection<S> {
     /// Applies the route's request and response header changes (and its API version
@@ -46,7 +29,7 @@ impl<S> Connection<S> {
             ..
         }) = &route.version
         {
-            drop_named(&mut self.head.fields, std::slice::from_ref(name));
+            self.head.fields.drop_named(std::slice::from_ref(name));
             super::serialize::header(
                 &mut self.upstream_headers,
                 name.as_bytes(),
@@ -55,7 +38,7 @@ impl<S> Connection<S> {
         }
         let traffic = &route.traffic;
         if !traffic.request_headers.is_empty() {
-            drop_named(&mut self.head.fields, &traffic.request_headers.remove);
+            self.head.fields.drop_named(&traffic.request_headers.remove);
             let mut out = std::mem::take(&mut self.upstream_headers);
             self.render_lines(
                 &mut out,
@@ -81,10 +64,9 @@ impl<S> Connection<S> {
 
     /// Drops the upstream response's lines the route removes or replaces.
     pub(super) fn strip_response_headers(&mut self, route: &RouteConfig) {
-        drop_named(
-            &mut self.response.fields,
-            &route.traffic.response_headers.remove,
-        );
+        self.response
+            .fields
+            .drop_named(&route.traffic.response_headers.remove);
     }
 
     fn render_lines(
