@@ -5,6 +5,9 @@
 //! Map names are constants; a changed layout gets a new versioned name.
 #![no_std]
 
+mod l4;
+pub use l4::*;
+
 /// Name of the per-CPU array that counts packets per protocol class.
 pub const PROTO_STATS_MAP: &str = "PROTO_STATS_V1";
 
@@ -118,7 +121,7 @@ pub const PROTECTED_WORDS: u32 = 2048;
 /// One-slot array holding the [`EdgeSettings`].
 pub const SETTINGS_MAP: &str = "EDGE_SETTINGS_V2";
 /// Per-CPU packet/byte counts per [`Verdict`].
-pub const VERDICT_MAP: &str = "VERDICT_STATS_V1";
+pub const VERDICT_MAP: &str = "VERDICT_STATS_V2";
 /// LRU per-CPU hash of SYN token buckets per source ([`SourceKey`] → [`TokenBucket`]).
 pub const SYN_BUCKETS_MAP: &str = "SYN_BUCKETS_V1";
 
@@ -146,11 +149,21 @@ pub enum Verdict {
     NotAllowed = 3,
     /// Dropped: the source exceeded its budget of new TCP connections.
     SynBudgetExceeded = 4,
+    /// To an L4 VIP: encapsulated and sent to a target (XDP_TX or redirect).
+    L4Forwarded = 5,
+    /// To an L4 VIP: encapsulated and handed to the kernel, which forwards it (the next
+    /// hop's neighbour entry was not resolved yet).
+    L4ForwardedByKernel = 6,
+    /// Dropped: to an L4 VIP whose service has no live target.
+    L4NoTarget = 7,
+    /// To an L4 VIP but not balanced (a later fragment, a VLAN-tagged frame, or a
+    /// frame that cannot grow): left to the kernel.
+    L4Unbalanced = 8,
 }
 
 impl Verdict {
     /// Number of slots in [`VERDICT_MAP`].
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 9;
 
     /// Every verdict, in slot order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
@@ -159,13 +172,17 @@ impl Verdict {
         Self::DeniedByList,
         Self::NotAllowed,
         Self::SynBudgetExceeded,
+        Self::L4Forwarded,
+        Self::L4ForwardedByKernel,
+        Self::L4NoTarget,
+        Self::L4Unbalanced,
     ];
 
     /// Whether the packet is dropped.
     pub const fn drops(self) -> bool {
         matches!(
             self,
-            Self::DeniedByList | Self::NotAllowed | Self::SynBudgetExceeded
+            Self::DeniedByList | Self::NotAllowed | Self::SynBudgetExceeded | Self::L4NoTarget
         )
     }
 
@@ -177,6 +194,10 @@ impl Verdict {
             Self::DeniedByList => "denied_by_list",
             Self::NotAllowed => "not_allowed",
             Self::SynBudgetExceeded => "syn_budget_exceeded",
+            Self::L4Forwarded => "l4_forwarded",
+            Self::L4ForwardedByKernel => "l4_forwarded_by_kernel",
+            Self::L4NoTarget => "l4_no_target",
+            Self::L4Unbalanced => "l4_unbalanced",
         }
     }
 }

@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod l4;
 mod parse;
 mod policy;
 
@@ -26,13 +27,21 @@ static PROTO_STATS: PerCpuArray<PacketCounter> =
     PerCpuArray::with_max_entries(ProtoCounter::COUNT, 0);
 
 /// Per-CPU packet and byte counts per verdict (`gateway_common::VERDICT_MAP`).
-#[map(name = "VERDICT_STATS_V1")]
+#[map(name = "VERDICT_STATS_V2")]
 static VERDICT_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
 
-/// Entry point: classify the packet, judge it, count it.
+/// Entry point: classify the packet, judge it, balance it when it is for an L4 VIP,
+/// count it.
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
+    let (verdict, action) = classify(&ctx, len);
+    count(&VERDICT_STATS, verdict as u32, len);
+    action
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext, len: u64) -> (Verdict, u32) {
     let verdict = match parse_packet(ctx.data(), ctx.data_end()) {
         Parsed::Malformed => {
             count(&PROTO_STATS, ProtoCounter::Malformed as u32, len);
@@ -54,15 +63,24 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
             };
             count(&PROTO_STATS, family as u32, len);
             count(&PROTO_STATS, packet.transport as u32, len);
-            policy::judge(&packet)
+            match l4::service_for(&packet) {
+                Some(service) => {
+                    let verdict = policy::judge(&packet, true);
+                    if verdict.drops() {
+                        return (verdict, xdp_action::XDP_DROP);
+                    }
+                    return l4::forward(ctx, &packet, &service);
+                }
+                None => policy::judge(&packet, false),
+            }
         }
     };
-    count(&VERDICT_STATS, verdict as u32, len);
-    if verdict.drops() {
+    let action = if verdict.drops() {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
-    }
+    };
+    (verdict, action)
 }
 
 #[inline(always)]

@@ -34,12 +34,18 @@ pub struct IpPacket {
     pub v6: bool,
     /// Source address; IPv4 as IPv4-mapped IPv6.
     pub src: [u8; 16],
+    /// Destination address; IPv4 as IPv4-mapped IPv6.
+    pub dst: [u8; 16],
+    /// Where the IP header starts (after Ethernet and any VLAN tags).
+    pub l3_offset: usize,
     /// IP protocol of the transport header (after IPv6 extensions).
     pub protocol: u8,
     /// Transport class for the protocol counters.
     pub transport: ProtoCounter,
     /// Destination port in network byte order; 0 when there is no port to read.
     pub dst_port_be: u16,
+    /// Source port in network byte order; 0 when there is no port to read.
+    pub src_port_be: u16,
     /// TCP flags (0 for other protocols).
     pub tcp_flags: u8,
     /// A non-first fragment: no transport header, judged by its source alone.
@@ -121,24 +127,26 @@ fn parse_ipv4(data: usize, data_end: usize, offset: usize) -> Option<IpPacket> {
     }
     let frag = read_u16_be(data, data_end, offset + 6)?;
     let protocol = read_u8(data, data_end, offset + 9)?;
-    let src4 = read::<4>(data, data_end, offset + 12)?;
+    let addrs = read::<8>(data, data_end, offset + 12)?;
     if data + offset + ihl > data_end {
         return None;
     }
     let mut src = [0u8; 16];
     src[10] = 0xff;
     src[11] = 0xff;
-    src[12..].copy_from_slice(&src4);
+    let mut dst = src;
+    src[12..].copy_from_slice(&addrs[..4]);
+    dst[12..].copy_from_slice(&addrs[4..]);
     let later_fragment = frag & 0x1FFF != 0;
-    transport(
-        data,
-        data_end,
-        offset + ihl,
+    let ip = IpFields {
+        offset,
         protocol,
         later_fragment,
-        false,
+        v6: false,
         src,
-    )
+        dst,
+    };
+    transport(data, data_end, offset + ihl, ip)
 }
 
 #[inline(always)]
@@ -146,6 +154,7 @@ fn parse_ipv6(data: usize, data_end: usize, offset: usize) -> Option<IpPacket> {
     let version = read_u8(data, data_end, offset)?;
     let mut next_header = read_u8(data, data_end, offset + 6)?;
     let src = read::<16>(data, data_end, offset + 8)?;
+    let dst = read::<16>(data, data_end, offset + 24)?;
     if version >> 4 != 6 || data + offset + IPV6_HLEN > data_end {
         return None;
     }
@@ -167,31 +176,45 @@ fn parse_ipv6(data: usize, data_end: usize, offset: usize) -> Option<IpPacket> {
         next_header = read_u8(data, data_end, at)?;
         at += length;
     }
-    transport(data, data_end, at, next_header, later_fragment, true, src)
+    let ip = IpFields {
+        offset,
+        protocol: next_header,
+        later_fragment,
+        v6: true,
+        src,
+        dst,
+    };
+    transport(data, data_end, at, ip)
 }
 
-/// Reads the transport header at `offset`; `None` when it is cut short.
-#[inline(always)]
-fn transport(
-    data: usize,
-    data_end: usize,
+/// What the network layer told about a packet.
+struct IpFields {
     offset: usize,
     protocol: u8,
     later_fragment: bool,
     v6: bool,
     src: [u8; 16],
-) -> Option<IpPacket> {
+    dst: [u8; 16],
+}
+
+/// Reads the transport header at `offset`; `None` when it is cut short.
+#[inline(always)]
+fn transport(data: usize, data_end: usize, offset: usize, ip: IpFields) -> Option<IpPacket> {
+    let protocol = ip.protocol;
     let mut packet = IpPacket {
-        v6,
-        src,
+        v6: ip.v6,
+        src: ip.src,
+        dst: ip.dst,
+        l3_offset: ip.offset,
         protocol,
         transport: ProtoCounter::OtherL4,
         dst_port_be: 0,
+        src_port_be: 0,
         tcp_flags: 0,
-        later_fragment,
+        later_fragment: ip.later_fragment,
     };
     // A non-first fragment carries no transport header.
-    if later_fragment {
+    if ip.later_fragment {
         return Some(packet);
     }
     // Each header is read whole through one bounds check: the verifier tracks one
@@ -203,12 +226,14 @@ fn transport(
             if hlen < TCP_MIN_HLEN || data + offset + hlen > data_end {
                 return None;
             }
+            packet.src_port_be = u16::from_ne_bytes([header[0], header[1]]);
             packet.dst_port_be = u16::from_ne_bytes([header[2], header[3]]);
             packet.tcp_flags = header[13];
             packet.transport = ProtoCounter::Tcp;
         }
         IPPROTO_UDP => {
             let header = read::<UDP_HLEN>(data, data_end, offset)?;
+            packet.src_port_be = u16::from_ne_bytes([header[0], header[1]]);
             packet.dst_port_be = u16::from_ne_bytes([header[2], header[3]]);
             packet.transport = ProtoCounter::Udp;
         }

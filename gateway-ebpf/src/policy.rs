@@ -57,13 +57,14 @@ static SYN_BUCKETS: LruPerCpuHashMap<SourceKey, TokenBucket> =
 #[map(name = "LIVE_ACL_V1")]
 static LIVE_ACL: HashMap<LiveEntryKey, u64> = HashMap::with_max_entries(2 * MAX_LIST_ENTRIES, 0);
 
-/// Decides what happens to an IP packet.
+/// Decides what happens to an IP packet; `to_vip` packets (for an L4 VIP) are always
+/// protected.
 #[inline(always)]
-pub fn judge(packet: &IpPacket) -> Verdict {
+pub fn judge(packet: &IpPacket, to_vip: bool) -> Verdict {
     let Some(settings) = SETTINGS.get(0) else {
         return Verdict::Unprotected;
     };
-    if !is_protected(packet, settings.flags) {
+    if !to_vip && !is_protected(packet, settings.flags) {
         return Verdict::Unprotected;
     }
     let deny = List {

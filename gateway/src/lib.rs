@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod edge;
 pub mod http;
+pub mod l4;
 pub mod mediate;
 pub mod metering;
 pub mod observe;

@@ -57,6 +57,16 @@ pub enum Control {
     },
     /// A source crossed the ban threshold at L7 (`status` was its last rejection).
     Ban { ip: std::net::IpAddr, status: u16 },
+    /// An L4 health check concluded that `target` of the service at `vip` is up or
+    /// down (probed at `probed`, which L7 upstream targets may share).
+    L4Health {
+        vip: gateway_common::VipKey,
+        target: std::net::IpAddr,
+        probed: std::net::SocketAddr,
+        up: bool,
+    },
+    /// The L4 services with their targets and counters (`{"services": []}` without XDP).
+    L4View(mpsc::Sender<Value>),
     /// The XDP verdict counters, when XDP is attached: (verdict, packets, bytes).
     XdpCounters(mpsc::Sender<Vec<(&'static str, u64, u64)>>),
     /// Remove cached responses on every worker: the key `key`, or every key starting

@@ -6,10 +6,12 @@
 
 mod locate;
 pub mod raw;
+mod raw_l4;
 mod raw_mediation;
 mod raw_traffic;
 pub mod transform;
 mod validate;
+mod validate_l4;
 mod validate_mediation;
 mod validate_policy;
 mod validate_route;
@@ -42,6 +44,64 @@ pub struct Config {
     pub cache: CacheSettings,
     pub metering: MeteringConfig,
     pub webhooks: Vec<crate::webhooks::WebhookConfig>,
+    /// L4 VIPs balanced in XDP.
+    pub l4_services: Vec<L4ServiceConfig>,
+}
+
+/// `[[l4_services]]`: a VIP balanced in XDP over weighted targets with a Maglev table,
+/// packets encapsulated (IPIP) to the target, which answers the client directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L4ServiceConfig {
+    pub name: String,
+    pub vip: std::net::IpAddr,
+    /// `None`: every port.
+    pub port: Option<u16>,
+    pub protocol: L4Protocol,
+    /// Hash the ports too (5-tuple) or not (3-tuple).
+    pub hash_ports: bool,
+    /// Maglev table slots (a prime).
+    pub table_size: u32,
+    pub targets: Vec<L4TargetConfig>,
+    pub health_check: Option<L4HealthCheck>,
+}
+
+/// The transport protocol of an L4 service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum L4Protocol {
+    Tcp,
+    Udp,
+}
+
+impl L4Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+        }
+    }
+
+    /// `tcp` or `udp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// One target of an L4 service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L4TargetConfig {
+    pub addr: std::net::IpAddr,
+    pub weight: u32,
+}
+
+/// Active checks of an L4 service's targets: the probe, on `port` of each target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L4HealthCheck {
+    pub port: u16,
+    pub probe: HealthCheckConfig,
 }
 
 /// `[cache]`: limits of each worker's response cache.
@@ -355,7 +415,7 @@ pub struct RouteTraffic {
 }
 
 /// Active health checks of an upstream's targets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckConfig {
     /// HTTP path to GET; `None`: a TCP connect is the check.
     pub path: Option<String>,
@@ -584,6 +644,10 @@ pub struct XdpConfig {
     /// bpffs folder of the pinned state; the interface's subfolder holds its maps and link.
     pub pin_path: std::path::PathBuf,
     pub on_exit: XdpOnExit,
+    /// Outer IPv4 source prefix of L4-encapsulated packets.
+    pub tunnel_source_v4: ipnet::Ipv4Net,
+    /// Outer IPv6 source prefix (/96 or longer) of L4-encapsulated packets.
+    pub tunnel_source_v6: ipnet::Ipv6Net,
 }
 
 /// What a stopping gateway does with its XDP program (a binary upgrade always hands it

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use super::raw_l4::*;
 use super::raw_mediation::mediation_defaults;
 pub use super::raw_mediation::*;
 pub use super::raw_traffic::*;
@@ -41,6 +42,9 @@ pub struct RawConfig {
     /// Endpoints receiving the gateway's events.
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    /// L4 VIPs balanced in XDP.
+    #[serde(default)]
+    pub l4_services: Vec<RawL4Service>,
 }
 
 /// `[access_log]`: one JSON line per request.
@@ -300,6 +304,8 @@ pub struct RawUpstream {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
+    /// Port probed (`[[l4_services]]` only; upstream targets are probed on theirs).
+    pub port: Option<u16>,
     pub path: Option<String>,
     /// Host header of the probe (the target's address otherwise).
     pub host: Option<String>,
@@ -705,6 +711,12 @@ pub struct RawXdp {
     pub syn_guard: Option<RawSynGuard>,
     /// Ban sources in the deny list when they collect too many rejected requests.
     pub ban: Option<RawBan>,
+    /// Outer IPv4 source prefix of L4-encapsulated packets (host bits from the flow).
+    #[serde(default = "default_tunnel_source_v4")]
+    pub tunnel_source_v4: String,
+    /// Outer IPv6 source prefix (at least /96) of L4-encapsulated packets.
+    #[serde(default = "default_tunnel_source_v6")]
+    pub tunnel_source_v6: String,
 }
 
 /// `[xdp.ban]`: L7-to-XDP feedback.

@@ -230,6 +230,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
         .map(|x| validate_edge(x, problems))
         .unwrap_or_default();
     let xdp = raw.xdp.as_ref().map(|x| {
+        let tunnels = super::validate_l4::tunnel_sources(x, problems);
         if x.interface
             .as_deref()
             .is_some_and(|s| s.is_empty() || s.len() >= 16)
@@ -253,6 +254,8 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
                 RawXdpOnExit::Detach => XdpOnExit::Detach,
                 RawXdpOnExit::Keep => XdpOnExit::Keep,
             },
+            tunnel_source_v4: tunnels.0,
+            tunnel_source_v6: tunnels.1,
         }
     });
 
@@ -299,6 +302,11 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
             max_entry_size: raw.cache.max_entry_size,
         },
         webhooks: validate_webhooks(dir, &raw.webhooks, problems),
+        l4_services: super::validate_l4::validate_l4_services(
+            &raw.l4_services,
+            raw.xdp.as_ref(),
+            problems,
+        ),
         metering: {
             if raw.metering.flush_interval.is_zero() {
                 problems.push("metering.flush_interval", "must be greater than zero");

@@ -90,24 +90,13 @@ pub(super) fn validate_upstream(
         max_pending: u.max_pending,
         retry_budget: super::validate_traffic::validate_circuit(&key, u, problems),
         health_check: u.health_check.as_ref().map(|h| {
-            if let Some(path) = &h.path {
-                check_path(&format!("{key}.health_check.path"), path, problems);
-            }
-            if h.interval.is_zero() || h.timeout.is_zero() || h.healthy == 0 || h.unhealthy == 0 {
+            if h.port.is_some() {
                 problems.push(
-                    format!("{key}.health_check"),
-                    "interval, timeout, healthy and unhealthy must be above zero",
+                    format!("{key}.health_check.port"),
+                    "upstream targets are probed on their own port; port is for [[l4_services]]",
                 );
             }
-            crate::config::HealthCheckConfig {
-                path: h.path.clone(),
-                host: h.host.clone(),
-                expect: h.expect.clone(),
-                interval: h.interval,
-                timeout: h.timeout,
-                healthy: h.healthy,
-                unhealthy: h.unhealthy,
-            }
+            health_check(&format!("{key}.health_check"), h, problems)
         }),
         outlier: u.outlier.as_ref().map(|o| {
             if o.consecutive_failures == 0 || o.base_ejection.is_zero() {
@@ -422,4 +411,30 @@ pub(super) fn validate_matchers(
         out.push(ValueMatch { name, condition });
     }
     out
+}
+
+/// The probe settings of a `health_check = { … }` table (upstreams and L4 services).
+pub(super) fn health_check(
+    key: &str,
+    h: &super::raw::RawHealthCheck,
+    problems: &mut Problems,
+) -> crate::config::HealthCheckConfig {
+    if let Some(path) = &h.path {
+        check_path(&format!("{key}.path"), path, problems);
+    }
+    if h.interval.is_zero() || h.timeout.is_zero() || h.healthy == 0 || h.unhealthy == 0 {
+        problems.push(
+            key,
+            "interval, timeout, healthy and unhealthy must be above zero",
+        );
+    }
+    crate::config::HealthCheckConfig {
+        path: h.path.clone(),
+        host: h.host.clone(),
+        expect: h.expect.clone(),
+        interval: h.interval,
+        timeout: h.timeout,
+        healthy: h.healthy,
+        unhealthy: h.unhealthy,
+    }
 }

@@ -66,6 +66,8 @@ pub enum RuntimeError {
         interface: String,
         source: Box<crate::xdp::XdpError>,
     },
+    #[error("setting up the L4 services in XDP: {0}")]
+    L4(#[from] crate::l4::L4Error),
 }
 
 /// Runs the appliance until SIGTERM or SIGINT, then drains and returns. With `takeover`,
@@ -156,6 +158,8 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
     };
     // Signals, admin requests and bans reach the main thread as one stream of messages.
     let (control, inbox) = std::sync::mpsc::channel();
+    let mut l4 = start_l4(&snapshot.config, xdp.as_mut(), &control)?;
+    let l4_control = control.clone();
     let shared = WorkerShared {
         edge_in_userspace,
         rate_table: rate_table.clone(),
@@ -261,6 +265,7 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
                 let outcome = reload(&current, &live, xdp.as_mut(), &listeners.addrs);
                 audit_reload(&audit, "signal:SIGHUP", &current, &outcome);
                 if let Ok(next) = outcome {
+                    reload_l4(&mut l4, &next.config, xdp.as_mut(), &l4_control);
                     install(&mailboxes, admin.as_deref(), &next);
                     current = next;
                 }
@@ -285,6 +290,7 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
                 let outcome = reload(&current, &live, xdp.as_mut(), &listeners.addrs);
                 audit_reload(&audit, &identity, &current, &outcome);
                 let outcome = outcome.map(|next| {
+                    reload_l4(&mut l4, &next.config, xdp.as_mut(), &l4_control);
                     install(&mailboxes, admin.as_deref(), &next);
                     current = next;
                     format!(
@@ -406,6 +412,37 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
                     serde_json::json!({ "key": key, "prefix": prefix, "purged": purged }),
                 );
                 let _ = reply.send(purged);
+            }
+            Control::L4Health {
+                vip,
+                target,
+                probed,
+                up,
+            } => {
+                if let Some(program) = xdp.as_mut() {
+                    match l4.set_health(vip, target, up, program) {
+                        Ok(Some(service)) => {
+                            webhooks::publish(webhooks::Event::UpstreamHealth {
+                                upstream: format!("l4:{service}"),
+                                target: target.to_string(),
+                                healthy: up,
+                            });
+                        }
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::error!(%error, "L4 health change: updating the ring failed")
+                        }
+                    }
+                }
+                // L7 upstream targets at the probed address share the conclusion.
+                current.upstreams.mark_address(probed, up);
+            }
+            Control::L4View(reply) => {
+                let view = match xdp.as_mut() {
+                    Some(program) => l4.view(program),
+                    None => serde_json::json!({ "services": [] }),
+                };
+                let _ = reply.send(view);
             }
             Control::XdpCounters(reply) => {
                 let counters = xdp
@@ -593,6 +630,39 @@ fn reload(
         "config reloaded"
     );
     Ok(next)
+}
+
+/// Writes the L4 services into the XDP maps (nothing without XDP: then they are not
+/// balanced, and the log says so).
+fn start_l4(
+    config: &Config,
+    xdp: Option<&mut XdpProgram>,
+    control: &std::sync::mpsc::Sender<Control>,
+) -> Result<crate::l4::L4Balancer, RuntimeError> {
+    match xdp {
+        Some(program) => Ok(crate::l4::L4Balancer::start(config, program, control)?),
+        None => {
+            if !config.l4_services.is_empty() {
+                tracing::warn!("L4 services need the XDP program; they are not balanced");
+            }
+            Ok(crate::l4::L4Balancer::default())
+        }
+    }
+}
+
+/// Brings the L4 maps to a reloaded config; a failure is logged and leaves the maps
+/// partly updated (the next reload retries).
+fn reload_l4(
+    l4: &mut crate::l4::L4Balancer,
+    config: &Config,
+    xdp: Option<&mut XdpProgram>,
+    control: &std::sync::mpsc::Sender<Control>,
+) {
+    if let Some(program) = xdp
+        && let Err(error) = l4.apply(config, program, control)
+    {
+        tracing::error!(%error, "reload: updating the L4 services failed");
+    }
 }
 
 /// Loads the XDP program over its interface's pinned maps, restores the live ACL

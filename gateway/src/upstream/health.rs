@@ -139,7 +139,8 @@ impl Health {
         }
     }
 
-    fn set_up(&self, global: usize, up: bool) -> bool {
+    /// Sets what active checks concluded; true when that changed it.
+    pub(crate) fn set_up(&self, global: usize, up: bool) -> bool {
         self.targets[global].up.swap(up, Relaxed) != up
     }
 }
@@ -216,7 +217,7 @@ async fn check_target(
     let (mut successes, mut failures) = (0u32, 0u32);
     loop {
         monoio::time::sleep(check.interval).await;
-        let ok = probe(addr, &check, &upstream).await;
+        let ok = probe(addr, &check, upstream.tls.as_ref()).await;
         let Some(health) = health.upgrade() else {
             return;
         };
@@ -246,14 +247,15 @@ async fn check_target(
     }
 }
 
-/// One probe: a TCP connect, or an HTTP GET whose status must be expected.
-async fn probe(
+/// One probe: a TCP connect, or an HTTP GET whose status must be expected (over TLS
+/// when `tls` is given). Shared by upstream targets and L4 service targets.
+pub(crate) async fn probe(
     addr: std::net::SocketAddr,
     check: &HealthCheckConfig,
-    upstream: &UpstreamConfig,
+    tls: Option<&crate::tls::UpstreamTls>,
 ) -> bool {
     let attempt = async {
-        let mut stream = crate::upstream::connect(addr, check.timeout, upstream.tls.as_ref())
+        let mut stream = crate::upstream::connect(addr, check.timeout, tls)
             .await
             .ok()?;
         let Some(path) = &check.path else {

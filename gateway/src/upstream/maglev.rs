@@ -29,7 +29,12 @@ impl Maglev {
     /// Builds the table for targets named by `names` (stable identities such as
     /// `ip:port`) with `weights`; `alive[i] == false` leaves target `i` out.
     pub fn build(names: &[String], weights: &[u32], alive: &[bool]) -> Self {
-        let size = table_size(names.len());
+        Self::build_sized(names, weights, alive, table_size(names.len()))
+    }
+
+    /// [`Maglev::build`] with a table of `size` slots (a prime, at least 100 per target
+    /// for shares within 1% of the weights); the XDP balancer's tables are sized by config.
+    pub fn build_sized(names: &[String], weights: &[u32], alive: &[bool], size: usize) -> Self {
         let live: Vec<usize> = (0..names.len())
             .filter(|&i| alive[i] && weights[i] > 0)
             .collect();
@@ -75,6 +80,11 @@ impl Maglev {
             }
         }
         Self { table }
+    }
+
+    /// Slot → target index; empty when every target is out.
+    pub fn slots(&self) -> &[u32] {
+        &self.table
     }
 
     /// The target for a key hash; `None` when every target is out.

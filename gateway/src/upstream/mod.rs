@@ -83,6 +83,22 @@ impl Upstreams {
             .collect()
     }
 
+    /// Marks every target at `addr` up or down on behalf of another checker (the L4
+    /// balancer's probes of the same address); returns how many targets that was.
+    pub fn mark_address(&self, addr: SocketAddr, up: bool) -> usize {
+        let matching: Vec<usize> = self
+            .target_ids()
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, a))| *a == addr)
+            .map(|(i, _)| i)
+            .collect();
+        for &i in &matching {
+            self.health.set_up(i, up);
+        }
+        matching.len()
+    }
+
     /// Builds the shared tables for `config`.
     pub fn new(config: &Config) -> Self {
         let mut first_target = 0;

@@ -210,15 +210,18 @@ pub struct PersistedEntry {
     pub expires: Option<SystemTime>,
 }
 
-fn map_error(name: &'static str) -> impl Fn(MapError) -> XdpError {
+pub(super) fn map_error(name: &'static str) -> impl Fn(MapError) -> XdpError {
     move |source| XdpError::Map { name, source }
 }
 
-fn map_mut<'a>(ebpf: &'a mut dyn MapSource, name: &'static str) -> Result<&'a mut Map, XdpError> {
+pub(super) fn map_mut<'a>(
+    ebpf: &'a mut dyn MapSource,
+    name: &'static str,
+) -> Result<&'a mut Map, XdpError> {
     ebpf.map_mut(name).ok_or_else(|| super::missing_map(name))
 }
 
-fn map<'a>(ebpf: &'a dyn MapSource, name: &'static str) -> Result<&'a Map, XdpError> {
+pub(super) fn map<'a>(ebpf: &'a dyn MapSource, name: &'static str) -> Result<&'a Map, XdpError> {
     ebpf.map(name).ok_or_else(|| super::missing_map(name))
 }
 

@@ -6,6 +6,7 @@
 //! L7-only and says so once.
 
 pub mod inspect;
+pub mod l4;
 mod lists;
 mod pins;
 
@@ -285,6 +286,13 @@ impl XdpProgram {
     /// Packets each of `nets` matched in the deny (or allow) list, summed over CPUs.
     pub fn entry_hits(&self, deny: bool, nets: &[IpNet]) -> Result<Vec<Option<u64>>, XdpError> {
         lists::hits(&self.ebpf, deny, nets)
+    }
+
+    /// The L4 balancer's maps.
+    pub fn l4(&mut self) -> l4::L4Maps<'_> {
+        l4::L4Maps {
+            ebpf: &mut self.ebpf,
+        }
     }
 
     /// The live ACL entries a previous process recorded (pinned maps only).

@@ -1,0 +1,248 @@
+//! Map layouts of the L4 balancer (Katran's model): VIPs, their Maglev rings, the
+//! targets ("reals"), the connection table, counters, and the flow hash both sides use.
+//!
+//! Userspace builds the rings and writes every map; the XDP program only looks up,
+//! hashes, encapsulates and counts.
+
+/// Hash of L4 services ([`VipKey`] → [`VipService`]).
+pub const L4_SERVICES_MAP: &str = "L4_SERVICES_V1";
+/// Array of ring slots (`u32` real id, [`NO_REAL`] when the service has no live target);
+/// each service owns `ring_size` slots from `ring_offset`.
+pub const L4_RINGS_MAP: &str = "L4_RINGS_V1";
+/// Array of [`Real`]s by real id.
+pub const L4_REALS_MAP: &str = "L4_REALS_V1";
+/// LRU hash of established flows ([`FlowKey`] → [`FlowTarget`]).
+pub const L4_FLOWS_MAP: &str = "L4_FLOWS_V1";
+/// Per-CPU [`L4Counter`]s by service id.
+pub const L4_SERVICE_STATS_MAP: &str = "L4_SERVICE_STATS_V1";
+/// Per-CPU [`L4Counter`]s by real id.
+pub const L4_REAL_STATS_MAP: &str = "L4_REAL_STATS_V1";
+/// One-slot array holding the [`L4Settings`].
+pub const L4_SETTINGS_MAP: &str = "L4_SETTINGS_V1";
+
+/// Most L4 services (VIP, port, protocol) at once.
+pub const MAX_L4_SERVICES: u32 = 256;
+/// Most targets over all services (a target of two services is two reals).
+pub const MAX_L4_REALS: u32 = 4096;
+/// Ring slots shared by all services: 64 services at the default size of 65,537.
+pub const L4_RING_CAPACITY: u32 = 1 << 22;
+/// Flows remembered; the least recently seen are evicted.
+pub const MAX_L4_FLOWS: u32 = 1 << 20;
+/// A ring slot of a service without any live target.
+pub const NO_REAL: u32 = u32::MAX;
+
+/// A VIP: address (IPv4 as IPv4-mapped IPv6), destination port in network byte order
+/// (0: every port) and IP protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+/// [`VipService::flags`]: hash only source, destination and protocol (no ports), so
+/// every datagram of a client goes to one target whatever its source port.
+pub const L4_HASH_NO_PORTS: u32 = 1;
+
+/// What the program needs to balance a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipService {
+    /// Slot in [`L4_SERVICE_STATS_MAP`].
+    pub id: u32,
+    /// First slot of this service's ring in [`L4_RINGS_MAP`].
+    pub ring_offset: u32,
+    /// Slots in the ring (a prime).
+    pub ring_size: u32,
+    /// `L4_HASH_*` bits.
+    pub flags: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<VipService>() == 16);
+
+/// [`Real::flags`]: the slot holds a target.
+pub const REAL_IN_USE: u32 = 1;
+/// [`Real::flags`]: the target's address is IPv6 (else IPv4-mapped).
+pub const REAL_V6: u32 = 2;
+/// [`Real::flags`]: the target is down (failed health checks, or removed): flows that
+/// remembered it are balanced afresh.
+pub const REAL_DOWN: u32 = 4;
+
+/// A target of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Real {
+    /// Where packets are tunnelled (IPv4 as IPv4-mapped IPv6).
+    pub addr: [u8; 16],
+    /// The service it belongs to, so a restarted gateway can map ids back to targets.
+    pub vip: VipKey,
+    /// `REAL_*` bits.
+    pub flags: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Real>() == 40);
+
+/// A flow: both addresses (IPv4-mapped for IPv4), both ports in network byte order
+/// (zero when the service hashes without ports), and the protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Where a remembered flow goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTarget {
+    pub real: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowTarget>() == 8);
+
+/// Packets, bytes and new flows of a service or a real on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L4Counter {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows the connection table did not know (balanced through the ring).
+    pub new_flows: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<L4Counter>() == 24);
+
+/// [`L4Settings::flags`]: at least one service exists; without it the program skips
+/// the VIP lookup.
+pub const L4_ACTIVE: u32 = 1;
+
+/// Appliance-wide L4 settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L4Settings {
+    /// `L4_*` bits.
+    pub flags: u32,
+    /// Outer IPv4 source: `source_v4 | (flow hash & source_v4_host_mask)`, both as
+    /// read from memory in network order, so every flow gets its own outer source and
+    /// the targets' NICs spread flows over their queues (RSS hashes the outer header).
+    pub source_v4: [u8; 4],
+    pub source_v4_host_mask: [u8; 4],
+    /// Outer IPv6 source: the last four bytes take the flow hash under the mask.
+    pub source_v6: [u8; 16],
+    pub source_v6_host_mask: [u8; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<L4Settings>() == 32);
+
+/// MurmurHash3 (x86, 32-bit) of a flow, seeded: the same in the kernel and in
+/// userspace, so tests and tools can predict where a flow goes, and every appliance
+/// running this program agrees.
+#[inline(always)]
+pub fn flow_hash(flow: &FlowKey) -> u32 {
+    let mut hash = 0x4c34_6761u32;
+    let mut i = 0;
+    while i < 16 {
+        let src = [
+            flow.src[i],
+            flow.src[i + 1],
+            flow.src[i + 2],
+            flow.src[i + 3],
+        ];
+        hash = murmur_round(hash, u32::from_le_bytes(src));
+        i += 4;
+    }
+    let mut i = 0;
+    while i < 16 {
+        let dst = [
+            flow.dst[i],
+            flow.dst[i + 1],
+            flow.dst[i + 2],
+            flow.dst[i + 3],
+        ];
+        hash = murmur_round(hash, u32::from_le_bytes(dst));
+        i += 4;
+    }
+    hash = murmur_round(
+        hash,
+        (u32::from(flow.src_port_be) << 16) | u32::from(flow.dst_port_be),
+    );
+    hash = murmur_round(hash, u32::from(flow.protocol));
+    hash ^= 40;
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^ (hash >> 16)
+}
+
+#[inline(always)]
+const fn murmur_round(hash: u32, word: u32) -> u32 {
+    let k = word
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (hash ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+/// The ring slot a flow of `service` hashes to.
+#[inline(always)]
+pub fn ring_slot(service: &VipService, hash: u32) -> u32 {
+    if service.ring_size == 0 {
+        return service.ring_offset;
+    }
+    service.ring_offset + hash % service.ring_size
+}
+
+// SAFETY: all of these are `repr(C)`, `Copy`, with explicit padding and no pointers.
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipService {}
+    unsafe impl aya::Pod for super::Real {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowTarget {}
+    unsafe impl aya::Pod for super::L4Counter {}
+    unsafe impl aya::Pod for super::L4Settings {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_hash_is_stable_and_spreads_ports() {
+        let mut flow = FlowKey {
+            src: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1],
+            dst: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 100],
+            src_port_be: 40_000u16.to_be(),
+            dst_port_be: 80u16.to_be(),
+            protocol: 6,
+            _pad: [0; 3],
+        };
+        let first = flow_hash(&flow);
+        assert_eq!(first, flow_hash(&flow), "no hidden state");
+        let mut buckets = [0u32; 16];
+        for port in 0..16_000u16 {
+            flow.src_port_be = (10_000 + port).to_be();
+            buckets[(flow_hash(&flow) % 16) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&b| (800..1200).contains(&b)),
+            "{buckets:?}"
+        );
+    }
+}

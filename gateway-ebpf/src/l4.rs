@@ -1,0 +1,362 @@
+//! The L4 balancer stage (Katran's model): a packet to a VIP finds its target in the
+//! connection table, or through the service's Maglev ring when the flow is new (or its
+//! target went down); it is then wrapped in an outer IP header (IPIP: IPv4 or IPv6 in
+//! IPv4 or IPv6) addressed to the target, and sent out through the next hop the kernel's
+//! FIB names. The target answers the client directly (direct server return).
+//!
+//! Userspace fills the rings and the targets; this stage only looks up, hashes, rewrites
+//! headers and counts.
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup, xdp_action},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use gateway_common::{
+    FlowKey, FlowTarget, L4_ACTIVE, L4_HASH_NO_PORTS, L4_RING_CAPACITY, L4Counter, L4Settings,
+    MAX_L4_FLOWS, MAX_L4_REALS, MAX_L4_SERVICES, NO_REAL, REAL_DOWN, REAL_IN_USE, REAL_V6, Real,
+    Verdict, VipKey, VipService, flow_hash, ring_slot,
+};
+
+use crate::parse::IpPacket;
+
+#[map(name = "L4_SERVICES_V1")]
+static SERVICES: HashMap<VipKey, VipService> = HashMap::with_max_entries(MAX_L4_SERVICES, 0);
+#[map(name = "L4_RINGS_V1")]
+static RINGS: Array<u32> = Array::with_max_entries(L4_RING_CAPACITY, 0);
+#[map(name = "L4_REALS_V1")]
+static REALS: Array<Real> = Array::with_max_entries(MAX_L4_REALS, 0);
+#[map(name = "L4_FLOWS_V1")]
+static FLOWS: LruHashMap<FlowKey, FlowTarget> = LruHashMap::with_max_entries(MAX_L4_FLOWS, 0);
+#[map(name = "L4_SERVICE_STATS_V1")]
+static SERVICE_STATS: PerCpuArray<L4Counter> = PerCpuArray::with_max_entries(MAX_L4_SERVICES, 0);
+#[map(name = "L4_REAL_STATS_V1")]
+static REAL_STATS: PerCpuArray<L4Counter> = PerCpuArray::with_max_entries(MAX_L4_REALS, 0);
+#[map(name = "L4_SETTINGS_V1")]
+static SETTINGS: Array<L4Settings> = Array::with_max_entries(1, 0);
+/// Per-CPU scratch space for the FIB lookup's parameters (off the 512-byte stack).
+#[map(name = "L4_FIB_SCRATCH_V1")]
+static FIB_SCRATCH: PerCpuArray<FibLookup> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_HLEN: usize = 14;
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6: u8 = 41;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const OUTER_TTL: u8 = 64;
+
+/// The service a packet's destination is a VIP of: the exact port first, then the
+/// service that takes every port.
+#[inline(always)]
+pub fn service_for(packet: &IpPacket) -> Option<VipService> {
+    let settings = SETTINGS.get(0)?;
+    if settings.flags & L4_ACTIVE == 0 {
+        return None;
+    }
+    let mut key = VipKey {
+        addr: packet.dst,
+        port_be: packet.dst_port_be,
+        protocol: packet.protocol,
+        _pad: 0,
+    };
+    // SAFETY: hash lookups; the values are copied out at once.
+    if let Some(service) = unsafe { SERVICES.get(&key) } {
+        return Some(*service);
+    }
+    if key.port_be == 0 {
+        return None;
+    }
+    key.port_be = 0;
+    // SAFETY: as above.
+    unsafe { SERVICES.get(&key) }.copied()
+}
+
+/// Balances a packet of `service`: the verdict to count and the XDP action.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Verdict, u32) {
+    // Fragments after the first carry no ports to hash; tagged frames would need their
+    // tags rebuilt on the way out. Both are the kernel's (documented).
+    if packet.later_fragment || packet.l3_offset != ETH_HLEN {
+        return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
+    }
+    let with_ports = service.flags & L4_HASH_NO_PORTS == 0;
+    let flow = FlowKey {
+        src: packet.src,
+        dst: packet.dst,
+        src_port_be: if with_ports { packet.src_port_be } else { 0 },
+        dst_port_be: if with_ports { packet.dst_port_be } else { 0 },
+        protocol: packet.protocol,
+        _pad: [0; 3],
+    };
+    let hash = flow_hash(&flow);
+    let Some((id, new_flow)) = pick(&flow, service, hash) else {
+        return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
+    };
+    let Some(real) = REALS.get(id) else {
+        return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
+    };
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    count(&SERVICE_STATS, service.id, len, new_flow);
+    count(&REAL_STATS, id, len, new_flow);
+    encapsulate(ctx, packet, real, hash)
+}
+
+/// The flow's target: the one it already has while that is up, else the ring's pick
+/// for its hash (remembered). `None` when the service has no live target.
+#[inline(always)]
+fn pick(flow: &FlowKey, service: &VipService, hash: u32) -> Option<(u32, bool)> {
+    // SAFETY: an LRU hash lookup; the value is copied out at once.
+    if let Some(known) = unsafe { FLOWS.get(flow) } {
+        let id = known.real;
+        if let Some(real) = REALS.get(id)
+            && real.flags & (REAL_IN_USE | REAL_DOWN) == REAL_IN_USE
+        {
+            return Some((id, false));
+        }
+    }
+    let id = *RINGS.get(ring_slot(service, hash))?;
+    if id == NO_REAL {
+        return None;
+    }
+    // A full table forgets the least recently seen flow: memory stays bounded.
+    let _ = FLOWS.insert(flow, &FlowTarget { real: id, _pad: 0 }, 0);
+    Some((id, true))
+}
+
+#[inline(always)]
+fn count(map: &PerCpuArray<L4Counter>, slot: u32, len: u64, new_flow: bool) {
+    if let Some(counter) = map.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot, valid for this program run, touched only by this CPU.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += len;
+            (*counter).new_flows += u64::from(new_flow);
+        }
+    }
+}
+
+/// What the inner packet contributes to the outer header.
+struct Inner {
+    /// The inner packet's whole length (IP header included).
+    total_len: u16,
+    /// Its DSCP/ECN byte, copied outward.
+    traffic_class: u8,
+}
+
+/// Reads what the outer header needs before the head moves.
+#[inline(always)]
+fn inner_of(ctx: &XdpContext, v6: bool) -> Option<Inner> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + ETH_HLEN + 8 > end {
+        return None;
+    }
+    // SAFETY: the first 8 IP bytes lie before `end` (checked above).
+    let ip = unsafe { core::ptr::read_unaligned((data + ETH_HLEN) as *const [u8; 8]) };
+    let (total_len, traffic_class) = if v6 {
+        let payload = u16::from_be_bytes([ip[4], ip[5]]);
+        (
+            payload.checked_add(IPV6_HLEN as u16)?,
+            (ip[0] << 4) | (ip[1] >> 4),
+        )
+    } else {
+        (u16::from_be_bytes([ip[2], ip[3]]), ip[1])
+    };
+    Some(Inner {
+        total_len,
+        traffic_class,
+    })
+}
+
+/// Wraps the packet for `real` and sends it on. The headers are written straight into
+/// the packet and the FIB parameters live in a per-CPU scratch slot: the BPF stack is
+/// 512 bytes for the whole program.
+#[inline(always)]
+fn encapsulate(ctx: &XdpContext, packet: &IpPacket, real: &Real, hash: u32) -> (Verdict, u32) {
+    let (Some(settings), Some(fib)) = (SETTINGS.get(0), FIB_SCRATCH.get_ptr_mut(0)) else {
+        return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
+    };
+    // SAFETY: this CPU's scratch slot, used by this program run only.
+    let fib = unsafe { &mut *fib };
+    let Some(inner) = inner_of(ctx, packet.v6) else {
+        return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
+    };
+    let outer_v6 = real.flags & REAL_V6 != 0;
+    let outer_len = if outer_v6 { IPV6_HLEN } else { IPV4_HLEN };
+    let Some(outer_total) = inner.total_len.checked_add(outer_len as u16) else {
+        return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
+    };
+    // SAFETY: grows the headroom of the packet this program runs on.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
+        return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
+    }
+    let inner_protocol = if packet.v6 {
+        IPPROTO_IPV6
+    } else {
+        IPPROTO_IPIP
+    };
+    // SAFETY: the context pointer is the program's own.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: all-zero is a valid FIB parameter block.
+    *fib = unsafe { core::mem::zeroed() };
+    fib.ifindex = ingress;
+    fib.__bindgen_anon_1.tot_len = outer_total;
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let outer = data + ETH_HLEN;
+    // The old MAC addresses now sit `outer_len` bytes in: copied to the new front.
+    if outer_v6 {
+        if data + ETH_HLEN + IPV6_HLEN > end {
+            return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
+        }
+        // SAFETY: both 12-byte ranges lie before `end` (checked above).
+        unsafe {
+            let macs = core::ptr::read_unaligned((data + IPV6_HLEN) as *const [u8; 12]);
+            core::ptr::write_unaligned(data as *mut [u8; 12], macs);
+        }
+        let mut source = settings.source_v6;
+        let mask = u32::from_ne_bytes(settings.source_v6_host_mask);
+        let low = u32::from_ne_bytes([source[12], source[13], source[14], source[15]]);
+        source[12..].copy_from_slice(&(low | (hash & mask)).to_ne_bytes());
+        // SAFETY: Ethernet plus an IPv6 header lie before `end` (checked above).
+        unsafe {
+            write_ipv6_header(outer, &inner, outer_total, inner_protocol, hash);
+            core::ptr::write_unaligned((data + 12) as *mut [u8; 2], ETH_P_IPV6);
+            core::ptr::write_unaligned((outer + 8) as *mut [u8; 16], source);
+            core::ptr::write_unaligned((outer + 24) as *mut [u8; 16], real.addr);
+        }
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_3.ipv6_src = words(&source);
+        fib.__bindgen_anon_4.ipv6_dst = words(&real.addr);
+    } else {
+        if data + ETH_HLEN + IPV4_HLEN > end {
+            return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
+        }
+        // SAFETY: both 12-byte ranges lie before `end` (checked above).
+        unsafe {
+            let macs = core::ptr::read_unaligned((data + IPV4_HLEN) as *const [u8; 12]);
+            core::ptr::write_unaligned(data as *mut [u8; 12], macs);
+        }
+        let source = u32::from_ne_bytes(settings.source_v4)
+            | (hash & u32::from_ne_bytes(settings.source_v4_host_mask));
+        let target =
+            u32::from_ne_bytes([real.addr[12], real.addr[13], real.addr[14], real.addr[15]]);
+        // SAFETY: Ethernet plus an IPv4 header lie before `end` (checked above).
+        unsafe {
+            core::ptr::write_unaligned((data + 12) as *mut [u8; 2], ETH_P_IP);
+            write_ipv4_header(outer, &inner, outer_total, inner_protocol, source, target);
+        }
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = source;
+        fib.__bindgen_anon_4.ipv4_dst = target;
+    }
+    next_hop(ctx, fib, ingress)
+}
+
+/// Sends the encapsulated frame to the FIB's next hop; when the kernel cannot name one
+/// yet (no neighbour entry), hands the frame to the kernel, which forwards it and
+/// resolves the neighbour for the packets that follow.
+#[inline(always)]
+fn next_hop(ctx: &XdpContext, fib: &mut FibLookup, ingress: u32) -> (Verdict, u32) {
+    // SAFETY: the parameter block is a map value of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            fib,
+            core::mem::size_of::<FibLookup>() as i32,
+            0,
+        )
+    };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return (Verdict::L4ForwardedByKernel, xdp_action::XDP_PASS);
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + ETH_HLEN > end {
+        return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
+    }
+    // SAFETY: the Ethernet header lies before `end` (checked above).
+    unsafe {
+        core::ptr::write_unaligned(data as *mut [u8; 6], fib.dmac);
+        core::ptr::write_unaligned((data + 6) as *mut [u8; 6], fib.smac);
+    }
+    if fib.ifindex == ingress {
+        return (Verdict::L4Forwarded, xdp_action::XDP_TX);
+    }
+    // SAFETY: bpf_redirect only records the target interface.
+    let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
+    (Verdict::L4Forwarded, action)
+}
+
+/// Writes an outer IPv4 header (checksum included) at `at`.
+///
+/// # Safety
+/// 20 bytes at `at` must lie inside the packet.
+#[inline(always)]
+unsafe fn write_ipv4_header(
+    at: usize,
+    inner: &Inner,
+    total: u16,
+    protocol: u8,
+    source: u32,
+    target: u32,
+) {
+    let version_tos = 0x4500u16 | u16::from(inner.traffic_class);
+    let ttl_protocol = (u16::from(OUTER_TTL) << 8) | u16::from(protocol);
+    // One's-complement sum over the header's 16-bit words; the addresses are summed in
+    // memory order, so swap them to host order word by word.
+    let mut sum = u32::from(version_tos) + u32::from(total) + u32::from(ttl_protocol);
+    for word in [source, target] {
+        let bytes = word.to_ne_bytes();
+        sum += u32::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+        sum += u32::from(u16::from_be_bytes([bytes[2], bytes[3]]));
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let checksum = !(sum as u16);
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        core::ptr::write_unaligned(at as *mut u16, version_tos.to_be());
+        core::ptr::write_unaligned((at + 2) as *mut u16, total.to_be());
+        core::ptr::write_unaligned((at + 4) as *mut u32, 0);
+        core::ptr::write_unaligned((at + 8) as *mut u16, ttl_protocol.to_be());
+        core::ptr::write_unaligned((at + 10) as *mut u16, checksum.to_be());
+        core::ptr::write_unaligned((at + 12) as *mut u32, source);
+        core::ptr::write_unaligned((at + 16) as *mut u32, target);
+    }
+}
+
+/// Writes the first 8 bytes of an outer IPv6 header at `at` (the addresses follow).
+///
+/// # Safety
+/// 8 bytes at `at` must lie inside the packet.
+#[inline(always)]
+unsafe fn write_ipv6_header(at: usize, inner: &Inner, total: u16, next_header: u8, hash: u32) {
+    // The flow label carries the flow hash: IPv6 RSS and ECMP hash it.
+    let first = (6u32 << 28) | (u32::from(inner.traffic_class) << 20) | (hash & 0x000f_ffff);
+    let payload = total - IPV6_HLEN as u16;
+    let rest = (u32::from(payload) << 16) | (u32::from(next_header) << 8) | u32::from(OUTER_TTL);
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        core::ptr::write_unaligned(at as *mut u32, first.to_be());
+        core::ptr::write_unaligned((at + 4) as *mut u32, rest.to_be());
+    }
+}
+
+/// An IPv6 address as the FIB lookup's four words (memory order kept).
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    for i in 0..4 {
+        out[i] = u32::from_ne_bytes([
+            addr[4 * i],
+            addr[4 * i + 1],
+            addr[4 * i + 2],
+            addr[4 * i + 3],
+        ]);
+    }
+    out
+}

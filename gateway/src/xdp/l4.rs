@@ -1,0 +1,165 @@
+//! Reading and writing the L4 balancer's maps (layouts in `gateway_common::l4`). What to
+//! write, and in which order, is `crate::l4`'s business; this is only the map I/O.
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapError, PerCpuArray};
+use gateway_common::{
+    L4_REAL_STATS_MAP, L4_REALS_MAP, L4_RINGS_MAP, L4_SERVICE_STATS_MAP, L4_SERVICES_MAP,
+    L4_SETTINGS_MAP, L4Counter, L4Settings, MAX_L4_REALS, Real, VipKey, VipService,
+};
+
+use super::{
+    XdpError,
+    lists::{MapSource, map, map_error, map_mut},
+};
+
+/// The L4 maps of a loaded program.
+pub struct L4Maps<'a> {
+    pub(super) ebpf: &'a mut dyn MapSource,
+}
+
+impl L4Maps<'_> {
+    /// Writes the appliance-wide settings.
+    pub fn write_settings(&mut self, settings: &L4Settings) -> Result<(), XdpError> {
+        let name = L4_SETTINGS_MAP;
+        let mut array: Array<_, L4Settings> =
+            Array::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
+        array.set(0, settings, 0).map_err(map_error(name))
+    }
+
+    /// Writes real `id`.
+    pub fn write_real(&mut self, id: u32, real: &Real) -> Result<(), XdpError> {
+        let name = L4_REALS_MAP;
+        let mut array: Array<_, Real> =
+            Array::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
+        array.set(id, real, 0).map_err(map_error(name))
+    }
+
+    /// Every real slot in use (a restarted gateway maps its targets back to their ids).
+    pub fn reals(&self) -> Result<Vec<(u32, Real)>, XdpError> {
+        let name = L4_REALS_MAP;
+        let array: Array<_, Real> =
+            Array::try_from(map(self.ebpf, name)?).map_err(map_error(name))?;
+        let mut out = Vec::new();
+        for id in 0..MAX_L4_REALS {
+            let real = array.get(&id, 0).map_err(map_error(name))?;
+            if real.flags & gateway_common::REAL_IN_USE != 0 {
+                out.push((id, real));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the ring slots from `offset` that differ from `old` (every slot when there
+    /// is no old ring of the same length); returns how many were written.
+    pub fn write_ring(
+        &mut self,
+        offset: u32,
+        slots: &[u32],
+        old: Option<&[u32]>,
+    ) -> Result<usize, XdpError> {
+        let name = L4_RINGS_MAP;
+        let mut array: Array<_, u32> =
+            Array::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
+        let old = old.filter(|o| o.len() == slots.len());
+        let mut written = 0;
+        for (i, &slot) in slots.iter().enumerate() {
+            if old.is_some_and(|o| o[i] == slot) {
+                continue;
+            }
+            array
+                .set(offset + i as u32, slot, 0)
+                .map_err(map_error(name))?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// Reads `len` ring slots from `offset`.
+    pub fn ring(&self, offset: u32, len: u32) -> Result<Vec<u32>, XdpError> {
+        let name = L4_RINGS_MAP;
+        let array: Array<_, u32> =
+            Array::try_from(map(self.ebpf, name)?).map_err(map_error(name))?;
+        (offset..offset + len)
+            .map(|i| array.get(&i, 0).map_err(map_error(name)))
+            .collect()
+    }
+
+    /// Puts a VIP in service (or changes it).
+    pub fn insert_service(&mut self, key: &VipKey, service: &VipService) -> Result<(), XdpError> {
+        let name = L4_SERVICES_MAP;
+        let mut hash: BpfHashMap<_, VipKey, VipService> =
+            BpfHashMap::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
+        hash.insert(key, service, 0).map_err(map_error(name))
+    }
+
+    /// Takes a VIP out of service (absent is fine).
+    pub fn remove_service(&mut self, key: &VipKey) -> Result<(), XdpError> {
+        let name = L4_SERVICES_MAP;
+        let mut hash: BpfHashMap<_, VipKey, VipService> =
+            BpfHashMap::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
+        match hash.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(error) => Err(map_error(name)(error)),
+        }
+    }
+
+    /// Every VIP in the map.
+    pub fn services(&self) -> Result<Vec<(VipKey, VipService)>, XdpError> {
+        let name = L4_SERVICES_MAP;
+        let hash: BpfHashMap<_, VipKey, VipService> =
+            BpfHashMap::try_from(map(self.ebpf, name)?).map_err(map_error(name))?;
+        hash.iter()
+            .map(|entry| entry.map_err(map_error(name)))
+            .collect()
+    }
+
+    /// Service counters (by service id) summed over CPUs.
+    pub fn service_counters(&self, ids: &[u32]) -> Result<Vec<L4Counter>, XdpError> {
+        summed(self.ebpf, L4_SERVICE_STATS_MAP, ids)
+    }
+
+    /// Real counters (by real id) summed over CPUs.
+    pub fn real_counters(&self, ids: &[u32]) -> Result<Vec<L4Counter>, XdpError> {
+        summed(self.ebpf, L4_REAL_STATS_MAP, ids)
+    }
+
+    /// Zeroes the counters of real `id` (a fresh target must not inherit a removed one's).
+    pub fn reset_real_counters(&mut self, id: u32) -> Result<(), XdpError> {
+        reset(self.ebpf, L4_REAL_STATS_MAP, id)
+    }
+
+    /// Zeroes the counters of service `id`.
+    pub fn reset_service_counters(&mut self, id: u32) -> Result<(), XdpError> {
+        reset(self.ebpf, L4_SERVICE_STATS_MAP, id)
+    }
+}
+
+fn summed(
+    ebpf: &dyn MapSource,
+    name: &'static str,
+    ids: &[u32],
+) -> Result<Vec<L4Counter>, XdpError> {
+    let array: PerCpuArray<_, L4Counter> =
+        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_error(name))?;
+    ids.iter()
+        .map(|id| {
+            let per_cpu = array.get(id, 0).map_err(map_error(name))?;
+            Ok(per_cpu
+                .iter()
+                .fold(L4Counter::default(), |acc, c| L4Counter {
+                    packets: acc.packets + c.packets,
+                    bytes: acc.bytes + c.bytes,
+                    new_flows: acc.new_flows + c.new_flows,
+                }))
+        })
+        .collect()
+}
+
+fn reset(ebpf: &mut dyn MapSource, name: &'static str, id: u32) -> Result<(), XdpError> {
+    let mut array: PerCpuArray<_, L4Counter> =
+        PerCpuArray::try_from(map_mut(ebpf, name)?).map_err(map_error(name))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| XdpError::Cpus(e))?;
+    let zeros = aya::maps::PerCpuValues::try_from(vec![L4Counter::default(); cpus])
+        .map_err(|e| XdpError::Cpus(std::io::Error::other(e)))?;
+    array.set(id, zeros, 0).map_err(map_error(name))
+}
