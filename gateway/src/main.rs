@@ -42,11 +42,25 @@ enum Command {
         #[command(subcommand)]
         action: AclAction,
     },
+    /// The L4 services of a running gateway, balanced in XDP.
+    L4 {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        action: L4Action,
+    },
     /// The XDP state pinned in bpffs, read or removed without a running gateway.
     Xdp {
         #[command(subcommand)]
         action: XdpAction,
     },
+}
+
+#[derive(Subcommand)]
+enum L4Action {
+    /// Print (JSON) every service with its VIP, targets, weights, health, ring slots
+    /// and packet, byte and new-flow counters.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -233,6 +247,10 @@ fn main() -> ExitCode {
             let (method, path) = acl_path(&action);
             admin.run(method, &path)
         }
+        Command::L4 {
+            admin,
+            action: L4Action::List,
+        } => admin.run("GET", "/l4"),
         Command::Xdp { action } => xdp_command(action),
         Command::Run { config, takeover } => {
             let loaded = match Config::load(&config) {

@@ -65,13 +65,32 @@ impl Gateway {
             .unwrap_or_else(|log| panic!("gateway did not start; its log:\n{log}"))
     }
 
+    /// Starts `gateway run` inside network namespace `namespace` (`ip netns exec`).
+    pub fn start_in_namespace(namespace: &str, config: &str) -> Self {
+        Self::try_start_in(Some(namespace), config, &[])
+            .unwrap_or_else(|log| panic!("gateway did not start; its log:\n{log}"))
+    }
+
     fn try_start_with(config: &str, extra: &[&str]) -> Result<Self, String> {
+        Self::try_start_in(None, config, extra)
+    }
+
+    fn try_start_in(namespace: Option<&str>, config: &str, extra: &[&str]) -> Result<Self, String> {
         let listeners = config.matches("[[listeners]]").count();
         let wants_admin = config
             .lines()
             .any(|l| l.trim_start().starts_with("admin ="));
         let file = write_config(config);
-        let mut child = Command::new(gateway_bin())
+        let mut command = match namespace {
+            Some(namespace) => {
+                let mut c = Command::new("ip");
+                // `ip netns exec` execs the binary: the child's pid is the gateway's.
+                c.args(["netns", "exec", namespace]).arg(gateway_bin());
+                c
+            }
+            None => Command::new(gateway_bin()),
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(file.path())
             .args(extra)

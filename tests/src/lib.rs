@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod fabric;
 pub mod faults;
 pub mod gateway;
 pub mod idp;

@@ -381,6 +381,10 @@ fn handle(request: &Request, state: &AdminState) -> Reply {
             body: views::usage_csv(&snapshot).into_bytes(),
         },
         "/webhooks" => Reply::json(200, &views::webhooks(&snapshot)),
+        "/l4" => match state.ask(Control::L4View) {
+            Some(view) => Reply::json(200, &view),
+            None => Reply::error(503, "unavailable", "the gateway is shutting down"),
+        },
         "/acl" | "/acl/add" | "/acl/remove" => acl(state, request),
         "/cache/purge" => cache_purge(state, request),
         "/reload" => match state.ask(|reply| Control::Reload {

@@ -159,6 +159,14 @@ const ENDPOINTS: &[Endpoint] = &[
         public: false,
     },
     Endpoint {
+        path: "/l4",
+        method: "GET",
+        summary: "L4 services balanced in XDP: VIP, targets with weight, health, ring slots, and packet, byte and new-flow counters.",
+        ok: 200,
+        content: "application/json",
+        public: false,
+    },
+    Endpoint {
         path: "/openapi.json",
         method: "GET",
         summary: "This document.",

@@ -268,7 +268,41 @@ pub fn metrics(state: &AdminState) -> String {
             );
         }
     }
+    if let Some(view) = state.ask(Control::L4View) {
+        l4_metrics(&mut out, &view);
+    }
     out
+}
+
+/// The L4 services' counters and target health, from the `/l4` view.
+fn l4_metrics(out: &mut String, view: &Value) {
+    let services = view["services"].as_array().map_or(&[][..], Vec::as_slice);
+    if services.is_empty() {
+        return;
+    }
+    for (metric, field, kind) in [
+        ("gateway_l4_packets_total", "packets", "counter"),
+        ("gateway_l4_bytes_total", "bytes", "counter"),
+        ("gateway_l4_new_flows_total", "new_flows", "counter"),
+        ("gateway_l4_target_healthy", "healthy", "gauge"),
+        ("gateway_l4_target_ring_slots", "ring_slots", "gauge"),
+    ] {
+        let _ = writeln!(out, "# TYPE {metric} {kind}");
+        for service in services {
+            let name = service["name"].as_str().unwrap_or_default();
+            for target in service["targets"].as_array().map_or(&[][..], Vec::as_slice) {
+                let value = match &target[field] {
+                    Value::Bool(b) => u64::from(*b),
+                    other => other.as_u64().unwrap_or(0),
+                };
+                let addr = target["addr"].as_str().unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{metric}{{service=\"{name}\",target=\"{addr}\"}} {value}"
+                );
+            }
+        }
+    }
 }
 
 /// `GET /usage`: each consumer's totals against its plan, and its requests per route.
