@@ -1,4 +1,4 @@
-//! Embeds the XDP object into the gateway.
+//! Embeds the XDP object (and the worker-steering object beside it) into the gateway.
 //!
 //! `cargo xtask` builds `gateway-ebpf` with nightly + bpf-linker and passes the object's
 //! path in `GATEWAY_EBPF_OBJECT`; the object is then copied into `OUT_DIR` and embedded.
@@ -8,7 +8,10 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=GATEWAY_EBPF_OBJECT");
-    let out = PathBuf::from(env::var("OUT_DIR")?).join("gateway-ebpf.o");
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let out = out_dir.join("gateway-ebpf.o");
+    // The worker-steering program is built beside the XDP object.
+    let steer_out = out_dir.join("gateway-steer.o");
     match env::var_os("GATEWAY_EBPF_OBJECT") {
         Some(object) => {
             let object = PathBuf::from(object);
@@ -16,8 +19,15 @@ fn main() -> anyhow::Result<()> {
             fs::copy(&object, &out).map_err(|e| {
                 anyhow::anyhow!("GATEWAY_EBPF_OBJECT={}: cannot copy: {e}", object.display())
             })?;
+            let steer = object.with_file_name("gateway-steer");
+            println!("cargo:rerun-if-changed={}", steer.display());
+            fs::copy(&steer, &steer_out)
+                .map_err(|e| anyhow::anyhow!("{}: cannot copy: {e}", steer.display()))?;
         }
-        None => fs::write(&out, [])?,
+        None => {
+            fs::write(&out, [])?;
+            fs::write(&steer_out, [])?;
+        }
     }
     Ok(())
 }

@@ -6,7 +6,9 @@
 #![no_std]
 
 mod l4;
+mod steer;
 pub use l4::*;
+pub use steer::*;
 
 /// Name of the per-CPU array that counts packets per protocol class.
 pub const PROTO_STATS_MAP: &str = "PROTO_STATS_V1";

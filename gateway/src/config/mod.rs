@@ -155,7 +155,19 @@ pub struct GatewaySettings {
     pub audit_log: Option<PathBuf>,
     /// The hand-off socket for zero-downtime binary upgrades, when set.
     pub upgrade_socket: Option<PathBuf>,
+    /// Steer new connections to workers by client address (the `sk_reuseport`
+    /// program); `false`: the kernel's hash.
+    pub steer_by_client: bool,
+    /// Skip a worker holding more than this share (percent) of the least loaded one's
+    /// connections, plus [`STEERING_SLACK`].
+    pub steering_overload_percent: u32,
+    /// Add `x-gateway-worker: N` to responses.
+    pub debug_worker_header: bool,
 }
+
+/// Connections a worker may hold above the overload share before it is skipped (so a
+/// few connections on an idle appliance do not bounce clients between workers).
+pub const STEERING_SLACK: u32 = 8;
 
 /// A secret string: never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]

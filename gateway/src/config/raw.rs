@@ -84,6 +84,17 @@ pub struct RawGateway {
     pub audit_log: Option<String>,
     /// Unix socket a new binary connects to for a zero-downtime upgrade.
     pub upgrade_socket: Option<String>,
+    /// Which worker accepts a connection: `client_ip` (the steering program) or
+    /// `kernel` (the kernel's reuseport hash).
+    #[serde(default = "defaults::worker_steering")]
+    pub worker_steering: String,
+    /// A worker is skipped when it holds more than this many times the connections of
+    /// the least loaded one (plus a few).
+    #[serde(default = "defaults::steering_overload")]
+    pub steering_overload: f64,
+    /// Add `x-gateway-worker: N` to every response (debugging worker steering).
+    #[serde(default)]
+    pub debug_worker_header: bool,
 }
 
 impl Default for RawGateway {
@@ -99,6 +110,9 @@ impl Default for RawGateway {
             admin_token_file: None,
             audit_log: None,
             upgrade_socket: None,
+            worker_steering: defaults::worker_steering(),
+            steering_overload: defaults::steering_overload(),
+            debug_worker_header: false,
         }
     }
 }
@@ -874,6 +888,12 @@ pub mod defaults {
     }
     pub fn weight() -> u32 {
         1
+    }
+    pub fn worker_steering() -> String {
+        "client_ip".into()
+    }
+    pub fn steering_overload() -> f64 {
+        2.0
     }
     pub fn xdp_mode() -> RawXdpMode {
         RawXdpMode::Driver

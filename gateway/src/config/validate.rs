@@ -468,6 +468,20 @@ fn validate_gateway(dir: &Path, raw: &RawConfig, problems: &mut Problems) -> Gat
             ),
         }
     }
+    let steer_by_client = match g.worker_steering.as_str() {
+        "client_ip" => true,
+        "kernel" => false,
+        other => {
+            problems.push(
+                "gateway.worker_steering",
+                format!("{other:?}: use client_ip or kernel"),
+            );
+            false
+        }
+    };
+    if !(1.0..=100.0).contains(&g.steering_overload) {
+        problems.push("gateway.steering_overload", "must be between 1.0 and 100.0");
+    }
     if !is_token(&g.via) {
         problems.push("gateway.via", "must be a single token such as \"gateway\"");
     }
@@ -482,6 +496,9 @@ fn validate_gateway(dir: &Path, raw: &RawConfig, problems: &mut Problems) -> Gat
         admin_token,
         audit_log: g.audit_log.as_deref().map(|f| dir.join(f)),
         upgrade_socket: g.upgrade_socket.as_deref().map(|f| dir.join(f)),
+        steer_by_client,
+        steering_overload_percent: (g.steering_overload * 100.0) as u32,
+        debug_worker_header: g.debug_worker_header,
     }
 }
 

@@ -390,6 +390,12 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         self.reply_headers.clear();
         self.reply_headers
             .extend_from_slice(&snapshot.listener_headers[self.listener]);
+        if snapshot.config.gateway.debug_worker_header {
+            self.reply_headers.extend_from_slice(b"x-gateway-worker: ");
+            self.reply_headers
+                .extend_from_slice(itoa::Buffer::new().format(worker.id).as_bytes());
+            self.reply_headers.extend_from_slice(b"\r\n");
+        }
         self.upstream_headers.clear();
         self.query_rewritten = false;
         self.cors_applied = false;

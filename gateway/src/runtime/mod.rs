@@ -9,6 +9,7 @@
 pub mod acl;
 mod listener;
 mod shutdown;
+pub mod steer;
 pub mod upgrade;
 
 use std::{
@@ -172,6 +173,15 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::new();
     let mut mailboxes = Vec::new();
+    let load = Arc::new(steer::WorkerLoad::new(listeners.per_worker.len()));
+    let load_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    steer::start(
+        &snapshot.config,
+        &listeners.per_worker,
+        &listeners.addrs,
+        load.clone(),
+        load_stop.clone(),
+    );
     for (id, sockets) in listeners.per_worker.into_iter().enumerate() {
         let mailbox = Arc::new(WorkerMailbox::default());
         mailboxes.push(mailbox.clone());
@@ -180,7 +190,10 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let handle = thread::Builder::new()
             .name(format!("worker-{id}"))
-            .spawn(move || worker_main(id, core, snapshot, shared, sockets, mailbox))
+            .spawn({
+                let load = load.clone();
+                move || worker_main(id, core, snapshot, shared, sockets, mailbox, load)
+            })
             .map_err(|source| RuntimeError::Spawn { worker: id, source })?;
         handles.push(handle);
     }
@@ -475,6 +488,7 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
         }
     }
     drop(shared);
+    load_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     saver_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(saver) = saver {
         saver.thread().unpark();
@@ -727,6 +741,7 @@ fn worker_main(
     shared: WorkerShared,
     sockets: Vec<(usize, std::net::TcpListener)>,
     mailbox: Arc<WorkerMailbox>,
+    load: Arc<steer::WorkerLoad>,
 ) {
     if let Some(core) = core
         && !core_affinity::set_for_current(core)
@@ -757,7 +772,12 @@ fn worker_main(
         for (index, socket) in sockets {
             match monoio::net::TcpListener::from_std(socket) {
                 Ok(listener) => {
-                    monoio::spawn(accept_loop(listener, worker.clone(), active.clone(), index));
+                    let active = ActiveCount {
+                        count: active.clone(),
+                        load: load.clone(),
+                        worker: id,
+                    };
+                    monoio::spawn(accept_loop(listener, worker.clone(), active, index));
                 }
                 Err(error) => tracing::error!(worker = id, %error, "cannot register listener"),
             }
@@ -852,12 +872,29 @@ fn build_runtime() -> std::io::Result<
     })
 }
 
+/// A worker's count of open connections: its own, and its slot of the shared loads
+/// (read by worker steering and the metrics).
+#[derive(Clone)]
+struct ActiveCount {
+    count: Rc<Cell<usize>>,
+    load: Arc<steer::WorkerLoad>,
+    worker: usize,
+}
+
+impl ActiveCount {
+    fn add(&self, delta: isize) {
+        let now = self.count.get().saturating_add_signed(delta);
+        self.count.set(now);
+        self.load.set(self.worker, now);
+    }
+}
+
 /// Counts a connection as active while it lives.
-struct ActiveGuard(Rc<Cell<usize>>);
+struct ActiveGuard(ActiveCount);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        self.0.add(-1);
     }
 }
 
@@ -868,7 +905,7 @@ const TAKEOVER_REARM: Duration = Duration::from_millis(50);
 async fn accept_loop(
     listener: monoio::net::TcpListener,
     worker: Rc<Worker>,
-    active: Rc<Cell<usize>>,
+    active: ActiveCount,
     listener_index: usize,
 ) {
     // Draining cancels the pending accept through io_uring and still awaits it: an accept
@@ -902,7 +939,7 @@ async fn accept_loop(
                     // Refused by the edge policy: closed before a byte is read.
                     continue;
                 }
-                active.set(active.get() + 1);
+                active.add(1);
                 let guard = ActiveGuard(active.clone());
                 let listener_metrics = worker.metrics(|m| {
                     m.listeners.get(listener_index).map(|l| {
