@@ -567,3 +567,54 @@ fn remembered_flows_keep_their_target_until_it_goes_down() {
         assert_eq!(run(&mut program, &frame), (XDP_PASS, frame.clone()));
     });
 }
+
+/// Runs `ip` (or `sysctl`) inside the calling thread's namespace; panics on failure.
+fn run_here(program: &str, args: &str) {
+    let status = std::process::Command::new(program)
+        .args(args.split(' '))
+        .status()
+        .unwrap_or_else(|e| panic!("{program} {args}: {e}"));
+    assert!(status.success(), "{program} {args} failed");
+}
+
+#[test]
+fn a_known_next_hop_gets_its_mac_addresses_and_a_redirect() {
+    let Some(object) = xdp_object_or_skip("a_known_next_hop_gets_its_mac_addresses_and_a_redirect")
+    else {
+        return;
+    };
+    in_fresh_namespace(move || {
+        for args in [
+            "link set lo up",
+            "link add l4n0 address 02:00:00:00:aa:01 type veth peer name l4n1",
+            "addr add 10.0.1.254/24 dev l4n0",
+            "link set l4n0 up",
+            "link set l4n1 up",
+            "neigh replace 10.0.1.1 lladdr 02:00:00:00:bb:01 dev l4n0 nud permanent",
+            "neigh replace 10.0.1.2 lladdr 02:00:00:00:bb:02 dev l4n0 nud permanent",
+        ] {
+            run_here("ip", args);
+        }
+        run_here("sysctl", "-qw net.ipv4.ip_forward=1");
+        let config = config(CONFIG);
+        let mut program = XdpProgram::load_from(&object).expect("load the XDP object");
+        let (control, _inbox) = std::sync::mpsc::channel();
+        let _balancer = L4Balancer::start(&config, &mut program, &control).expect("L4 maps");
+        let packet = Packet::tcp("192.0.2.10", "10.100.0.1", 40_000, 80);
+        let flow = packet.flow(true);
+        let target = expected_target(&config, 0, &flow, &[true, true]);
+        let (action, out) = run(&mut program, &packet.frame());
+        assert_eq!(action, 4, "XDP_REDIRECT to the next hop's interface");
+        let IpAddr::V4(t) = target else {
+            unreachable!()
+        };
+        let mac = [2, 0, 0, 0, 0xbb, t.octets()[3]];
+        assert_eq!(&out[..6], &mac, "destination MAC of the next hop");
+        assert_eq!(
+            &out[6..12],
+            &[2, 0, 0, 0, 0xaa, 1],
+            "source MAC of the egress interface"
+        );
+        assert_eq!(verdict_count(&program, Verdict::L4Forwarded), 1);
+    });
+}

@@ -61,6 +61,11 @@ vip = "{VIP}"
 port = 80
 targets = [ {{ addr = "10.77.0.11", weight = 1 }}, {{ addr = "10.77.0.12", weight = 2 }}{third} ]
 health_check = {{ port = 8081, interval = "100ms", timeout = "200ms", healthy = 1, unhealthy = 2 }}
+
+# An L7 upstream naming a probed target shares the L4 checks' verdict.
+[[upstreams]]
+name = "b2-health"
+targets = [ {{ addr = "10.77.0.12:8081" }} ]
 "#
     )
 }
@@ -377,6 +382,12 @@ fn vip_flows_are_balanced_by_weight_survive_changes_and_agree_across_gateways() 
     assert!((b3 - 0.25).abs() < 0.10, "b3's share {b3:.3}");
     backends[1].healthy.store(false, Relaxed);
     wait_for_health(&ns("g"), 9911, "10.77.0.12", false);
+    let upstreams: Value =
+        serde_json::from_str(&admin_get(&ns("g"), 9911, "/upstreams")).expect("JSON");
+    assert!(
+        upstreams.to_string().contains(r#""state":"down""#),
+        "the L7 upstream at the probed address did not share the verdict: {upstreams}"
+    );
     let after = survey(21_000..21_300);
     for (i, (was, now)) in before.iter().zip(&after).enumerate() {
         if was == "b2" {

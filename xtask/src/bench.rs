@@ -29,8 +29,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     pub(crate) connections: usize,
     /// Only these scenarios (S1, S2-4k, S2-64k, S5, S3, S4, S6, S7, S8, S9, S10, S11, S12,
-    /// S13);
-    /// all when empty.
+    /// S13, S14, S15, S16); all when empty.
     #[arg(long)]
     pub(crate) only: Vec<String>,
     /// SYNs per second the S10 flooder sends (paced, so it costs the same in every
@@ -125,7 +124,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let backend_port = free_port()?;
     let wants = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
     let _backend = if scenarios.is_empty()
-        && !["S6", "S7", "S8", "S11", "S12", "S13", "S14", "S15"]
+        && !["S6", "S7", "S8", "S11", "S12", "S13", "S14", "S15", "S16"]
             .iter()
             .any(|id| wants(id))
     {
@@ -226,6 +225,17 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             )?);
         } else {
             table.push_str("\nFlood section (S10) skipped: namespaces and XDP need root.\n");
+        }
+    }
+    if wants("S16") {
+        if crate::is_root() {
+            table.push_str(&crate::bench_l4::section(
+                &object,
+                work.path(),
+                backend_port,
+            )?);
+        } else {
+            table.push_str("\nL4 section (S16) skipped: loading BPF programs needs root.\n");
         }
     }
     if wants("S9") {

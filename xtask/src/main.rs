@@ -13,6 +13,7 @@ mod bench;
 mod bench_features;
 mod bench_flood;
 mod bench_idle;
+mod bench_l4;
 mod bench_latency;
 mod bench_mediation;
 mod bench_traffic;

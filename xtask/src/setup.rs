@@ -19,6 +19,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("nft", "nftables"),
     ("ethtool", "ethtool"),
+    ("sysctl", "procps"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

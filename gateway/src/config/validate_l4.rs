@@ -229,6 +229,103 @@ pub fn is_prime(n: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::is_prime;
+    use crate::config::{Config, ConfigError};
+
+    /// `key: message` of every problem of `l4` (an `[[l4_services]]` table) after a
+    /// minimal valid config with `[xdp] interface` when `xdp` is set.
+    fn problems(l4: &str, xdp: bool) -> Vec<String> {
+        let xdp = if xdp {
+            "[xdp]\ninterface = \"eth0\"\n"
+        } else {
+            ""
+        };
+        let text = format!("[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n{xdp}{l4}");
+        match Config::parse(std::path::Path::new("t.toml"), &text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(list)) => list
+                .into_iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect(),
+            Err(other) => vec![other.to_string()],
+        }
+    }
+
+    #[test]
+    fn bad_l4_services_are_refused_with_their_keys() {
+        let ok = "[[l4_services]]\nname = \"a\"\nvip = \"10.0.0.1\"\nport = 80\ntargets = [ { addr = \"10.0.1.1\" } ]\n";
+        assert!(problems(ok, true).is_empty(), "{:?}", problems(ok, true));
+        let cases: &[(&str, bool, &str)] = &[
+            (
+                ok,
+                false,
+                "l4_services: L4 services are balanced by the XDP program",
+            ),
+            (
+                &ok.replace("10.0.0.1", "nowhere"),
+                true,
+                "l4_services[0].vip",
+            ),
+            (
+                &ok.replace("port = 80", "port = 80\nprotocol = \"sctp\""),
+                true,
+                "l4_services[0].protocol",
+            ),
+            (
+                &ok.replace("port = 80", "port = 80\nforwarding = \"gre\""),
+                true,
+                "l4_services[0].forwarding",
+            ),
+            (
+                &ok.replace("port = 80", "port = 80\nflow_hash = \"4-tuple\""),
+                true,
+                "l4_services[0].flow_hash",
+            ),
+            (
+                &ok.replace("port = 80", "port = 80\ntable_size = 65536"),
+                true,
+                "l4_services[0].table_size: 65536: must be a prime",
+            ),
+            (
+                &ok.replace("port = 80", "port = 80\ntable_size = 2"),
+                true,
+                "at least 100 per target",
+            ),
+            (
+                &ok.replace("10.0.1.1", "10.0.1.1:80"),
+                true,
+                "l4_services[0].targets[0].addr",
+            ),
+            (
+                &ok.replace("10.0.0.1", "fd00::1"),
+                true,
+                "an IPv6 VIP needs IPv6 targets",
+            ),
+            (&ok.replace("port = 80\n", ""), false, "l4_services"),
+            (
+                &ok.replace("targets = [ { addr = \"10.0.1.1\" } ]", "targets = []"),
+                true,
+                "l4_services[0].targets: at least one target",
+            ),
+            (&format!("{ok}{ok}"), true, "l4_services[1].name"),
+            (
+                &format!("{ok}{}", ok.replace("name = \"a\"", "name = \"b\"")),
+                true,
+                "l4_services[1].vip: another service",
+            ),
+            (
+                &ok.replace("port = 80\n", "health_check = { interval = \"1s\" }\n"),
+                true,
+                "l4_services[0].health_check.port",
+            ),
+        ];
+        for (text, xdp, expected) in cases {
+            let found = problems(text, *xdp);
+            assert!(
+                found.iter().any(|p| p.contains(expected)),
+                "expected {expected:?} in {found:?}"
+            );
+        }
+    }
 
     #[test]
     fn primes_are_recognised() {

@@ -287,6 +287,47 @@ mod tests {
         assert!(all.iter().zip(&renamed).all(|(a, b)| a + 50 == *b));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Any weights: shares within 1% of the weights, removing any one target moves
+        /// its own slots and few others, and a rebuild is identical.
+        #[test]
+        fn any_weights_give_weighted_shares_and_small_moves(
+            weights in proptest::collection::vec(1u32..8, 2..12),
+            removed in 0usize..12,
+        ) {
+            let n = weights.len();
+            let removed = removed % n;
+            let mut s = service(n, 65_537);
+            for (t, w) in s.targets.iter_mut().zip(&weights) {
+                t.weight = *w;
+            }
+            let ids: Vec<u32> = (0..n as u32).collect();
+            let all = ring(&s, &ids, &vec![true; n]);
+            proptest::prop_assert_eq!(&all, &ring(&s, &ids, &vec![true; n]));
+            let total: u32 = weights.iter().sum();
+            let counts = shares(&all);
+            for (i, w) in weights.iter().enumerate() {
+                let share = counts.get(&(i as u32)).copied().unwrap_or(0) as f64 / all.len() as f64;
+                let expected = f64::from(*w) / f64::from(total);
+                proptest::prop_assert!((share - expected).abs() < 0.01, "target {}: {} vs {}", i, share, expected);
+            }
+            let mut up = vec![true; n];
+            up[removed] = false;
+            let without = ring(&s, &ids, &up);
+            let own = all.iter().filter(|&&r| r == removed as u32).count();
+            let others_moved = all
+                .iter()
+                .zip(&without)
+                .filter(|(a, b)| a != b && **a != removed as u32)
+                .count();
+            proptest::prop_assert!(without.iter().all(|&r| r != removed as u32));
+            // Maglev moves a few percent of the other slots at most.
+            proptest::prop_assert!((others_moved as f64) < 0.05 * all.len() as f64 + own as f64 * 0.2,
+                "{} other slots moved, {} own", others_moved, own);
+        }
+    }
+
     #[test]
     fn no_live_target_fills_the_ring_with_no_real() {
         let s = service(2, 211);

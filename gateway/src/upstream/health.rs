@@ -42,6 +42,9 @@ impl Default for TargetHealth {
 pub struct Health {
     targets: Box<[TargetHealth]>,
     epoch: Instant,
+    /// Another checker (the L4 balancer's probes) has spoken about some target: health
+    /// then counts even for upstreams without checks of their own.
+    external: AtomicBool,
 }
 
 impl Health {
@@ -50,6 +53,7 @@ impl Health {
         Self {
             targets: (0..targets).map(|_| TargetHealth::default()).collect(),
             epoch: Instant::now(),
+            external: AtomicBool::new(false),
         }
     }
 
@@ -139,6 +143,12 @@ impl Health {
         }
     }
 
+    /// What another checker concluded of target `global` (see [`Health::set_up`]).
+    pub(crate) fn set_up_externally(&self, global: usize, up: bool) -> bool {
+        self.external.store(true, Relaxed);
+        self.set_up(global, up)
+    }
+
     /// Sets what active checks concluded; true when that changed it.
     pub(crate) fn set_up(&self, global: usize, up: bool) -> bool {
         self.targets[global].up.swap(up, Relaxed) != up
@@ -152,7 +162,10 @@ pub fn availability<'a>(
     upstream: &UpstreamConfig,
     first: usize,
 ) -> Option<impl Fn(usize) -> bool + 'a> {
-    if upstream.health_check.is_none() && upstream.outlier.is_none() {
+    if upstream.health_check.is_none()
+        && upstream.outlier.is_none()
+        && !health.external.load(Relaxed)
+    {
         return None;
     }
     let now = health.now_ms();

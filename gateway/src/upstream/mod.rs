@@ -94,7 +94,7 @@ impl Upstreams {
             .map(|(i, _)| i)
             .collect();
         for &i in &matching {
-            self.health.set_up(i, up);
+            self.health.set_up_externally(i, up);
         }
         matching.len()
     }

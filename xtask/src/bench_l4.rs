@@ -1,0 +1,295 @@
+//! The L4 section of `cargo xtask bench` (S16): the XDP balancer's cost per forwarded
+//! packet (`BPF_PROG_TEST_RUN`), the Maglev table build for 1,000 targets, and how
+//! evenly connections spread over the workers with and without the steering program.
+
+use std::{
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::programs::{TestRun, TestRunOptions};
+use gateway::{config::Config, l4::L4Balancer, xdp::XdpProgram};
+
+use crate::bench::{GatewayPolicy, free_port, start_gateway, stop, wait_http};
+
+const REPEAT: u32 = 1_000_000;
+const RUNS: usize = 7;
+
+const L4_CONFIG: &str = r#"
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:0"
+
+[xdp]
+interface = "lo"
+
+[[l4_services]]
+name = "web"
+vip = "10.100.0.1"
+port = 80
+targets = [ { addr = "10.99.0.2" }, { addr = "10.99.0.3" }, { addr = "10.99.0.4", weight = 2 } ]
+
+[[l4_services]]
+name = "web6"
+vip = "fd00:100::1"
+port = 80
+targets = [ { addr = "fd00:99::2" }, { addr = "fd00:99::3" } ]
+"#;
+
+/// An Ethernet + IPv4 (or IPv6) + TCP ACK frame with a 64-byte payload to `dst:80`.
+fn frame(src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    let mut tcp = vec![
+        0xc3, 0x50, 0, 80, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0,
+    ];
+    tcp.extend_from_slice(&[0x61; 64]);
+    let mut out = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            out.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+            out.extend_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+            out.extend_from_slice(&s.octets());
+            out.extend_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            out.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            out.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+            out.extend_from_slice(&[6, 64]);
+            out.extend_from_slice(&s.octets());
+            out.extend_from_slice(&d.octets());
+        }
+        _ => unreachable!("one family"),
+    }
+    out.extend_from_slice(&tcp);
+    out
+}
+
+/// Runs `body` on a thread in a new network namespace with a next hop for the targets
+/// (a veth with static neighbours), so the program's FIB lookup succeeds as in service.
+fn in_namespace_with_next_hop<T: Send + 'static>(
+    body: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    std::thread::spawn(move || {
+        // SAFETY: unshare only affects this thread's namespaces.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            bail!("unshare: {}", std::io::Error::last_os_error());
+        }
+        // Children inherit this thread's namespace.
+        for args in [
+            "link set lo up",
+            "link add l4b0 type veth peer name l4b1",
+            "addr add 10.99.0.1/24 dev l4b0",
+            "addr add fd00:99::1/64 dev l4b0 nodad",
+            "link set l4b0 up",
+            "link set l4b1 up",
+            "neigh add 10.99.0.2 lladdr 02:00:00:00:99:02 dev l4b0 nud permanent",
+            "neigh add 10.99.0.3 lladdr 02:00:00:00:99:03 dev l4b0 nud permanent",
+            "neigh add 10.99.0.4 lladdr 02:00:00:00:99:04 dev l4b0 nud permanent",
+            "neigh add fd00:99::2 lladdr 02:00:00:00:99:02 dev l4b0 nud permanent",
+            "neigh add fd00:99::3 lladdr 02:00:00:00:99:03 dev l4b0 nud permanent",
+        ] {
+            let status = Command::new("ip").args(args.split(' ')).status()?;
+            if !status.success() {
+                bail!("ip {args} failed");
+            }
+        }
+        for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            Command::new("sysctl").args(["-qw", key]).status()?;
+        }
+        body()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the bench thread panicked"))?
+}
+
+/// (verdict, median ns, min ns) of `packet` over `RUNS` × `REPEAT`.
+fn measure(program: &mut XdpProgram, packet: &[u8]) -> Result<(u32, f64, f64)> {
+    let mut samples = Vec::with_capacity(RUNS);
+    let mut verdict = 0;
+    for _ in 0..RUNS {
+        let result = program
+            .program_mut()?
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat: REPEAT,
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        verdict = result.return_value;
+        samples.push(result.duration.as_nanos() as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok((verdict, samples[RUNS / 2], samples[0]))
+}
+
+fn packet_rows(object: Vec<u8>) -> Result<Vec<(String, String, f64, f64)>> {
+    in_namespace_with_next_hop(move || {
+        let config = Config::parse(Path::new("bench-l4.toml"), L4_CONFIG)?;
+        let mut program = XdpProgram::load_from(&object)?;
+        let (control, _inbox) = std::sync::mpsc::channel();
+        let _balancer = L4Balancer::start(&config, &mut program, &control)?;
+        let client4: IpAddr = "192.0.2.10".parse()?;
+        let client6: IpAddr = "2001:db8::10".parse()?;
+        let cases = [
+            (
+                "IPv4 VIP, known flow: encapsulate (IPIP), FIB, redirect",
+                frame(client4, "10.100.0.1".parse()?),
+            ),
+            (
+                "IPv6 VIP, known flow: encapsulate (IPv6 in IPv6), FIB, redirect",
+                frame(client6, "fd00:100::1".parse()?),
+            ),
+            (
+                "not a VIP (L4 active): parse, VIP miss, pass",
+                frame(client4, "10.100.0.9".parse()?),
+            ),
+        ];
+        let mut rows = Vec::new();
+        for (name, packet) in cases {
+            let (verdict, ns, min) = measure(&mut program, &packet)?;
+            let verdict = match verdict {
+                1 => "XDP_DROP",
+                2 => "XDP_PASS",
+                3 => "XDP_TX",
+                4 => "XDP_REDIRECT",
+                _ => "other",
+            };
+            eprintln!("S16 {name}: {verdict} {ns:.0} ns/packet (min {min:.0})");
+            rows.push((name.to_owned(), verdict.to_owned(), ns, min));
+        }
+        Ok(rows)
+    })
+}
+
+/// Median milliseconds to build the ring of 1,000 weighted targets (100,003 slots),
+/// and how many slots move when one target goes down.
+fn maglev_build() -> Result<(f64, usize, usize)> {
+    let targets: String = (0..1000)
+        .map(|i| {
+            format!(
+                "{{ addr = \"10.{}.{}.1\", weight = {} }}",
+                i / 250,
+                i % 250,
+                1 + i % 4
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!(
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[xdp]\ninterface = \"lo\"\n[[l4_services]]\nname = \"big\"\nvip = \"10.100.0.1\"\nport = 80\ntable_size = 100003\ntargets = [ {targets} ]\n"
+    );
+    let config = Config::parse(Path::new("bench-l4.toml"), &text)?;
+    let service = &config.l4_services[0];
+    let ids: Vec<u32> = (0..1000).collect();
+    let mut up = vec![true; 1000];
+    let mut times = Vec::new();
+    let mut ring = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        ring = gateway::l4::tables::ring(service, &ids, &up);
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    up[500] = false;
+    let without = gateway::l4::tables::ring(service, &ids, &up);
+    let moved = ring.iter().zip(&without).filter(|(a, b)| a != b).count();
+    Ok((times[2], moved, ring.len()))
+}
+
+/// max/mean of the workers' open connections after `clients` addresses open
+/// `per_client` idle connections each.
+fn worker_balance(dir: &Path, backend: u16, steering: &str) -> Result<(f64, Vec<u64>)> {
+    let token = dir.join("bench-admin.token");
+    std::fs::write(&token, "bench")?;
+    let admin = free_port()?;
+    let port = free_port()?;
+    let policy = GatewayPolicy {
+        workers: 2,
+        gateway: format!(
+            "worker_steering = \"{steering}\"\nadmin = \"127.0.0.1:{admin}\"\nadmin_token_file = \"{}\"\n",
+            token.display()
+        ),
+        sections: String::new(),
+        route: String::new(),
+    };
+    let proxy = start_gateway(dir, port, backend, None, &policy)?;
+    let result = (|| {
+        wait_http(port, "/b/64")?;
+        let mut held = Vec::new();
+        for client in 0..50u8 {
+            for _ in 0..4 {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 1, client + 1)), 0);
+                socket.bind(&from.into())?;
+                socket.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+                held.push(TcpStream::from(socket));
+            }
+        }
+        // The gauges are refreshed every 50 ms.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut stream = TcpStream::connect(("127.0.0.1", admin))?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nhost: a\r\nauthorization: Bearer bench\r\nconnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        let counts: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with("gateway_worker_connections{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .collect();
+        drop(held);
+        if counts.len() != 2 {
+            bail!("no per-worker connection gauges in /metrics");
+        }
+        let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
+        let max = *counts.iter().max().unwrap_or(&0) as f64;
+        Ok((max / mean, counts))
+    })();
+    stop(proxy);
+    result
+}
+
+/// The S16 section.
+pub fn section(object_path: &Path, dir: &Path, backend: u16) -> Result<String> {
+    let object = std::fs::read(object_path)?;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\n#### L4 balancing (S16)\n\nPer packet (`BPF_PROG_TEST_RUN`, {RUNS} runs × {REPEAT} repeats of one packet, so the flow is in the connection table; the FIB lookup finds a static neighbour; target: under 150 ns per forwarded packet):\n"
+    )?;
+    writeln!(out, "| path | verdict | ns/packet (median) | min |")?;
+    writeln!(out, "|---|---|---|---|")?;
+    for (name, verdict, ns, min) in packet_rows(object)? {
+        writeln!(out, "| {name} | {verdict} | {ns:.0} | {min:.0} |")?;
+    }
+    let (ms, moved, slots) = maglev_build()?;
+    writeln!(
+        out,
+        "\nMaglev table for 1,000 weighted targets ({slots} slots): built in {ms:.1} ms (median of 5); one target down moves {moved} slots ({:.2}%, its own share).\n",
+        moved as f64 * 100.0 / slots as f64
+    )?;
+    writeln!(
+        out,
+        "Worker balance, 2 workers, 200 idle connections from 50 client addresses (max/mean of the workers' open connections; 1.00 is perfect):\n"
+    )?;
+    writeln!(out, "| worker choice | max/mean | connections per worker |")?;
+    writeln!(out, "|---|---|---|")?;
+    for (label, steering) in [
+        ("kernel reuseport hash (4-tuple)", "kernel"),
+        ("steering program (client address, load-aware)", "client_ip"),
+    ] {
+        let (ratio, counts) = worker_balance(dir, backend, steering)?;
+        eprintln!("S16 balance {steering}: {ratio:.2} {counts:?}");
+        writeln!(out, "| {label} | {ratio:.2} | {counts:?} |")?;
+    }
+    Ok(out)
+}
