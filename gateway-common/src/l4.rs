@@ -19,6 +19,10 @@ pub const L4_SERVICE_STATS_MAP: &str = "L4_SERVICE_STATS_V1";
 pub const L4_REAL_STATS_MAP: &str = "L4_REAL_STATS_V1";
 /// One-slot array holding the [`L4Settings`].
 pub const L4_SETTINGS_MAP: &str = "L4_SETTINGS_V1";
+/// Bitmap of the (protocol, port) pairs some VIP is balanced on, laid out as
+/// `PROTECTED_MAP` (see `protected_slot`): a packet to any other port skips the VIP
+/// hash lookup, so non-VIP traffic pays one array read for the L4 stage.
+pub const L4_PORTS_MAP: &str = "L4_PORTS_V1";
 
 /// Most L4 services (VIP, port, protocol) at once.
 pub const MAX_L4_SERVICES: u32 = 256;
@@ -126,6 +130,9 @@ const _: () = assert!(core::mem::size_of::<L4Counter>() == 24);
 /// [`L4Settings::flags`]: at least one service exists; without it the program skips
 /// the VIP lookup.
 pub const L4_ACTIVE: u32 = 1;
+/// [`L4Settings::flags`]: some service takes every port of its VIP, so a packet whose
+/// port is not in [`L4_PORTS_MAP`] is still looked up by address.
+pub const L4_ALL_PORTS: u32 = 2;
 
 /// Appliance-wide L4 settings.
 #[repr(C)]

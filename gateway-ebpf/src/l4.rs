@@ -15,9 +15,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    FlowKey, FlowTarget, L4_ACTIVE, L4_HASH_NO_PORTS, L4_RING_CAPACITY, L4Counter, L4Settings,
-    MAX_L4_FLOWS, MAX_L4_REALS, MAX_L4_SERVICES, NO_REAL, REAL_DOWN, REAL_IN_USE, REAL_V6, Real,
-    Verdict, VipKey, VipService, flow_hash, ring_slot,
+    FlowKey, FlowTarget, L4_ACTIVE, L4_ALL_PORTS, L4_HASH_NO_PORTS, L4_RING_CAPACITY, L4Counter,
+    L4Settings, MAX_L4_FLOWS, MAX_L4_REALS, MAX_L4_SERVICES, NO_REAL, PROTECTED_WORDS, REAL_DOWN,
+    REAL_IN_USE, REAL_V6, Real, Verdict, VipKey, VipService, flow_hash, protected_slot, ring_slot,
 };
 
 use crate::parse::IpPacket;
@@ -36,6 +36,8 @@ static SERVICE_STATS: PerCpuArray<L4Counter> = PerCpuArray::with_max_entries(MAX
 static REAL_STATS: PerCpuArray<L4Counter> = PerCpuArray::with_max_entries(MAX_L4_REALS, 0);
 #[map(name = "L4_SETTINGS_V1")]
 static SETTINGS: Array<L4Settings> = Array::with_max_entries(1, 0);
+#[map(name = "L4_PORTS_V1")]
+static PORTS: Array<u64> = Array::with_max_entries(PROTECTED_WORDS, 0);
 /// Per-CPU scratch space for the FIB lookup's parameters (off the 512-byte stack).
 #[map(name = "L4_FIB_SCRATCH_V1")]
 static FIB_SCRATCH: PerCpuArray<FibLookup> = PerCpuArray::with_max_entries(1, 0);
@@ -51,12 +53,13 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const OUTER_TTL: u8 = 64;
 
-/// The service a packet's destination is a VIP of: the exact port first, then the
-/// service that takes every port.
+/// The service a packet's destination is a VIP of: the exact port first (only when
+/// some VIP is balanced on that port), then the service that takes every port (only
+/// when there is one).
 #[inline(always)]
 pub fn service_for(packet: &IpPacket) -> Option<VipService> {
-    let settings = SETTINGS.get(0)?;
-    if settings.flags & L4_ACTIVE == 0 {
+    let flags = SETTINGS.get(0)?.flags;
+    if flags & L4_ACTIVE == 0 {
         return None;
     }
     let mut key = VipKey {
@@ -65,11 +68,16 @@ pub fn service_for(packet: &IpPacket) -> Option<VipService> {
         protocol: packet.protocol,
         _pad: 0,
     };
-    // SAFETY: hash lookups; the values are copied out at once.
-    if let Some(service) = unsafe { SERVICES.get(&key) } {
-        return Some(*service);
+    let port_listed = packet.dst_port_be != 0
+        && protected_slot(u16::from_be(packet.dst_port_be), packet.protocol)
+            .is_some_and(|(word, bit)| PORTS.get(word).is_some_and(|bits| bits & bit != 0));
+    if port_listed {
+        // SAFETY: hash lookups; the values are copied out at once.
+        if let Some(service) = unsafe { SERVICES.get(&key) } {
+            return Some(*service);
+        }
     }
-    if key.port_be == 0 {
+    if flags & L4_ALL_PORTS == 0 {
         return None;
     }
     key.port_be = 0;

@@ -13,7 +13,9 @@ pub mod tables;
 
 use std::{net::IpAddr, sync::mpsc::Sender};
 
-use gateway_common::{L4_ACTIVE, L4Settings, REAL_DOWN, REAL_IN_USE, REAL_V6, Real, VipKey};
+use gateway_common::{
+    L4_ACTIVE, L4_ALL_PORTS, L4Settings, REAL_DOWN, REAL_IN_USE, REAL_V6, Real, VipKey,
+};
 use serde_json::{Value, json};
 
 use self::tables::{Ids, Placement, TableError, addr_bytes, ring, vip_key, vip_service};
@@ -89,10 +91,13 @@ impl L4Balancer {
         control: &Sender<Control>,
     ) -> Result<(), L4Error> {
         let settings = settings(config);
+        let ports = port_bitmap(&config.l4_services, &self.services);
         if config.l4_services.is_empty() {
             // Off first: the program stops looking VIPs up before they go.
             xdp.l4().write_settings(&settings)?;
         }
+        // Ports of the old and the new services while both may be in the map.
+        xdp.l4().write_ports(&ports)?;
         let mut old = std::mem::take(&mut self.services);
         for service in &config.l4_services {
             let previous = old
@@ -113,6 +118,8 @@ impl L4Balancer {
             tracing::info!(service = %gone.config.name, "L4 service removed");
         }
         xdp.l4().write_settings(&settings)?;
+        xdp.l4()
+            .write_ports(&port_bitmap(&config.l4_services, &[]))?;
         self.checker = None;
         self.checker = health::start(self.probes(), control.clone());
         Ok(())
@@ -337,6 +344,21 @@ fn ring_shares(ring: &[u32], reals: &[u32]) -> Vec<usize> {
     shares
 }
 
+/// The port bitmap of `services` and of the services `also` (still in the maps).
+fn port_bitmap(services: &[L4ServiceConfig], also: &[Service]) -> Vec<u64> {
+    let mut words = vec![0u64; gateway_common::PROTECTED_WORDS as usize];
+    let ports = services
+        .iter()
+        .chain(also.iter().map(|s| &s.config))
+        .filter_map(|s| Some((s.port?, s.protocol.number())));
+    for (port, protocol) in ports {
+        if let Some((word, bit)) = gateway_common::protected_slot(port, protocol) {
+            words[word as usize] |= bit;
+        }
+    }
+    words
+}
+
 /// The settings the config asks for.
 fn settings(config: &Config) -> L4Settings {
     let Some(xdp) = &config.xdp else {
@@ -348,6 +370,8 @@ fn settings(config: &Config) -> L4Settings {
     L4Settings {
         flags: if config.l4_services.is_empty() {
             0
+        } else if config.l4_services.iter().any(|s| s.port.is_none()) {
+            L4_ACTIVE | L4_ALL_PORTS
         } else {
             L4_ACTIVE
         },

@@ -3,8 +3,9 @@
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapError, PerCpuArray};
 use gateway_common::{
-    L4_REAL_STATS_MAP, L4_REALS_MAP, L4_RINGS_MAP, L4_SERVICE_STATS_MAP, L4_SERVICES_MAP,
-    L4_SETTINGS_MAP, L4Counter, L4Settings, MAX_L4_REALS, Real, VipKey, VipService,
+    L4_PORTS_MAP, L4_REAL_STATS_MAP, L4_REALS_MAP, L4_RINGS_MAP, L4_SERVICE_STATS_MAP,
+    L4_SERVICES_MAP, L4_SETTINGS_MAP, L4Counter, L4Settings, MAX_L4_REALS, Real, VipKey,
+    VipService,
 };
 
 use super::{
@@ -82,6 +83,20 @@ impl L4Maps<'_> {
         (offset..offset + len)
             .map(|i| array.get(&i, 0).map_err(map_error(name)))
             .collect()
+    }
+
+    /// Brings the port bitmap to `words` (only the words that differ are written).
+    pub fn write_ports(&mut self, words: &[u64]) -> Result<(), XdpError> {
+        let name = L4_PORTS_MAP;
+        let mut array: Array<_, u64> =
+            Array::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
+        for (i, &word) in words.iter().enumerate() {
+            let i = i as u32;
+            if array.get(&i, 0).map_err(map_error(name))? != word {
+                array.set(i, word, 0).map_err(map_error(name))?;
+            }
+        }
+        Ok(())
     }
 
     /// Puts a VIP in service (or changes it).
