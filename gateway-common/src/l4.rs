@@ -115,6 +115,27 @@ pub struct FlowTarget {
 
 const _: () = assert!(core::mem::size_of::<FlowTarget>() == 8);
 
+/// Per-CPU array of [`NextHop`]s by real id: the FIB's answer for a target, reused
+/// for [`NEXT_HOP_TTL_JIFFIES`] so the lookup is not paid on every packet.
+pub const L4_NEXT_HOPS_MAP: &str = "L4_NEXT_HOPS_V1";
+/// How long a cached next hop is trusted (jiffies: 64 ms at HZ=1000, 256 ms at HZ=250);
+/// route and neighbour changes take effect within it.
+pub const NEXT_HOP_TTL_JIFFIES: u64 = 64;
+
+/// Where frames for a target leave: what `bpf_fib_lookup` said, until `expires`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// Egress interface; 0: nothing cached.
+    pub ifindex: u32,
+    /// Jiffies after which the FIB is asked again.
+    pub expires: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
+
 /// Packets, bytes and new flows of a service or a real on one CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -224,6 +245,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowTarget {}
     unsafe impl aya::Pod for super::L4Counter {}
     unsafe impl aya::Pod for super::L4Settings {}
+    unsafe impl aya::Pod for super::NextHop {}
 }
 
 #[cfg(test)]

@@ -9,15 +9,16 @@
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup, xdp_action},
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_redirect, bpf_xdp_adjust_head},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use gateway_common::{
     FlowKey, FlowTarget, L4_ACTIVE, L4_ALL_PORTS, L4_HASH_NO_PORTS, L4_RING_CAPACITY, L4Counter,
-    L4Settings, MAX_L4_FLOWS, MAX_L4_REALS, MAX_L4_SERVICES, NO_REAL, PROTECTED_WORDS, REAL_DOWN,
-    REAL_IN_USE, REAL_V6, Real, Verdict, VipKey, VipService, flow_hash, protected_slot, ring_slot,
+    L4Settings, MAX_L4_FLOWS, MAX_L4_REALS, MAX_L4_SERVICES, NEXT_HOP_TTL_JIFFIES, NO_REAL,
+    NextHop, PROTECTED_WORDS, REAL_DOWN, REAL_IN_USE, REAL_V6, Real, Verdict, VipKey, VipService,
+    flow_hash, protected_slot, ring_slot,
 };
 
 use crate::parse::IpPacket;
@@ -36,6 +37,8 @@ static SERVICE_STATS: PerCpuArray<L4Counter> = PerCpuArray::with_max_entries(MAX
 static REAL_STATS: PerCpuArray<L4Counter> = PerCpuArray::with_max_entries(MAX_L4_REALS, 0);
 #[map(name = "L4_SETTINGS_V1")]
 static SETTINGS: Array<L4Settings> = Array::with_max_entries(1, 0);
+#[map(name = "L4_NEXT_HOPS_V1")]
+static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_L4_REALS, 0);
 #[map(name = "L4_PORTS_V1")]
 static PORTS: Array<u64> = Array::with_max_entries(PROTECTED_WORDS, 0);
 /// Per-CPU scratch space for the FIB lookup's parameters (off the 512-byte stack).
@@ -112,7 +115,7 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     let len = (ctx.data_end() - ctx.data()) as u64;
     count(&SERVICE_STATS, service.id, len, new_flow);
     count(&REAL_STATS, id, len, new_flow);
-    encapsulate(ctx, packet, real, hash)
+    encapsulate(ctx, packet, real, id, hash)
 }
 
 /// The flow's target: the one it already has while that is up, else the ring's pick
@@ -185,7 +188,13 @@ fn inner_of(ctx: &XdpContext, v6: bool) -> Option<Inner> {
 /// the packet and the FIB parameters live in a per-CPU scratch slot: the BPF stack is
 /// 512 bytes for the whole program.
 #[inline(always)]
-fn encapsulate(ctx: &XdpContext, packet: &IpPacket, real: &Real, hash: u32) -> (Verdict, u32) {
+fn encapsulate(
+    ctx: &XdpContext,
+    packet: &IpPacket,
+    real: &Real,
+    id: u32,
+    hash: u32,
+) -> (Verdict, u32) {
     let (Some(settings), Some(fib)) = (SETTINGS.get(0), FIB_SCRATCH.get_ptr_mut(0)) else {
         return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
     };
@@ -262,14 +271,25 @@ fn encapsulate(ctx: &XdpContext, packet: &IpPacket, real: &Real, hash: u32) -> (
         fib.__bindgen_anon_3.ipv4_src = source;
         fib.__bindgen_anon_4.ipv4_dst = target;
     }
-    next_hop(ctx, fib, ingress)
+    next_hop(ctx, fib, ingress, id)
 }
 
-/// Sends the encapsulated frame to the FIB's next hop; when the kernel cannot name one
-/// yet (no neighbour entry), hands the frame to the kernel, which forwards it and
-/// resolves the neighbour for the packets that follow.
+/// Sends the encapsulated frame to the FIB's next hop (cached per CPU and target for
+/// [`NEXT_HOP_TTL_JIFFIES`]); when the kernel cannot name one yet (no neighbour
+/// entry), hands the frame to the kernel, which forwards it and resolves the neighbour
+/// for the packets that follow.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, fib: &mut FibLookup, ingress: u32) -> (Verdict, u32) {
+fn next_hop(ctx: &XdpContext, fib: &mut FibLookup, ingress: u32, real: u32) -> (Verdict, u32) {
+    // SAFETY: bpf_jiffies64 has no preconditions.
+    let now = unsafe { bpf_jiffies64() };
+    let cached = NEXT_HOPS.get_ptr_mut(real);
+    if let Some(hop) = cached {
+        // SAFETY: this CPU's slot, for this program run.
+        let hop = unsafe { &*hop };
+        if hop.ifindex != 0 && now < hop.expires {
+            return send(ctx, &hop.dmac, &hop.smac, hop.ifindex, ingress);
+        }
+    }
     // SAFETY: the parameter block is a map value of the size passed.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -282,20 +302,43 @@ fn next_hop(ctx: &XdpContext, fib: &mut FibLookup, ingress: u32) -> (Verdict, u3
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return (Verdict::L4ForwardedByKernel, xdp_action::XDP_PASS);
     }
+    if let Some(hop) = cached {
+        // SAFETY: this CPU's slot, for this program run.
+        unsafe {
+            *hop = NextHop {
+                dmac: fib.dmac,
+                smac: fib.smac,
+                ifindex: fib.ifindex,
+                expires: now + NEXT_HOP_TTL_JIFFIES,
+            };
+        }
+    }
+    send(ctx, &fib.dmac, &fib.smac, fib.ifindex, ingress)
+}
+
+/// Writes the next hop's MAC addresses and sends the frame out of `ifindex`.
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    dmac: &[u8; 6],
+    smac: &[u8; 6],
+    ifindex: u32,
+    ingress: u32,
+) -> (Verdict, u32) {
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + ETH_HLEN > end {
         return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
     }
     // SAFETY: the Ethernet header lies before `end` (checked above).
     unsafe {
-        core::ptr::write_unaligned(data as *mut [u8; 6], fib.dmac);
-        core::ptr::write_unaligned((data + 6) as *mut [u8; 6], fib.smac);
+        core::ptr::write_unaligned(data as *mut [u8; 6], *dmac);
+        core::ptr::write_unaligned((data + 6) as *mut [u8; 6], *smac);
     }
-    if fib.ifindex == ingress {
+    if ifindex == ingress {
         return (Verdict::L4Forwarded, xdp_action::XDP_TX);
     }
     // SAFETY: bpf_redirect only records the target interface.
-    let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
+    let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
     (Verdict::L4Forwarded, action)
 }
 

@@ -241,7 +241,7 @@ impl L4Balancer {
             service.reals.push(id);
             service.up.push(up);
             if new {
-                maps.reset_real_counters(id)?;
+                maps.reset_real(id)?;
             }
             maps.write_real(id, &real_entry(&service, i))?;
         }

@@ -3,9 +3,9 @@
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapError, PerCpuArray};
 use gateway_common::{
-    L4_PORTS_MAP, L4_REAL_STATS_MAP, L4_REALS_MAP, L4_RINGS_MAP, L4_SERVICE_STATS_MAP,
-    L4_SERVICES_MAP, L4_SETTINGS_MAP, L4Counter, L4Settings, MAX_L4_REALS, Real, VipKey,
-    VipService,
+    L4_NEXT_HOPS_MAP, L4_PORTS_MAP, L4_REAL_STATS_MAP, L4_REALS_MAP, L4_RINGS_MAP,
+    L4_SERVICE_STATS_MAP, L4_SERVICES_MAP, L4_SETTINGS_MAP, L4Counter, L4Settings, MAX_L4_REALS,
+    NextHop, Real, VipKey, VipService,
 };
 
 use super::{
@@ -138,9 +138,17 @@ impl L4Maps<'_> {
         summed(self.ebpf, L4_REAL_STATS_MAP, ids)
     }
 
-    /// Zeroes the counters of real `id` (a fresh target must not inherit a removed one's).
-    pub fn reset_real_counters(&mut self, id: u32) -> Result<(), XdpError> {
-        reset(self.ebpf, L4_REAL_STATS_MAP, id)
+    /// Zeroes the counters and the cached next hop of real `id` (a fresh target must
+    /// not inherit a removed one's).
+    pub fn reset_real(&mut self, id: u32) -> Result<(), XdpError> {
+        reset(self.ebpf, L4_REAL_STATS_MAP, id)?;
+        let name = L4_NEXT_HOPS_MAP;
+        let mut array: PerCpuArray<_, NextHop> =
+            PerCpuArray::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| XdpError::Cpus(e))?;
+        let empty = aya::maps::PerCpuValues::try_from(vec![NextHop::default(); cpus])
+            .map_err(|e| XdpError::Cpus(std::io::Error::other(e)))?;
+        array.set(id, empty, 0).map_err(map_error(name))
     }
 
     /// Zeroes the counters of service `id`.
