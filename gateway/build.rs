@@ -10,8 +10,9 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=GATEWAY_EBPF_OBJECT");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let out = out_dir.join("gateway-ebpf.o");
-    // The worker-steering program is built beside the XDP object.
-    let steer_out = out_dir.join("gateway-steer.o");
+    // Built beside the XDP object: the worker-steering program, and the backends'
+    // decapsulation program for L4 services.
+    let siblings = ["gateway-steer", "l4-decap"];
     match env::var_os("GATEWAY_EBPF_OBJECT") {
         Some(object) => {
             let object = PathBuf::from(object);
@@ -19,14 +20,18 @@ fn main() -> anyhow::Result<()> {
             fs::copy(&object, &out).map_err(|e| {
                 anyhow::anyhow!("GATEWAY_EBPF_OBJECT={}: cannot copy: {e}", object.display())
             })?;
-            let steer = object.with_file_name("gateway-steer");
-            println!("cargo:rerun-if-changed={}", steer.display());
-            fs::copy(&steer, &steer_out)
-                .map_err(|e| anyhow::anyhow!("{}: cannot copy: {e}", steer.display()))?;
+            for name in siblings {
+                let sibling = object.with_file_name(name);
+                println!("cargo:rerun-if-changed={}", sibling.display());
+                fs::copy(&sibling, out_dir.join(format!("{name}.o")))
+                    .map_err(|e| anyhow::anyhow!("{}: cannot copy: {e}", sibling.display()))?;
+            }
         }
         None => {
             fs::write(&out, [])?;
-            fs::write(&steer_out, [])?;
+            for name in siblings {
+                fs::write(out_dir.join(format!("{name}.o")), [])?;
+            }
         }
     }
     Ok(())

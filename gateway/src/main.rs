@@ -49,11 +49,31 @@ enum Command {
         #[command(subcommand)]
         action: L4Action,
     },
+    /// On an L4 target without an IPIP device: attach or detach the program that
+    /// decapsulates the balancer's packets (its link is pinned, so it stays).
+    Decap {
+        #[command(subcommand)]
+        action: DecapAction,
+    },
     /// The XDP state pinned in bpffs, read or removed without a running gateway.
     Xdp {
         #[command(subcommand)]
         action: XdpAction,
     },
+}
+
+#[derive(Subcommand)]
+enum DecapAction {
+    /// Attach `l4-decap` to an interface (driver mode unless `--skb`).
+    Attach {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// Generic XDP, for drivers without native XDP.
+        #[arg(long)]
+        skb: bool,
+    },
+    /// Detach it.
+    Detach(PinArgs),
 }
 
 #[derive(Subcommand)]
@@ -82,6 +102,28 @@ struct PinArgs {
     /// `[xdp] pin_path` of that gateway.
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/gateway")]
     pin_path: PathBuf,
+}
+
+fn decap_command(action: DecapAction) -> ExitCode {
+    use gateway::xdp::decap;
+    let outcome = match action {
+        DecapAction::Attach { pins, skb } => decap::attach(&pins.interface, skb, &pins.pin_path)
+            .map(|()| println!("l4-decap attached to {}", pins.interface)),
+        DecapAction::Detach(pins) => decap::detach(&pins.interface, &pins.pin_path).map(|was| {
+            if was {
+                println!("l4-decap detached from {}", pins.interface);
+            } else {
+                println!("no l4-decap pinned for {}", pins.interface);
+            }
+        }),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gateway decap: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn xdp_command(action: XdpAction) -> ExitCode {
@@ -252,6 +294,7 @@ fn main() -> ExitCode {
             action: L4Action::List,
         } => admin.run("GET", "/l4"),
         Command::Xdp { action } => xdp_command(action),
+        Command::Decap { action } => decap_command(action),
         Command::Run { config, takeover } => {
             let loaded = match Config::load(&config) {
                 Ok(loaded) => loaded,

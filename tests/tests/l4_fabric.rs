@@ -70,8 +70,9 @@ targets = [ {{ addr = "10.77.0.12:8081" }} ]
     )
 }
 
-/// A backend: the decap program on its interface, a service on :80 answering each line
-/// with its name, and a health port on :8081 that can be switched off.
+/// A backend: the decap program on its interface (attached by `gateway decap attach`,
+/// run inside the namespace), a service on :80 answering each line with its name, and a
+/// health port on :8081 that can be switched off.
 struct BackendHost {
     healthy: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -79,23 +80,26 @@ struct BackendHost {
 }
 
 impl BackendHost {
-    fn start(namespace: &str, name: &'static str, decap: Vec<u8>) -> Self {
+    fn start(namespace: &str, name: &'static str) -> Self {
         let healthy = Arc::new(AtomicBool::new(true));
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let interface = format!("{namespace}0");
         let (h, s) = (healthy.clone(), stop.clone());
         let thread = run_in_namespace(namespace, move || {
-            let mut ebpf = aya::Ebpf::load(&decap).expect("load the decap object");
-            let program: &mut aya::programs::Xdp = ebpf
-                .program_mut("l4_decap")
-                .expect("l4_decap program")
-                .try_into()
-                .expect("an XDP program");
-            program.load().expect("load l4_decap");
-            program
-                .attach(&interface, aya::programs::XdpMode::Driver)
-                .expect("attach l4_decap in driver mode");
+            // A child of this thread runs in its namespace (and in the host's bpffs).
+            let out = std::process::Command::new(gateway_tests::gateway::gateway_bin())
+                .args([
+                    "decap",
+                    "attach",
+                    "--interface",
+                    &interface,
+                    "--pin-path",
+                    PIN_PATH,
+                ])
+                .output()
+                .expect("gateway decap attach");
+            assert!(out.status.success(), "gateway decap attach: {out:?}");
             let service = listener(80);
             let mut health = Some(listener(8081));
             ready_tx.send(()).expect("ready");
@@ -112,7 +116,18 @@ impl BackendHost {
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
-            drop(ebpf);
+            let out = std::process::Command::new(gateway_tests::gateway::gateway_bin())
+                .args([
+                    "decap",
+                    "detach",
+                    "--interface",
+                    &interface,
+                    "--pin-path",
+                    PIN_PATH,
+                ])
+                .output()
+                .expect("gateway decap detach");
+            assert!(out.status.success(), "gateway decap detach: {out:?}");
         });
         ready
             .recv_timeout(Duration::from_secs(10))
@@ -276,10 +291,6 @@ fn vip_flows_are_balanced_by_weight_survive_changes_and_agree_across_gateways() 
     let Some(object) = xdp_object_or_skip("vip_flows_are_balanced_by_weight") else {
         return;
     };
-    let decap_path = std::path::PathBuf::from(std::env::var_os("GATEWAY_EBPF_OBJECT").unwrap())
-        .with_file_name("l4-decap");
-    let decap = std::fs::read(&decap_path)
-        .unwrap_or_else(|e| panic!("the decap object {}: {e}", decap_path.display()));
     let _pins = RemoveOnDrop(PIN_PATH);
     let _token = RemoveOnDrop(TOKEN_FILE);
     std::fs::write(TOKEN_FILE, TOKEN).expect("token file");
@@ -309,7 +320,7 @@ fn vip_flows_are_balanced_by_weight_survive_changes_and_agree_across_gateways() 
         ])
         .unwrap();
         fabric.sysctl(&namespace, "net.ipv4.conf.all.arp_ignore=1");
-        backends.push(BackendHost::start(&namespace, name, decap.clone()));
+        backends.push(BackendHost::start(&namespace, name));
     }
     ip(&[
         "-n",

@@ -5,6 +5,7 @@
 //! A build without the eBPF toolchain embeds an empty placeholder; the gateway then runs
 //! L7-only and says so once.
 
+pub mod decap;
 pub mod inspect;
 pub mod l4;
 mod lists;
