@@ -76,7 +76,7 @@ pub fn service_for(packet: &IpPacket) -> Option<VipService> {
             .is_some_and(|(word, bit)| PORTS.get(word).is_some_and(|bits| bits & bit != 0));
     if port_listed {
         // SAFETY: hash lookups; the values are copied out at once.
-        if let Some(service) = unsafe { SERVICES.get(&key) } {
+        if let Some(service) = unsafe { SERVICES.get(key) } {
             return Some(*service);
         }
     }
@@ -85,7 +85,7 @@ pub fn service_for(packet: &IpPacket) -> Option<VipService> {
     }
     key.port_be = 0;
     // SAFETY: as above.
-    unsafe { SERVICES.get(&key) }.copied()
+    unsafe { SERVICES.get(key) }.copied()
 }
 
 /// Balances a packet of `service`: the verdict to count and the XDP action.
@@ -136,7 +136,7 @@ fn pick(flow: &FlowKey, service: &VipService, hash: u32) -> Option<(u32, bool)> 
         return None;
     }
     // A full table forgets the least recently seen flow: memory stays bounded.
-    let _ = FLOWS.insert(flow, &FlowTarget { real: id, _pad: 0 }, 0);
+    let _ = FLOWS.insert(flow, FlowTarget { real: id, _pad: 0 }, 0);
     Some((id, true))
 }
 

@@ -140,11 +140,7 @@ impl List {
             }
             probe(shape, |len| {
                 // SAFETY: a hash lookup; the value is copied out at once.
-                unsafe {
-                    self.v6_by_length
-                        .get(&PrefixKeyV6::masked(&packet.src, len))
-                }
-                .copied()
+                unsafe { self.v6_by_length.get(PrefixKeyV6::masked(&packet.src, len)) }.copied()
             })
         } else {
             let mut addr = [0u8; 4];
@@ -155,7 +151,7 @@ impl List {
             }
             probe(shape, |len| {
                 // SAFETY: a hash lookup; the value is copied out at once.
-                unsafe { self.v4_by_length.get(&PrefixKeyV4::masked(addr, len)) }.copied()
+                unsafe { self.v4_by_length.get(PrefixKeyV4::masked(addr, len)) }.copied()
             })
         }
     }
@@ -190,14 +186,14 @@ fn take_syn_token(packet: &IpPacket, settings: &EdgeSettings) -> bool {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let (rate, burst) = (settings.syn_rate_per_sec, settings.syn_burst);
-    match SYN_BUCKETS.get_ptr_mut(&key) {
+    match SYN_BUCKETS.get_ptr_mut(key) {
         // SAFETY: a per-CPU LRU value, valid for this program run on this CPU.
         Some(bucket) => unsafe { &mut *bucket }.take(now, rate, burst),
         None => {
             let mut fresh = TokenBucket::full(burst, now);
             let admitted = fresh.take(now, rate, burst);
             // A full table evicts the least recently seen source: memory stays bounded.
-            let _ = SYN_BUCKETS.insert(&key, &fresh, 0);
+            let _ = SYN_BUCKETS.insert(key, fresh, 0);
             admitted
         }
     }

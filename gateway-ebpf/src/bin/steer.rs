@@ -62,7 +62,7 @@ fn steer(ctx: &SkReuseportContext) -> Option<SteerCounter> {
         ((*sock).src_port, (*sock).family)
     };
     // SAFETY: a hash lookup; the value is copied out at once.
-    let listener = *unsafe { LISTENERS.get(&SteerListenerKey { port, family }) }?;
+    let listener = *unsafe { LISTENERS.get(SteerListenerKey { port, family }) }?;
     let client = client_address(ctx)?;
     let mut worker = client_worker(&client, workers);
     let mut counter = SteerCounter::ByClient;

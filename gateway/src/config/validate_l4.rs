@@ -221,9 +221,9 @@ pub(super) fn tunnel_sources(
     (v4.trunc(), v6.trunc())
 }
 
-/// Whether `n` is prime (trial division: table sizes are at most about a million).
-pub fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+/// Whether a table size is prime.
+fn is_prime(n: u32) -> bool {
+    crate::upstream::maglev::is_prime(n as usize)
 }
 
 #[cfg(test)]

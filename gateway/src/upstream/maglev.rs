@@ -117,7 +117,8 @@ fn table_size(targets: usize) -> usize {
     n
 }
 
-fn is_prime(n: usize) -> bool {
+/// Whether `n` is prime (trial division: table sizes are at most about a million).
+pub fn is_prime(n: usize) -> bool {
     n >= 2
         && (2..)
             .take_while(|d| d * d <= n)
