@@ -250,6 +250,14 @@ impl Gateway {
         proc_status_kib(self.child.id(), "VmHWM:") * 1024
     }
 
+    /// Resets the peak (VmHWM) to the current resident memory, so a later
+    /// [`Gateway::peak_rss`] measures what came after, not start-up transients (the
+    /// kernel BTF that loading eBPF objects parses is freed again at once).
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
+            .expect("reset the peak RSS (clear_refs)");
+    }
+
     /// Current resident memory (VmRSS) in bytes.
     pub fn rss(&self) -> u64 {
         proc_status_kib(self.child.id(), "VmRSS:") * 1024

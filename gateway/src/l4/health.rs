@@ -20,7 +20,6 @@ use crate::{admin::Control, config::HealthCheckConfig};
 #[derive(Debug, Clone)]
 pub struct Probe {
     pub vip: VipKey,
-    pub service: String,
     pub target: IpAddr,
     pub port: u16,
     pub check: HealthCheckConfig,

@@ -304,7 +304,6 @@ impl L4Balancer {
             .flat_map(|(s, check)| {
                 s.config.targets.iter().map(move |t| health::Probe {
                     vip: s.key,
-                    service: s.config.name.clone(),
                     target: t.addr,
                     port: check.port,
                     check: check.probe.clone(),

@@ -103,7 +103,9 @@ impl Steering {
         if workers > MAX_STEER_WORKERS as usize || addrs.len() > MAX_STEER_LISTENERS as usize {
             return Err(SteerError::TooMany);
         }
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        // No kernel BTF: the program needs no CO-RE relocation, and parsing the kernel's
+        // BTF would cost tens of megabytes at startup.
+        let mut ebpf = aya::EbpfLoader::new().btf(None).load(OBJECT)?;
         let map_error = |name| move |source| SteerError::Map { name, source };
         {
             let mut settings: Array<_, SteerSettings> =
