@@ -17,9 +17,6 @@ use gateway::{config::Config, l4::L4Balancer, xdp::XdpProgram};
 
 use crate::bench::{GatewayPolicy, free_port, start_gateway, stop, wait_http};
 
-const REPEAT: u32 = 1_000_000;
-const RUNS: usize = 7;
-
 const L4_CONFIG: &str = r#"
 [[listeners]]
 name = "l"
@@ -139,27 +136,6 @@ fn measure_single(
     Ok((verdict, samples[SINGLE_RUNS / 2], samples[SINGLE_RUNS / 10]))
 }
 
-/// (verdict, median ns, min ns) of `packet` over `RUNS` × `REPEAT` (only for packets
-/// the program leaves as they are).
-fn measure(program: &mut XdpProgram, packet: &[u8]) -> Result<(u32, f64, f64)> {
-    let mut samples = Vec::with_capacity(RUNS);
-    let mut verdict = 0;
-    for _ in 0..RUNS {
-        let result = program
-            .program_mut()?
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                repeat: REPEAT,
-                ..TestRunOptions::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        verdict = result.return_value;
-        samples.push(result.duration.as_nanos() as f64);
-    }
-    samples.sort_by(f64::total_cmp);
-    Ok((verdict, samples[RUNS / 2], samples[0]))
-}
-
 fn packet_rows(object: Vec<u8>, decap: Vec<u8>) -> Result<Vec<(String, String, f64, f64)>> {
     in_namespace_with_next_hop(move || {
         let config = Config::parse(Path::new("bench-l4.toml"), L4_CONFIG)?;
@@ -216,7 +192,7 @@ fn packet_rows(object: Vec<u8>, decap: Vec<u8>) -> Result<Vec<(String, String, f
             "floor: a trivial program (l4-decap on a plain packet), single runs",
             measure_single(floor, |_| frame(client4, other, 40_000))?,
         );
-        let pass = measure(&mut program, &frame(client4, other, 40_000))?;
+        let pass = crate::bench_xdp::repeated(&mut program, &frame(client4, other, 40_000))?;
         record(
             "not a VIP, the same in one run of 1,000,000 repeats (no per-run timer overhead)",
             pass,

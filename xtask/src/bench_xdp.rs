@@ -59,6 +59,12 @@ fn measure(object: &[u8], policy: EdgePolicyConfig, packet: &[u8]) -> Result<(u3
     let mut program = XdpProgram::load_from(object).context("load the XDP object")?;
     let listeners: [SocketAddr; 1] = [SocketAddr::from(([127, 0, 0, 1], PORT))];
     program.sync_policy(&policy, &listeners)?;
+    repeated(&mut program, packet)
+}
+
+/// Verdict, and median and minimum ns/packet of `packet` over `RUNS` runs of `REPEAT`
+/// repeats (only for packets the program does not rewrite: repeats run in place).
+pub(crate) fn repeated(program: &mut XdpProgram, packet: &[u8]) -> Result<(u32, f64, f64)> {
     let mut verdict = 0;
     let mut samples = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
