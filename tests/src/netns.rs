@@ -271,7 +271,7 @@ impl VethNamespace {
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> std::thread::JoinHandle<u64> {
         self.run_inside(move || {
-            use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+            use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
             let (family, kind, protocol) = match path {
                 FloodPath::Routed(_) => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW),
                 FloodPath::Link { .. } => (libc::AF_PACKET, libc::SOCK_RAW, 0),
@@ -306,18 +306,7 @@ impl VethNamespace {
                     link.sll_ifindex = index as i32;
                     link.sll_halen = 6;
                     link.sll_addr[..6].copy_from_slice(mac);
-                    // Straight to the driver: no qdisc in the way.
-                    let one: libc::c_int = 1;
-                    // SAFETY: a valid option value of the stated size.
-                    unsafe {
-                        libc::setsockopt(
-                            socket.as_raw_fd(),
-                            libc::SOL_PACKET,
-                            libc::PACKET_QDISC_BYPASS,
-                            (&raw const one).cast(),
-                            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                        )
-                    };
+                    bypass_qdisc(socket.as_fd());
                     frame.extend_from_slice(mac);
                     frame.extend_from_slice(&[0x02, 0, 0, 0, 0x0f, 0x0d, 0x08, 0x00]);
                     (
@@ -345,37 +334,7 @@ impl VethNamespace {
                     sport = sport.checked_add(1).unwrap_or(1024);
                     frame[header..].copy_from_slice(&syn_packet(src, sport, dst));
                 }
-                let mut iovecs: Vec<libc::iovec> = frames
-                    .iter_mut()
-                    .map(|f| libc::iovec {
-                        iov_base: f.as_mut_ptr().cast(),
-                        iov_len: f.len(),
-                    })
-                    .collect();
-                let mut messages: Vec<libc::mmsghdr> = iovecs
-                    .iter_mut()
-                    .map(|iov| {
-                        // SAFETY: all-zero is a valid msghdr.
-                        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-                        header.msg_name = address.cast_mut().cast();
-                        header.msg_namelen = address_len as libc::socklen_t;
-                        header.msg_iov = iov;
-                        header.msg_iovlen = 1;
-                        libc::mmsghdr {
-                            msg_hdr: header,
-                            msg_len: 0,
-                        }
-                    })
-                    .collect();
-                // SAFETY: every header points at a live buffer and address of its length.
-                let rc = unsafe {
-                    libc::sendmmsg(
-                        socket.as_raw_fd(),
-                        messages.as_mut_ptr(),
-                        messages.len() as libc::c_uint,
-                        0,
-                    )
-                };
+                let rc = send_batch(socket.as_fd(), address, address_len, &mut frames);
                 if rc > 0 {
                     sent += rc as u64;
                 }
@@ -388,5 +347,64 @@ impl VethNamespace {
 impl Drop for VethNamespace {
     fn drop(&mut self) {
         self.cleanup();
+    }
+}
+
+/// Makes a packet socket write straight to the driver: no qdisc in the way.
+pub fn bypass_qdisc(socket: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd as _;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid option value of the stated size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Writes every frame of `frames` to `address` (of `address_len` bytes) with one
+/// `sendmmsg`, so the receiving side sees a burst, as from a NIC; how many went
+/// (negative on error).
+pub fn send_batch(
+    socket: std::os::fd::BorrowedFd<'_>,
+    address: *const libc::sockaddr,
+    address_len: usize,
+    frames: &mut [Vec<u8>],
+) -> libc::c_int {
+    use std::os::fd::AsRawFd as _;
+    let mut iovecs: Vec<libc::iovec> = frames
+        .iter_mut()
+        .map(|f| libc::iovec {
+            iov_base: f.as_mut_ptr().cast(),
+            iov_len: f.len(),
+        })
+        .collect();
+    let mut messages: Vec<libc::mmsghdr> = iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: all-zero is a valid msghdr.
+            let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+            header.msg_name = address.cast_mut().cast();
+            header.msg_namelen = address_len as libc::socklen_t;
+            header.msg_iov = iov;
+            header.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: header,
+                msg_len: 0,
+            }
+        })
+        .collect();
+    // SAFETY: every header points at a live buffer and at the caller's address.
+    unsafe {
+        libc::sendmmsg(
+            socket.as_raw_fd(),
+            messages.as_mut_ptr(),
+            messages.len() as libc::c_uint,
+            0,
+        )
     }
 }

@@ -226,6 +226,13 @@ fn survey(ports: std::ops::Range<u16>) -> Vec<String> {
     .expect("the client thread panicked")
 }
 
+/// [`survey`] with the client's route to the VIP through `gateway`.
+fn survey_via(gateway: &str, ports: std::ops::Range<u16>) -> Vec<String> {
+    let vip = format!("{VIP}/32");
+    ip(&["-n", &ns("c"), "route", "replace", &vip, "via", gateway]).unwrap();
+    survey(ports)
+}
+
 fn share(names: &[String], name: &str) -> f64 {
     names.iter().filter(|n| *n == name).count() as f64 / names.len() as f64
 }
@@ -413,28 +420,8 @@ fn vip_flows_are_balanced_by_weight_survive_changes_and_agree_across_gateways() 
     // A second gateway with the same config sends every flow where the first does.
     let second = Gateway::start_in_namespace(&ns("h"), &gateway_config(&h_if, 9912, true));
     second.wait_for_log("L4 service in XDP");
-    ip(&[
-        "-n",
-        &ns("c"),
-        "route",
-        "replace",
-        &format!("{VIP}/32"),
-        "via",
-        "10.77.0.3",
-    ])
-    .unwrap();
-    let via_second = survey(22_000..22_100);
-    ip(&[
-        "-n",
-        &ns("c"),
-        "route",
-        "replace",
-        &format!("{VIP}/32"),
-        "via",
-        "10.77.0.1",
-    ])
-    .unwrap();
-    let via_first = survey(22_000..22_100);
+    let via_second = survey_via("10.77.0.3", 22_000..22_100);
+    let via_first = survey_via("10.77.0.1", 22_000..22_100);
     assert_eq!(
         via_first, via_second,
         "the two gateways disagree on some flows"

@@ -420,7 +420,7 @@ fn live_mean(program: &mut XdpProgram, frame: &[u8]) -> Result<(f64, u64)> {
 /// Writes `frame` on `device` through a packet socket (past the qdisc), in batches of
 /// 64, for `duration`.
 fn flood(device: &str, frame: &[u8], duration: Duration) -> Result<()> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
     // SAFETY: plain socket creation; the descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
     if fd < 0 {
@@ -437,51 +437,17 @@ fn flood(device: &str, frame: &[u8], duration: Duration) -> Result<()> {
     address.sll_ifindex = index as i32;
     address.sll_halen = 6;
     address.sll_addr[..6].copy_from_slice(&frame[..6]);
-    let one: libc::c_int = 1;
-    // SAFETY: a valid option value of the stated size.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    gateway_tests::netns::bypass_qdisc(socket.as_fd());
     let mut frames = vec![frame.to_vec(); 64];
-    let mut iovecs: Vec<libc::iovec> = frames
-        .iter_mut()
-        .map(|f| libc::iovec {
-            iov_base: f.as_mut_ptr().cast(),
-            iov_len: f.len(),
-        })
-        .collect();
-    let mut messages: Vec<libc::mmsghdr> = iovecs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: all-zero is a valid msghdr.
-            let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-            header.msg_name = (&raw mut address).cast();
-            header.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            header.msg_iov = iov;
-            header.msg_iovlen = 1;
-            libc::mmsghdr {
-                msg_hdr: header,
-                msg_len: 0,
-            }
-        })
-        .collect();
+    let len = std::mem::size_of::<libc::sockaddr_ll>();
     let started = Instant::now();
     while started.elapsed() < duration {
-        // SAFETY: every header points at a live buffer and address of its length.
-        unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                messages.as_mut_ptr(),
-                messages.len() as libc::c_uint,
-                0,
-            )
-        };
+        gateway_tests::netns::send_batch(
+            socket.as_fd(),
+            (&raw const address).cast(),
+            len,
+            &mut frames,
+        );
     }
     Ok(())
 }
