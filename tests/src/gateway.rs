@@ -133,7 +133,7 @@ impl Gateway {
                 .filter(|l| l.contains("admin API listening"))
                 .find_map(addr_of);
             if addrs.len() == listeners
-                && text.contains("starting workers")
+                && text.lines().any(|l| l.contains(" ready workers="))
                 && (admin.is_some() || !wants_admin)
             {
                 return Ok(Self {

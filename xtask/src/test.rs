@@ -20,7 +20,8 @@ pub fn test() -> Result<()> {
     ]))?;
     run_checked(cargo(&object).args(["build", "-p", "gateway", "--bin", "gateway"]))?;
     let mut test = cargo(&object);
-    test.args(["test", "--workspace"])
+    // Every test binary runs even after a failure, so one run names every failing test.
+    test.args(["test", "--workspace", "--no-fail-fast"])
         .env("GATEWAY_BIN", root().join("target/debug/gateway"))
         .env("GATEWAY_EBPF_OBJECT", &object);
     // Tools `setup` installed are required, not optional, under the xtask.

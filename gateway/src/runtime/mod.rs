@@ -246,6 +246,9 @@ pub fn run(config: Config, takeover: Option<upgrade::Takeover>) -> Result<(), Ru
             Err(error) => tracing::warn!(%error, "upgrade: could not tell the previous process"),
         }
     }
+    // One line operators and supervisors can wait for: every listener, worker, the
+    // steering program and the admin API are up, and start-up's transients are freed.
+    tracing::info!(workers, "ready");
 
     let mut current = snapshot;
     loop {
