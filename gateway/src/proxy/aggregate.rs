@@ -37,7 +37,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let Some(close) = self.settle_pending_body(false, limits).await else {
             return Err(ProxyError::DownstreamClosed);
         };
-        let close = close || !self.head.keep_alive || worker.drain.is_draining();
+        let close = close || !self.state.head.keep_alive || worker.drain.is_draining();
         let mut pending = Vec::with_capacity(aggregate.calls.len());
         for call in &aggregate.calls {
             let Some(target) = self.side_target(worker, snapshot, call.upstream) else {
@@ -67,7 +67,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 },
             });
         }
-        self.upstream_latency = Some(started.elapsed());
+        self.state.upstream_latency = Some(started.elapsed());
         let (mut merged, failed) = merge(&aggregate.calls, outcomes)?;
         if let Some(edits) = &mediation.response_edits {
             edits.apply(&mut merged);
@@ -75,28 +75,28 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let body = serde_json::to_vec(&merged).unwrap_or_default();
         if !failed.is_empty() {
             header(
-                &mut self.reply_headers,
+                &mut self.state.reply_headers,
                 b"x-aggregate-partial",
                 failed.join(", ").as_bytes(),
             );
         }
-        self.out.clear();
+        self.state.out.clear();
         write_json_response(
-            &mut self.out,
+            &mut self.state.out,
             200,
             b"application/json",
             &body,
-            &self.request_id,
+            &self.state.request_id,
             close,
-            &self.reply_headers,
+            &self.state.reply_headers,
         );
-        if self.head.is_head() {
-            self.out.truncate(self.out.len() - body.len());
+        if self.state.head.is_head() {
+            self.state.out.truncate(self.state.out.len() - body.len());
         }
-        self.status = 200;
-        self.bytes_out = body.len() as u64;
-        self.response_started = true;
-        let sent = write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout)
+        self.state.status = 200;
+        self.state.bytes_out = body.len() as u64;
+        self.state.response_started = true;
+        let sent = write_all_within(&mut self.stream, &mut self.state.out, limits.idle_timeout)
             .await
             .is_ok();
         Ok(sent && !close)
@@ -106,7 +106,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// when asked, and the forwarding, identity and credential headers.
     fn call_request(&self, route: &RouteConfig, call: &Call) -> Vec<u8> {
         let captures = match &route.path {
-            PathMatch::Regex(re) => re.captures(self.head.routing_path()),
+            PathMatch::Regex(re) => re.captures(self.state.head.routing_path()),
             _ => None,
         };
         let mut out = Vec::with_capacity(512);
@@ -123,22 +123,22 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             }
         }
         if call.forward_query
-            && let Some(query) = self.head.query()
+            && let Some(query) = self.state.head.query()
         {
             out.push(b'?');
             out.extend_from_slice(query);
         }
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        if !self.head.authority().is_empty() {
-            header(&mut out, b"host", self.head.authority());
+        if !self.state.head.authority().is_empty() {
+            header(&mut out, b"host", self.state.head.authority());
         }
-        header(&mut out, b"x-request-id", &self.request_id);
+        header(&mut out, b"x-request-id", &self.state.request_id);
         header(&mut out, b"x-forwarded-for", &self.client_text);
         header(&mut out, b"x-forwarded-proto", self.proto.as_bytes());
-        if let Some(authorization) = self.head.fields.get(b"authorization") {
+        if let Some(authorization) = self.state.head.fields.get(b"authorization") {
             header(&mut out, b"authorization", authorization);
         }
-        out.extend_from_slice(&self.upstream_headers);
+        out.extend_from_slice(&self.state.upstream_headers);
         out.extend_from_slice(b"accept: application/json\r\nconnection: close\r\n");
         if !matches!(call.method.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS") {
             out.extend_from_slice(b"content-length: 0\r\n");

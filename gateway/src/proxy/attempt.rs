@@ -245,7 +245,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let now = Instant::now();
         let eligible = tries.failed < policy.attempts
             && self.body_untouched()
-            && (policy.non_idempotent || self.head.is_idempotent())
+            && (policy.non_idempotent || self.state.head.is_idempotent())
             && tries.deadline.is_none_or(|d| now < d);
         if !eligible {
             return false;

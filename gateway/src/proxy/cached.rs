@@ -82,16 +82,16 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         cache: &RouteCache,
     ) -> Result<bool, ProxyError> {
         self.build_cache_key(cache);
-        let hash = key_hash(&self.cache_key);
-        let directives = RequestDirectives::parse(&self.head.fields);
+        let hash = key_hash(&self.state.cache_key);
+        let directives = RequestDirectives::parse(&self.state.head.fields);
         // Client validators are answered from what the gateway holds; the upstream only
         // ever sees the gateway's own.
-        for i in 0..self.head.fields.len() {
-            let name = self.head.fields.name(i);
+        for i in 0..self.state.head.fields.len() {
+            let name = self.state.head.fields.name(i);
             if name.eq_ignore_ascii_case(b"if-none-match")
                 || name.eq_ignore_ascii_case(b"if-modified-since")
             {
-                self.head.fields.drop_field(i);
+                self.state.head.fields.drop_field(i);
             }
         }
         if directives.no_store {
@@ -103,10 +103,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let mut waited = false;
         let request = loop {
             let now = Instant::now();
-            let found = worker
-                .cache()
-                .borrow()
-                .lookup(hash, &self.cache_key, &self.head.fields);
+            let found = worker.cache().borrow().lookup(
+                hash,
+                &self.state.cache_key,
+                &self.state.head.fields,
+            );
             let Some(entry) = found else {
                 match worker.cache_flights.join(hash) {
                     Role::Lead(leader) => {
@@ -158,7 +159,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 }
                 Role::Follow(_) => None,
             };
-            validators(&entry, &mut self.upstream_headers);
+            validators(&entry, &mut self.state.upstream_headers);
             break CacheRequest {
                 hash,
                 stale: Some(entry),
@@ -166,13 +167,13 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 storing: false,
             };
         };
-        self.cache_request = Some(request);
+        self.state.cache_request = Some(request);
         let result = self
             .forward(worker, snapshot, route, upstream, limits)
             .await;
-        let request = self.cache_request.take();
+        let request = self.state.cache_request.take();
         match result {
-            Err(error) if !self.response_started => {
+            Err(error) if !self.state.response_started => {
                 let now = Instant::now();
                 match request.and_then(|r| r.stale) {
                     Some(entry) if entry.staleness(now) <= entry.stale_if_error => {
@@ -190,7 +191,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
     /// Writes the route's cache key for this request into `cache_key`.
     fn build_cache_key(&mut self, cache: &RouteCache) {
-        let key = &mut self.cache_key;
+        let key = &mut self.state.cache_key;
         key.clear();
         for part in &cache.key {
             match part {
@@ -198,10 +199,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     // HEAD is answered from GET's responses.
                     key.extend_from_slice(b"GET");
                 }
-                CacheKeyPart::Host => key.extend_from_slice(&self.head.host),
-                CacheKeyPart::Path => key.extend_from_slice(&self.head.path),
+                CacheKeyPart::Host => key.extend_from_slice(&self.state.head.host),
+                CacheKeyPart::Path => key.extend_from_slice(&self.state.head.path),
                 CacheKeyPart::Query => {
-                    if let Some(query) = self.head.query() {
+                    if let Some(query) = self.state.head.query() {
                         key.push(b'?');
                         key.extend_from_slice(query);
                     }
@@ -210,7 +211,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     key.extend_from_slice(b"|");
                     key.extend_from_slice(name.as_bytes());
                     key.push(b'=');
-                    if let Some(value) = self.head.fields.get(name.as_bytes()) {
+                    if let Some(value) = self.state.head.fields.get(name.as_bytes()) {
                         key.extend_from_slice(value);
                     }
                 }
@@ -218,7 +219,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     key.extend_from_slice(b"|cookie:");
                     key.extend_from_slice(name.as_bytes());
                     key.push(b'=');
-                    if let Some(value) = cookie_value(&self.head.fields, name.as_bytes()) {
+                    if let Some(value) = cookie_value(&self.state.head.fields, name.as_bytes()) {
                         key.extend_from_slice(value);
                     }
                 }
@@ -231,11 +232,12 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
     /// Counts the result and tells the client (`X-Cache`) on whatever answer follows.
     fn cache_label(&mut self, worker: &Worker, result: CacheResult) {
-        self.reply_headers.extend_from_slice(b"x-cache: ");
-        self.reply_headers
+        self.state.reply_headers.extend_from_slice(b"x-cache: ");
+        self.state
+            .reply_headers
             .extend_from_slice(result.label().as_bytes());
-        self.reply_headers.extend_from_slice(b"\r\n");
-        worker.metrics(|m| m.cache_result(self.route, result.index()));
+        self.state.reply_headers.extend_from_slice(b"\r\n");
+        worker.metrics(|m| m.cache_result(self.state.route, result.index()));
     }
 
     /// Answers from a stored response (a `304` when the client's validators match).
@@ -248,21 +250,21 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     ) -> bool {
         self.cache_label(worker, result);
         let unchanged = stored.status == 200
-            && (self.head.fields.get(b"if-none-match").is_some()
-                || self.head.fields.get(b"if-modified-since").is_some())
+            && (self.state.head.fields.get(b"if-none-match").is_some()
+                || self.state.head.fields.get(b"if-modified-since").is_some())
             && not_modified(
-                &self.head.fields,
+                &self.state.head.fields,
                 stored.etag.as_deref(),
                 stored.last_modified.as_deref(),
             );
         let status = if unchanged { 304 } else { stored.status };
-        let close = !self.head.keep_alive || worker.drain.is_draining();
+        let close = !self.state.head.keep_alive || worker.drain.is_draining();
         let Some(close) = self.settle_pending_body(close, limits).await else {
             return false;
         };
         let age = stored.age(Instant::now()).as_secs();
-        let with_body = !unchanged && !self.head.is_head();
-        let out = &mut self.out;
+        let with_body = !unchanged && !self.state.head.is_head();
+        let out = &mut self.state.out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
@@ -280,24 +282,24 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 format!("1.1 {}", s.config.gateway.via).as_bytes(),
             )
         });
-        serialize::header(out, b"x-request-id", &self.request_id);
+        serialize::header(out, b"x-request-id", &self.state.request_id);
         if !unchanged && stored.status != 204 {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(itoa::Buffer::new().format(stored.body.len()).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(&self.reply_headers);
+        out.extend_from_slice(&self.state.reply_headers);
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
         if with_body {
             out.extend_from_slice(&stored.body);
-            self.bytes_out = stored.body.len() as u64;
+            self.state.bytes_out = stored.body.len() as u64;
         }
-        self.status = status;
-        self.response_started = true;
-        let sent = write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout)
+        self.state.status = status;
+        self.state.response_started = true;
+        let sent = write_all_within(&mut self.stream, &mut self.state.out, limits.idle_timeout)
             .await
             .is_ok();
         sent && !close
@@ -324,9 +326,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let mut request = Vec::with_capacity(1024);
         serialize::request_head(
             &mut request,
-            &self.head,
-            self.head.method(),
-            &self.path,
+            &self.state.head,
+            self.state.head.method(),
+            &self.state.path,
             RequestBody::None,
             &self.forwarding(snapshot),
         );
@@ -339,8 +341,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let store = worker.cache().clone();
         let stored = stored.clone();
         let cache = cache.clone();
-        let fields = self.head.fields.clone();
-        let authorization = self.head.fields.get(b"authorization").is_some();
+        let fields = self.state.head.fields.clone();
+        let authorization = self.state.head.fields.get(b"authorization").is_some();
         let max_body = store.borrow().max_entry;
         monoio::spawn(async move {
             let _leader = leader;
@@ -376,12 +378,12 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         route: &RouteConfig,
         limits: &Limits,
     ) -> Option<bool> {
-        let request = self.cache_request.as_ref()?;
+        let request = self.state.cache_request.as_ref()?;
         let (stale, hash) = (request.stale.clone()?, request.hash);
-        let status = self.response.status;
+        let status = self.state.response.status;
         if status == 304 {
             let cache = route.traffic.cache.as_ref()?;
-            let fresh = refreshed(&stale, &self.response.fields, cache);
+            let fresh = refreshed(&stale, &self.state.response.fields, cache);
             worker.cache().borrow_mut().insert(hash, fresh.clone());
             return Some(
                 self.serve_stored(worker, &fresh, CacheResult::Revalidated, limits)
@@ -400,39 +402,42 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Before a response from the upstream is relayed on a caching route: labels it a
     /// miss and, when it may be stored, returns the most body bytes to copy aside.
     pub(super) fn prepare_store(&mut self, worker: &Worker) -> Option<usize> {
-        let request = self.cache_request.as_mut()?;
-        self.reply_headers.extend_from_slice(b"x-cache: MISS\r\n");
-        worker.metrics(|m| m.cache_result(self.route, CacheResult::Miss.index()));
+        let request = self.state.cache_request.as_mut()?;
+        self.state
+            .reply_headers
+            .extend_from_slice(b"x-cache: MISS\r\n");
+        worker.metrics(|m| m.cache_result(self.state.route, CacheResult::Miss.index()));
         let max = worker.cache().borrow().max_entry;
-        let storable = !self.head.is_head()
+        let storable = !self.state.head.is_head()
             && self
+                .state
                 .response
                 .declared_length
                 .is_none_or(|n| n <= max as u64)
             && matches!(
-                self.response.status,
+                self.state.response.status,
                 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 501
             );
         request.storing = storable;
         storable.then(|| {
-            self.cache_body.clear();
+            self.state.cache_body.clear();
             max
         })
     }
 
     /// After the whole body went to the client: files the response when it may be stored.
     pub(super) fn store_response(&mut self, worker: &Worker, cache: &RouteCache) {
-        let Some(request) = self.cache_request.as_ref().filter(|r| r.storing) else {
+        let Some(request) = self.state.cache_request.as_ref().filter(|r| r.storing) else {
             return;
         };
         let hash = request.hash;
         let side = RequestSide {
-            key: &self.cache_key,
-            fields: &self.head.fields,
-            authorization: self.head.fields.get(b"authorization").is_some(),
+            key: &self.state.cache_key,
+            fields: &self.state.head.fields,
+            authorization: self.state.head.fields.get(b"authorization").is_some(),
         };
-        let body = std::mem::take(&mut self.cache_body);
-        if let Some(stored) = stored_response(&side, &self.response, body, cache) {
+        let body = std::mem::take(&mut self.state.cache_body);
+        if let Some(stored) = stored_response(&side, &self.state.response, body, cache) {
             worker.cache().borrow_mut().insert(hash, stored);
         }
     }

@@ -24,29 +24,33 @@ impl<S> Connection<S> {
         &mut self,
         config: &CompressionConfig,
     ) -> Option<BodyEncoder> {
-        if !eligible(config, &self.response, self.head.is_head())
-            || matches!(self.response.body, None | Some(ResponseBody::None))
+        if !eligible(config, &self.state.response, self.state.head.is_head())
+            || matches!(self.state.response.body, None | Some(ResponseBody::None))
         {
             return None;
         }
         // Whatever this client gets, the answer depends on Accept-Encoding.
-        self.reply_headers
+        self.state
+            .reply_headers
             .extend_from_slice(b"vary: accept-encoding\r\n");
-        let coding = negotiate(&self.head.fields, &config.codings)?;
-        self.reply_headers.extend_from_slice(b"content-encoding: ");
-        self.reply_headers
+        let coding = negotiate(&self.state.head.fields, &config.codings)?;
+        self.state
+            .reply_headers
+            .extend_from_slice(b"content-encoding: ");
+        self.state
+            .reply_headers
             .extend_from_slice(coding.token().as_bytes());
-        self.reply_headers.extend_from_slice(b"\r\n");
+        self.state.reply_headers.extend_from_slice(b"\r\n");
         // A strong validator names the identity bytes; the encoded ones get a weak one.
-        let fields = &mut self.response.fields;
+        let fields = &mut self.state.response.fields;
         for i in 0..fields.len() {
             if fields.forwarded(i)
                 && fields.name(i).eq_ignore_ascii_case(b"etag")
                 && fields.value(i).starts_with(b"\"")
             {
-                self.reply_headers.extend_from_slice(b"etag: W/");
-                self.reply_headers.extend_from_slice(fields.value(i));
-                self.reply_headers.extend_from_slice(b"\r\n");
+                self.state.reply_headers.extend_from_slice(b"etag: W/");
+                self.state.reply_headers.extend_from_slice(fields.value(i));
+                self.state.reply_headers.extend_from_slice(b"\r\n");
                 fields.drop_field(i);
             }
         }

@@ -9,7 +9,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use super::{
     Worker,
     error::ProxyError,
-    io::{IoFailure, ReadBuf, write_all_within},
+    io::{ClientStream, IoFailure, ReadBuf, write_all_within},
     policy::Admission,
     relay::BODY_READ,
 };
@@ -26,6 +26,11 @@ use crate::{
 
 /// Initial read buffer of a client connection; grows for large heads and bodies.
 const CLIENT_BUFFER: usize = 4096;
+/// How long a connection waits for its next request with its request state at hand
+/// before it goes idle without one: long enough for a busy client's next request (which
+/// then costs no extra wait for readiness), short enough that few connections hold a
+/// state they do not use.
+const QUIET_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 /// How long an idle keep-alive connection may still bring a request once draining.
 const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -40,7 +45,9 @@ pub(super) enum BodyState {
     Unframed,
 }
 
-/// Per-connection state, reused across its requests.
+/// A client connection. What it keeps for its whole life is small, so an idle
+/// keep-alive connection costs little; the working state of a request in progress is
+/// lent by the worker ([`RequestState`]) and given back when the connection goes idle.
 pub(super) struct Connection<S> {
     pub(super) stream: S,
     pub(super) peer: SocketAddr,
@@ -48,6 +55,19 @@ pub(super) struct Connection<S> {
     pub(super) proto: &'static str,
     /// The TLS session's facts on a TLS listener.
     pub(super) tls: Option<crate::tls::TlsInfo>,
+    /// Index of the listener that accepted the connection.
+    pub(super) listener: usize,
+    /// The client's address as text, for X-Forwarded-For.
+    pub(super) client_text: Box<[u8]>,
+    /// The request in progress: buffers and what the pipeline learned.
+    pub(super) state: Box<RequestState>,
+}
+
+/// The working state of a connection's request in progress: its buffers, the parsed
+/// heads and what the pipeline learns. A worker keeps a pool of them and lends one to a
+/// connection only while it has a request in progress, so memory follows requests in
+/// flight rather than open connections.
+pub(super) struct RequestState {
     /// Header lines for the client's response to the current request: the listener's
     /// (HSTS), then what the policy phases add (rate-limit state, CORS, challenges).
     pub(super) reply_headers: Vec<u8>,
@@ -58,10 +78,6 @@ pub(super) struct Connection<S> {
     pub(super) query_rewritten: bool,
     /// The gateway answers CORS for this request: upstream CORS headers are dropped.
     pub(super) cors_applied: bool,
-    /// Index of the listener that accepted the connection.
-    pub(super) listener: usize,
-    /// The client's address as text, for X-Forwarded-For.
-    pub(super) client_text: Vec<u8>,
     pub(super) rbuf: ReadBuf,
     pub(super) out: Vec<u8>,
     pub(super) head: RequestHead,
@@ -103,114 +119,246 @@ pub(super) struct Connection<S> {
     pub(super) outbound: Option<super::mediated::Outbound>,
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split>(
-    worker: Rc<Worker>,
-    stream: S,
-    peer: SocketAddr,
-    listener: usize,
-    tls: Option<crate::tls::TlsInfo>,
-) {
-    let snapshot = worker.snapshot();
-    let mut conn = Connection {
-        stream,
-        peer,
-        proto: if snapshot.config.listeners[listener].tls.is_some() {
-            "https"
-        } else {
-            "http"
-        },
-        tls,
-        reply_headers: snapshot.listener_headers[listener].clone(),
-        upstream_headers: Vec::new(),
-        query_buf: Vec::new(),
-        query_rewritten: false,
-        cors_applied: false,
-        listener,
-        client_text: super::canonical_ip(peer.ip()).to_string().into_bytes(),
-        rbuf: ReadBuf::with_capacity(CLIENT_BUFFER),
-        out: Vec::with_capacity(1024),
-        head: RequestHead::default(),
-        path: Vec::new(),
-        upstream_buf: ReadBuf::with_capacity(0),
-        response: ResponseHead::default(),
-        request_id: Vec::with_capacity(64),
-        body: BodyState::Done,
-        response_started: false,
-        route: None,
-        status: 0,
-        upstream_latency: None,
-        client_ip: super::canonical_ip(peer.ip()),
-        target: None,
-        bytes_in: 0,
-        bytes_out: 0,
-        consumer: None,
-        started: Instant::now(),
-        tunnel: None,
-        mirror: None,
-        mirror_body: Vec::new(),
-        cache_key: Vec::new(),
-        cache_request: None,
-        cache_body: Vec::new(),
-        outbound: None,
-    };
-    let limits = snapshot.config.limits.clone();
-    drop(snapshot);
-    loop {
-        match conn.read_head(&worker, &limits).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(error) => {
-                tracing::debug!(peer = %peer, %error, "rejected request");
-                conn.request_id.clear();
-                worker.new_request_id(&mut conn.request_id);
-                let started = Instant::now();
-                conn.answer_error(&error, true, &limits).await;
-                let status = conn.status;
-                worker.metrics(|m| m.request(None, b"", status, started.elapsed(), None));
-                if status >= 400 {
-                    worker.count_rejection(conn.client_ip, peer.ip(), status);
-                }
-                conn.close().await;
-                return;
+impl RequestState {
+    /// A fresh state with the client buffers' initial capacity.
+    pub(super) fn new() -> Self {
+        Self {
+            reply_headers: Vec::new(),
+            upstream_headers: Vec::new(),
+            query_buf: Vec::new(),
+            query_rewritten: false,
+            cors_applied: false,
+            rbuf: ReadBuf::with_capacity(CLIENT_BUFFER),
+            out: Vec::with_capacity(1024),
+            head: RequestHead::default(),
+            path: Vec::new(),
+            upstream_buf: ReadBuf::with_capacity(0),
+            response: ResponseHead::default(),
+            request_id: Vec::with_capacity(64),
+            body: BodyState::Done,
+            response_started: false,
+            route: None,
+            status: 0,
+            upstream_latency: None,
+            client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            target: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            consumer: None,
+            started: Instant::now(),
+            tunnel: None,
+            mirror: None,
+            mirror_body: Vec::new(),
+            cache_key: Vec::new(),
+            cache_request: None,
+            cache_body: Vec::new(),
+            outbound: None,
+        }
+    }
+
+    /// Whether the state can go back to the pool: nothing of the connection is left in
+    /// it (unread client bytes, a lent upstream buffer, a tunnel).
+    pub(super) fn is_vacant(&self) -> bool {
+        self.rbuf.is_empty() && self.upstream_buf.capacity() == 0 && self.tunnel.is_none()
+    }
+
+    /// Drops what a large request or response grew, so a pooled state stays small.
+    pub(super) fn trim(&mut self) {
+        self.rbuf.shrink_if_idle();
+        for buffer in [
+            &mut self.out,
+            &mut self.mirror_body,
+            &mut self.cache_body,
+            &mut self.path,
+            &mut self.upstream_headers,
+            &mut self.query_buf,
+            &mut self.cache_key,
+        ] {
+            buffer.clear();
+            if buffer.capacity() > POOLED_STATE_BUFFER {
+                *buffer = Vec::new();
             }
         }
-        let started = Instant::now();
-        let generation = worker.generation();
-        conn.reset_record();
-        conn.started = started;
-        let keep_going = conn.handle(&worker, &limits).await;
-        // After a reload, route indexes belong to the old snapshot: count it unrouted.
-        let route = conn.route.filter(|_| worker.generation() == generation);
-        let elapsed = started.elapsed();
-        let (method, status, upstream) = (conn.head.method(), conn.status, conn.upstream_latency);
-        worker.metrics(|m| m.request(route, method, status, elapsed, upstream));
-        if worker.logs_requests() {
-            conn.log(&worker, route, elapsed);
+        self.mirror = None;
+        self.cache_request = None;
+        self.outbound = None;
+    }
+}
+
+/// Largest buffer a pooled [`RequestState`] keeps (besides the client read buffer).
+const POOLED_STATE_BUFFER: usize = 16 * 1024;
+
+/// What the client did while its connection was idle.
+enum Arrival {
+    /// Bytes (or the end of the stream, or an error) are there to read.
+    Ready,
+    /// The idle timeout passed, or the gateway drains: the connection closes.
+    Closed,
+}
+
+/// Serves one accepted connection until it closes. `tls` is `Some` exactly on a TLS
+/// listener.
+pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split + ClientStream>(
+    worker: Rc<Worker>,
+    mut stream: S,
+    peer: SocketAddr,
+    listener: usize,
+    mut tls: Option<crate::tls::TlsInfo>,
+) {
+    // What this future holds is what every idle connection costs: the parameters, the
+    // client's address as text, and the wait below. Everything else lives in the boxed
+    // future of a request in progress.
+    let mut client_text: Box<[u8]> = super::canonical_ip(peer.ip())
+        .to_string()
+        .into_bytes()
+        .into_boxed_slice();
+    loop {
+        if let Arrival::Closed = await_request(&mut stream, &worker).await {
+            return;
         }
-        if let Some(upstream) = conn.tunnel.take() {
-            let Connection {
+        // Boxed: the pipeline's futures are large, and only connections with a request
+        // in progress should carry them.
+        let busy = Box::pin(
+            Connection {
+                proto: if tls.is_some() { "https" } else { "http" },
                 stream,
-                rbuf,
-                upstream_buf,
-                ..
-            } = conn;
-            let idle = limits.websocket_idle_timeout;
-            let (sent, received) =
-                super::tunnel::run(stream, rbuf.data(), upstream, upstream_buf.data(), idle).await;
-            tracing::debug!(%peer, sent, received, "websocket tunnel closed");
+                peer,
+                tls,
+                listener,
+                client_text,
+                state: worker.lend_request_state(),
+            }
+            .serve_requests(worker.clone()),
+        );
+        let Some(conn) = busy.await else {
             return;
+        };
+        worker.return_request_state(conn.state);
+        (stream, tls, client_text) = (conn.stream, conn.tls, conn.client_text);
+    }
+}
+
+/// Waits, holding no buffer, for the client's next request to arrive. An idle
+/// connection closes after the idle timeout; when the gateway drains it gets a short
+/// grace for a request already on its way (answered with `connection: close`).
+async fn await_request<S: ClientStream>(stream: &mut S, worker: &Worker) -> Arrival {
+    let idle = worker.with_snapshot(|snapshot| snapshot.config.limits.idle_timeout);
+    let idle = if worker.drain.is_draining() {
+        idle.min(DRAIN_IDLE_GRACE)
+    } else {
+        idle
+    };
+    let mut ready = std::pin::pin!(stream.readable());
+    monoio::select! {
+        // An error is read (and answered by closing) like any other arrival.
+        _ = &mut ready => Arrival::Ready,
+        () = worker.idle.until(Instant::now() + idle) => Arrival::Closed,
+        () = worker.drain.wait() => {
+            // Boxed: its timer is needed only while draining.
+            match Box::pin(monoio::time::timeout(DRAIN_IDLE_GRACE, ready)).await {
+                Ok(_) => Arrival::Ready,
+                Err(_) => Arrival::Closed,
+            }
         }
-        // A source that just got banned loses this connection too.
-        let banned = status >= 400 && worker.count_rejection(conn.client_ip, peer.ip(), status);
-        if !keep_going || banned {
-            conn.close().await;
-            return;
-        }
-        conn.rbuf.shrink_if_idle();
-        // An idle client connection keeps no upstream buffer: it goes back to the worker.
-        if let Some(buffer) = conn.upstream_buf.release() {
-            worker.return_buffer(buffer);
+    }
+}
+
+impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+    /// Reads and answers requests until the connection is idle (`Some`, to wait for
+    /// the next one) or done (`None`: closed, or it became a WebSocket tunnel).
+    async fn serve_requests(mut self, worker: Rc<Worker>) -> Option<Self>
+    where
+        S: Split + ClientStream,
+    {
+        // The limits of the config in force when the request arrived (a reload applies
+        // to open connections' next requests).
+        let limits = &worker.with_snapshot(|snapshot| snapshot.config.limits.clone());
+        let worker = &*worker;
+        // A lent state remembers another connection: this one's client until the
+        // request says otherwise (behind a trusted proxy).
+        self.state.client_ip = super::canonical_ip(self.peer.ip());
+        loop {
+            match self.read_head(worker, limits).await {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(error) => {
+                    tracing::debug!(peer = %self.peer, %error, "rejected request");
+                    // The answer carries the listener's headers (HSTS) and nothing a
+                    // previous request's policy added.
+                    worker.with_snapshot(|snapshot| {
+                        let headers = &mut self.state.reply_headers;
+                        headers.clear();
+                        headers.extend_from_slice(&snapshot.listener_headers[self.listener]);
+                    });
+                    self.state.request_id.clear();
+                    worker.new_request_id(&mut self.state.request_id);
+                    let started = Instant::now();
+                    self.answer_error(&error, true, limits).await;
+                    let status = self.state.status;
+                    worker.metrics(|m| m.request(None, b"", status, started.elapsed(), None));
+                    if status >= 400 {
+                        worker.count_rejection(self.state.client_ip, self.peer.ip(), status);
+                    }
+                    self.close().await;
+                    return None;
+                }
+            }
+            let started = Instant::now();
+            let generation = worker.generation();
+            self.reset_record();
+            self.state.started = started;
+            let keep_going = self.handle(worker, limits).await;
+            // After a reload, route indexes belong to the old snapshot: count it unrouted.
+            let route = self
+                .state
+                .route
+                .filter(|_| worker.generation() == generation);
+            let elapsed = started.elapsed();
+            let state = &self.state;
+            let (method, status, upstream) =
+                (state.head.method(), state.status, state.upstream_latency);
+            worker.metrics(|m| m.request(route, method, status, elapsed, upstream));
+            if worker.logs_requests() {
+                self.log(worker, route, elapsed);
+            }
+            if let Some(upstream) = self.state.tunnel.take() {
+                let Connection { stream, state, .. } = self;
+                let idle = limits.websocket_idle_timeout;
+                let (sent, received) = super::tunnel::run(
+                    stream,
+                    state.rbuf.data(),
+                    upstream,
+                    state.upstream_buf.data(),
+                    idle,
+                )
+                .await;
+                tracing::debug!(peer = %self.peer, sent, received, "websocket tunnel closed");
+                return None;
+            }
+            // A source that just got banned loses this connection too.
+            let banned = status >= 400
+                && worker.count_rejection(self.state.client_ip, self.peer.ip(), status);
+            if !keep_going || banned {
+                self.close().await;
+                return None;
+            }
+            // An idle client connection keeps no upstream buffer: it goes back to the worker.
+            if let Some(buffer) = self.state.upstream_buf.release() {
+                worker.return_buffer(buffer);
+            }
+            if self.state.rbuf.is_empty() {
+                // A busy client's next request usually follows at once: wait a moment
+                // for it with the buffer at hand, and only then go idle without one.
+                let next = self
+                    .state
+                    .rbuf
+                    .fill_for(&mut self.stream, CLIENT_BUFFER, QUIET_AFTER);
+                match next.await {
+                    Ok(Some(0)) | Err(_) => return None,
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Some(self),
+                }
+            }
         }
     }
 }
@@ -230,14 +378,14 @@ impl<S: AsyncWriteRent> Connection<S> {
 impl<S> Connection<S> {
     /// Forgets what was recorded about the previous request.
     fn reset_record(&mut self) {
-        self.route = None;
-        self.status = 0;
-        self.upstream_latency = None;
-        self.client_ip = super::canonical_ip(self.peer.ip());
-        self.target = None;
-        self.bytes_in = 0;
-        self.bytes_out = 0;
-        self.consumer = None;
+        self.state.route = None;
+        self.state.status = 0;
+        self.state.upstream_latency = None;
+        self.state.client_ip = super::canonical_ip(self.peer.ip());
+        self.state.target = None;
+        self.state.bytes_in = 0;
+        self.state.bytes_out = 0;
+        self.state.consumer = None;
     }
 
     /// The access-log line of the request just handled.
@@ -256,19 +404,20 @@ impl<S> Connection<S> {
             return;
         };
         let entry = crate::observe::access_log::Entry {
-            request_id: &self.request_id,
-            client: self.client_ip,
-            method: self.head.method(),
-            host: &self.head.host,
-            path: &self.head.path,
+            request_id: &self.state.request_id,
+            client: self.state.client_ip,
+            method: self.state.head.method(),
+            host: &self.state.head.host,
+            path: &self.state.head.path,
             route: route.map(|r| snapshot.config.routes[r].name.as_str()),
-            upstream: self.target,
-            status: self.status,
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
+            upstream: self.state.target,
+            status: self.state.status,
+            bytes_in: self.state.bytes_in,
+            bytes_out: self.state.bytes_out,
             duration: elapsed,
-            upstream_duration: self.upstream_latency,
+            upstream_duration: self.state.upstream_latency,
             consumer: self
+                .state
                 .consumer
                 .and_then(|c| snapshot.config.consumers.get(c))
                 .map(|c| c.name.as_str()),
@@ -288,15 +437,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let mut first_byte_at: Option<Instant> = None;
         loop {
             if scanner.is_none() {
-                let skip = leading_empty_lines(self.rbuf.data());
-                self.rbuf.consume(skip);
-                if !self.rbuf.data().is_empty() && self.rbuf.data() != b"\r" {
+                let skip = leading_empty_lines(self.state.rbuf.data());
+                self.state.rbuf.consume(skip);
+                if !self.state.rbuf.data().is_empty() && self.state.rbuf.data() != b"\r" {
                     scanner = Some(HeadScanner::new(0));
                 }
             }
             if let Some(scan) = scanner.as_mut() {
                 first_byte_at.get_or_insert_with(Instant::now);
-                match scan.scan(self.rbuf.data())? {
+                match scan.scan(self.state.rbuf.data())? {
                     Scan::Complete(end) => {
                         let parse_limits = ParseLimits {
                             max_headers: limits.max_headers,
@@ -305,12 +454,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                         if end > limits.max_head_size {
                             return Err(FramingError::HeadTooLarge.into());
                         }
-                        self.head.parse(&self.rbuf.data()[..end], parse_limits)?;
-                        self.rbuf.consume(end);
+                        self.state
+                            .head
+                            .parse(&self.state.rbuf.data()[..end], parse_limits)?;
+                        self.state.rbuf.consume(end);
                         return Ok(true);
                     }
                     Scan::Partial => {
-                        let buffered = self.rbuf.len();
+                        let buffered = self.state.rbuf.len();
                         if scan.first_line_len(0).is_none() && buffered > limits.max_uri_length + 64
                         {
                             return Err(FramingError::UriTooLong.into());
@@ -332,7 +483,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     } else {
                         limits.idle_timeout
                     };
-                    let mut fill = std::pin::pin!(self.rbuf.fill_within(
+                    let mut fill = std::pin::pin!(self.state.rbuf.fill_within(
                         &mut self.stream,
                         CLIENT_BUFFER,
                         idle
@@ -355,6 +506,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 Some(start) => {
                     let left = limits.header_read_timeout.saturating_sub(start.elapsed());
                     match self
+                        .state
                         .rbuf
                         .fill_within(&mut self.stream, CLIENT_BUFFER, left)
                         .await
@@ -374,66 +526,73 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
     /// Runs one parsed request through the pipeline; returns whether to keep going.
     async fn handle(&mut self, worker: &Worker, limits: &Limits) -> bool {
-        self.request_id.clear();
-        match self.head.request_id {
-            Some(i) => self.request_id.extend_from_slice(self.head.fields.value(i)),
-            None => worker.new_request_id(&mut self.request_id),
+        self.state.request_id.clear();
+        match self.state.head.request_id {
+            Some(i) => self
+                .state
+                .request_id
+                .extend_from_slice(self.state.head.fields.value(i)),
+            None => worker.new_request_id(&mut self.state.request_id),
         }
-        self.body = match self.head.body {
+        self.state.body = match self.state.head.body {
             RequestBody::None => BodyState::Done,
             RequestBody::Length(0) => BodyState::Done,
             RequestBody::Length(n) => BodyState::Length(n),
             RequestBody::Chunked => BodyState::Unframed,
         };
-        self.response_started = false;
+        self.state.response_started = false;
         let snapshot = worker.snapshot();
-        self.reply_headers.clear();
-        self.reply_headers
+        self.state.reply_headers.clear();
+        self.state
+            .reply_headers
             .extend_from_slice(&snapshot.listener_headers[self.listener]);
         if snapshot.config.gateway.debug_worker_header {
-            self.reply_headers.extend_from_slice(b"x-gateway-worker: ");
-            self.reply_headers
+            self.state
+                .reply_headers
+                .extend_from_slice(b"x-gateway-worker: ");
+            self.state
+                .reply_headers
                 .extend_from_slice(itoa::Buffer::new().format(worker.id).as_bytes());
-            self.reply_headers.extend_from_slice(b"\r\n");
+            self.state.reply_headers.extend_from_slice(b"\r\n");
         }
-        self.upstream_headers.clear();
-        self.query_rewritten = false;
-        self.cors_applied = false;
-        self.outbound = None;
+        self.state.upstream_headers.clear();
+        self.state.query_rewritten = false;
+        self.state.cors_applied = false;
+        self.state.outbound = None;
         if let Some(port) = snapshot.config.listeners[self.listener].redirect_to_https {
             return self
                 .answer_redirect(port, limits, worker.drain.is_draining())
                 .await;
         }
-        self.head.client_cert = self.tls.as_ref().and_then(|t| t.client.clone());
-        let result = match snapshot.router.find(&self.head) {
+        self.state.head.client_cert = self.tls.as_ref().and_then(|t| t.client.clone());
+        let result = match snapshot.router.find(&self.state.head) {
             None => Err(ProxyError::NoRoute),
-            Some(_) if matches!(self.head.body, RequestBody::Length(n) if n > limits.max_body_size) => {
+            Some(_) if matches!(self.state.head.body, RequestBody::Length(n) if n > limits.max_body_size) => {
                 Err(FramingError::BodyTooLarge.into())
             }
             Some(index) => match self.admit(worker, &snapshot, index).await {
                 Err(error) => {
-                    self.route = Some(index);
+                    self.state.route = Some(index);
                     Err(error)
                 }
                 Ok(Admission::Preflight) => {
-                    self.route = Some(index);
-                    let close = !self.head.keep_alive || worker.drain.is_draining();
+                    self.state.route = Some(index);
+                    let close = !self.state.head.keep_alive || worker.drain.is_draining();
                     return self.answer_empty(204, close, limits).await;
                 }
                 Ok(Admission::Forward(_in_flight, upstream)) => {
-                    self.route = Some(index);
+                    self.state.route = Some(index);
                     let route = &snapshot.router.routes()[index];
                     // A route that cuts or rewrites the path works on what it matched;
                     // one that forwards it whole keeps its `;parameters`.
                     let source =
                         if route.strip_prefix || route.rewrite.is_some() || route.version.is_some()
                         {
-                            self.head.routing_path()
+                            self.state.head.routing_path()
                         } else {
-                            &self.head.path
+                            &self.state.head.path
                         };
-                    Router::upstream_path(route, source, &mut self.path);
+                    Router::upstream_path(route, source, &mut self.state.path);
                     match (&route.mediation, &route.traffic.cache) {
                         (Some(mediation), _) => {
                             self.forward_mediated(
@@ -442,8 +601,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                             .await
                         }
                         (None, Some(cache))
-                            if matches!(self.head.method(), b"GET" | b"HEAD")
-                                && !self.head.websocket =>
+                            if matches!(self.state.head.method(), b"GET" | b"HEAD")
+                                && !self.state.head.websocket =>
                         {
                             self.forward_cached(worker, &snapshot, route, upstream, limits, cache)
                                 .await
@@ -459,7 +618,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         match result {
             Ok(keep_alive) => keep_alive,
             Err(error) => {
-                if self.response_started {
+                if self.state.response_started {
                     tracing::warn!(peer = %self.peer, %error, "response aborted");
                     return false;
                 }
@@ -469,7 +628,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     tracing::debug!(peer = %self.peer, %error, "request refused");
                 }
                 let close = error.closes_connection()
-                    || !self.head.keep_alive
+                    || !self.state.head.keep_alive
                     || worker.drain.is_draining();
                 self.answer_error(&error, close, limits).await
             }
@@ -488,19 +647,19 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let Some(answer) = error.answer() else {
             return false;
         };
-        self.status = answer.status;
+        self.state.status = answer.status;
         let Some(close) = self.settle_pending_body(close, limits).await else {
             return false;
         };
-        self.out.clear();
+        self.state.out.clear();
         error.write_response(
-            &mut self.out,
+            &mut self.state.out,
             answer,
-            &self.request_id,
+            &self.state.request_id,
             close,
-            &self.reply_headers,
+            &self.state.reply_headers,
         );
-        let sent = write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout)
+        let sent = write_all_within(&mut self.stream, &mut self.state.out, limits.idle_timeout)
             .await
             .is_ok();
         sent && !close
@@ -514,7 +673,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         close: bool,
         limits: &Limits,
     ) -> Option<bool> {
-        let pending = match self.body {
+        let pending = match self.state.body {
             BodyState::Done => 0,
             BodyState::Length(n) => n,
             BodyState::Unframed => u64::MAX,
@@ -529,52 +688,55 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Answers with a 308 to the same URL over HTTPS (plain listeners with
     /// `redirect_to_https`).
     async fn answer_redirect(&mut self, port: u16, limits: &Limits, draining: bool) -> bool {
-        if self.head.host.is_empty() {
+        if self.state.head.host.is_empty() {
             let error = ProxyError::Request(FramingError::Malformed("a redirect needs a Host"));
             return self.answer_error(&error, true, limits).await;
         }
-        let out = &mut self.reply_headers;
+        let out = &mut self.state.reply_headers;
         out.extend_from_slice(b"location: https://");
-        out.extend_from_slice(&self.head.host);
+        out.extend_from_slice(&self.state.head.host);
         if port != 443 {
             out.push(b':');
             out.extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
         }
-        out.extend_from_slice(&self.head.path);
-        if let Some(query) = self.head.query() {
+        out.extend_from_slice(&self.state.head.path);
+        if let Some(query) = self.state.head.query() {
             out.push(b'?');
             out.extend_from_slice(query);
         }
         out.extend_from_slice(b"\r\n");
-        let close = !self.head.keep_alive || draining;
+        let close = !self.state.head.keep_alive || draining;
         self.answer_empty(308, close, limits).await
     }
 
     /// Answers the request itself with `status` (204, 308), no body, and the reply
     /// headers gathered so far. Returns whether the connection stays open.
     async fn answer_empty(&mut self, status: u16, close: bool, limits: &Limits) -> bool {
-        self.status = status;
+        self.state.status = status;
         let Some(close) = self.settle_pending_body(close, limits).await else {
             return false;
         };
-        self.out.clear();
-        self.out.extend_from_slice(b"HTTP/1.1 ");
-        self.out
+        self.state.out.clear();
+        self.state.out.extend_from_slice(b"HTTP/1.1 ");
+        self.state
+            .out
             .extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-        self.out.push(b' ');
-        self.out
+        self.state.out.push(b' ');
+        self.state
+            .out
             .extend_from_slice(crate::http::reason_phrase(status).as_bytes());
-        self.out
+        self.state
+            .out
             .extend_from_slice(b"\r\ncontent-length: 0\r\nx-request-id: ");
-        self.out.extend_from_slice(&self.request_id);
-        self.out.extend_from_slice(b"\r\n");
-        self.out.extend_from_slice(&self.reply_headers);
-        self.out.extend_from_slice(if close {
+        self.state.out.extend_from_slice(&self.state.request_id);
+        self.state.out.extend_from_slice(b"\r\n");
+        self.state.out.extend_from_slice(&self.state.reply_headers);
+        self.state.out.extend_from_slice(if close {
             &b"connection: close\r\n\r\n"[..]
         } else {
             b"\r\n"
         });
-        let sent = write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout)
+        let sent = write_all_within(&mut self.stream, &mut self.state.out, limits.idle_timeout)
             .await
             .is_ok();
         sent && !close
@@ -582,21 +744,22 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
     /// Whether no byte of the request body has been consumed yet.
     pub(super) fn body_untouched(&self) -> bool {
-        if self.outbound.is_some() {
+        if self.state.outbound.is_some() {
             // The gateway holds the whole body it sends: it can send it again.
             return true;
         }
-        match self.head.body {
+        match self.state.head.body {
             RequestBody::None | RequestBody::Length(0) => true,
-            RequestBody::Length(n) => self.body == BodyState::Length(n),
+            RequestBody::Length(n) => self.state.body == BodyState::Length(n),
             RequestBody::Chunked => false,
         }
     }
 
     async fn discard_body(&mut self, mut remaining: u64, limits: &Limits) -> bool {
         while remaining > 0 {
-            if self.rbuf.is_empty() {
+            if self.state.rbuf.is_empty() {
                 match self
+                    .state
                     .rbuf
                     .fill_within(&mut self.stream, BODY_READ, limits.body_read_timeout)
                     .await
@@ -605,11 +768,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     _ => return false,
                 }
             }
-            let take = remaining.min(self.rbuf.len() as u64);
-            self.rbuf.consume(take as usize);
+            let take = remaining.min(self.state.rbuf.len() as u64);
+            self.state.rbuf.consume(take as usize);
             remaining -= take;
         }
-        self.body = BodyState::Done;
+        self.state.body = BodyState::Done;
         true
     }
 }

@@ -93,7 +93,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         // on. After a reload they are gone, and the request only finishes what it has.
         let generation = worker.generation();
         let health = &snapshot.upstreams.health;
-        let now = self.started;
+        let now = self.state.started;
         let mut tries = Tries {
             failed: 0,
             avoid: 0,
@@ -104,8 +104,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             state.retry_budgets[upstream_index].record_request(now)
         });
         self.plan_mirror(worker, route);
-        if self.upstream_buf.capacity() == 0 {
-            self.upstream_buf.provide(worker.lend_buffer());
+        if self.state.upstream_buf.capacity() == 0 {
+            self.state.upstream_buf.provide(worker.lend_buffer());
         }
         loop {
             let target = self.pick_target(
@@ -117,7 +117,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 &tries,
             )?;
             let global = upstream.first_target + target;
-            self.target = Some(config.targets[target].addr);
+            self.state.target = Some(config.targets[target].addr);
             let (mut conn, reused) = match self
                 .upstream_connection(worker, generation, upstream_index, upstream, target, &tries)
                 .await
@@ -202,22 +202,26 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 }
                 return Err(error);
             }
-            let status = self.response.status;
+            let status = self.state.response.status;
             if let Some(keep_alive) = self.answer_from_cache(worker, route, limits).await {
                 worker.upstream_state(generation, |state| {
                     state.balancers[upstream_index].finished(target, None)
                 });
                 self.target_outcome(health, config, global, status < 500);
-                let clean = status == 304 && self.response.reusable && self.upstream_buf.is_empty();
+                let clean = status == 304
+                    && self.state.response.reusable
+                    && self.state.upstream_buf.is_empty();
                 if clean {
                     park(worker, generation, global, conn, config);
                 } else {
-                    self.upstream_buf.consume(self.upstream_buf.len());
+                    self.state
+                        .upstream_buf
+                        .consume(self.state.upstream_buf.len());
                 }
                 return Ok(keep_alive);
             }
             self.strip_response_headers(route);
-            if self.response.switches_protocol() {
+            if self.state.response.switches_protocol() {
                 // A WebSocket handshake accepted: the connection leaves HTTP and becomes
                 // a tunnel once this request is accounted for.
                 worker.upstream_state(generation, |state| {
@@ -226,7 +230,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 self.target_outcome(health, config, global, true);
                 self.switch_protocols(&snapshot.config.gateway.via, limits)
                     .await?;
-                self.tunnel = Some(conn.stream);
+                self.state.tunnel = Some(conn.stream);
                 return Ok(false);
             }
             if policy.on_statuses.contains(&status) {
@@ -238,7 +242,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     });
                     self.target_outcome(health, config, global, !matches!(status, 502..=504));
                     // The response is not read: its connection closes.
-                    self.upstream_buf.consume(self.upstream_buf.len());
+                    self.state
+                        .upstream_buf
+                        .consume(self.state.upstream_buf.len());
                     drop(conn);
                     tries.avoid(target);
                     self.back_off(worker, policy, &tries).await;
@@ -314,7 +320,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         } else if let Some(backoff) = health.record_failure(global, outlier, now) {
             tracing::warn!(
                 upstream = %config.name,
-                target = ?self.target,
+                target = ?self.state.target,
                 ?backoff,
                 "target ejected after consecutive failures"
             );
@@ -330,7 +336,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     }
 
     /// One try on `upstream`: sends the request (head and body) and reads the response
-    /// head into `self.response`, within the route's per-try and total timeouts.
+    /// head into `self.state.response`, within the route's per-try and total timeouts.
     #[allow(clippy::too_many_arguments)]
     async fn exchange_head(
         &mut self,
@@ -342,26 +348,26 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         tries: &Tries,
         limits: &Limits,
     ) -> Result<(), ExchangeError> {
-        let mut out = std::mem::take(&mut self.out);
+        let mut out = std::mem::take(&mut self.state.out);
         out.clear();
-        let (method, body) = match &self.outbound {
+        let (method, body) = match &self.state.outbound {
             Some(outbound) => (
-                outbound.method.unwrap_or(self.head.method()),
+                outbound.method.unwrap_or(self.state.head.method()),
                 RequestBody::Length(outbound.body.len() as u64),
             ),
-            None => (self.head.method(), self.head.body),
+            None => (self.state.head.method(), self.state.head.body),
         };
         serialize::request_head(
             &mut out,
-            &self.head,
+            &self.state.head,
             method,
-            &self.path,
+            &self.state.path,
             body,
             &self.forwarding(snapshot),
         );
-        self.out = out;
+        self.state.out = out;
 
-        if self.head.expect_continue && !matches!(self.body, BodyState::Done) {
+        if self.state.head.expect_continue && !matches!(self.state.body, BodyState::Done) {
             let mut interim = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
             write_all_within(&mut self.stream, &mut interim, limits.idle_timeout)
                 .await
@@ -370,7 +376,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
 
         let sent_at = Instant::now();
         self.send_request_body(upstream, config, limits).await?;
-        if let Some(mirror) = self.mirror.take() {
+        if let Some(mirror) = self.state.mirror.take() {
             self.dispatch_mirror(worker, snapshot, mirror);
         }
         let per_try = route.traffic.per_try_timeout.map(|t| Instant::now() + t);
@@ -380,25 +386,27 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         };
         self.read_response_head(upstream, config, head_deadline)
             .await?;
-        self.upstream_latency = Some(sent_at.elapsed());
+        self.state.upstream_latency = Some(sent_at.elapsed());
         Ok(())
     }
 
-    /// Sends the head in `self.out` followed by the request body.
+    /// Sends the head in `self.state.out` followed by the request body.
     async fn send_request_body(
         &mut self,
         upstream: &mut UpstreamStream,
         config: &UpstreamConfig,
         limits: &Limits,
     ) -> Result<(), ExchangeError> {
-        let body = self.head.body;
-        if let Some(outbound) = &self.outbound {
-            self.out.extend_from_slice(&outbound.body);
+        let body = self.state.head.body;
+        if let Some(outbound) = &self.state.outbound {
+            self.state.out.extend_from_slice(&outbound.body);
         }
-        if self.outbound.is_some() || matches!(body, RequestBody::None | RequestBody::Length(0)) {
+        if self.state.outbound.is_some()
+            || matches!(body, RequestBody::None | RequestBody::Length(0))
+        {
             // A write failure on a pooled connection means the upstream closed it
             // while idle: the request never reached it, so it may be resent.
-            return write_all_within(upstream, &mut self.out, config.write_timeout)
+            return write_all_within(upstream, &mut self.state.out, config.write_timeout)
                 .await
                 .map_err(|failure| ExchangeError {
                     unanswered: matches!(&failure, IoFailure::Io(_)),
@@ -411,16 +419,16 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         }
         // From here until the body is through, an interruption leaves an unknown part
         // of it unread: the connection can only close.
-        self.body = BodyState::Unframed;
+        self.state.body = BodyState::Unframed;
         let mut relay = Relay {
             src: &mut self.stream,
-            buf: &mut self.rbuf,
+            buf: &mut self.state.rbuf,
             dst: upstream,
-            out: &mut self.out,
+            out: &mut self.state.out,
             read_timeout: limits.body_read_timeout,
             write_timeout: config.write_timeout,
-            tee: self.mirror.map(|m| Tee {
-                buf: &mut self.mirror_body,
+            tee: self.state.mirror.map(|m| Tee {
+                buf: &mut self.state.mirror_body,
                 cap: m.max_body,
                 overflowed: false,
             }),
@@ -430,9 +438,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             _ => relay.copy_chunked(true, limits.max_body_size).await,
         };
         if relay.tee.is_some_and(|t| t.overflowed) {
-            self.mirror = None;
+            self.state.mirror = None;
         }
-        self.bytes_in = result.map_err(|error| {
+        self.state.bytes_in = result.map_err(|error| {
             ExchangeError::from(match error {
                 RelayError::Read(IoFailure::Timeout) => ProxyError::BodyTimeout,
                 RelayError::Read(IoFailure::Io(e)) => ProxyError::Downstream(e),
@@ -442,11 +450,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 RelayError::Write(failure) => upstream_io(failure),
             })
         })?;
-        self.body = BodyState::Done;
+        self.state.body = BodyState::Done;
         Ok(())
     }
 
-    /// Reads the final response head into `self.response`, skipping interim 1xx; each
+    /// Reads the final response head into `self.state.response`, skipping interim 1xx; each
     /// read waits the upstream's read timeout, and none waits past `deadline`.
     async fn read_response_head(
         &mut self,
@@ -455,30 +463,30 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         deadline: Option<Instant>,
     ) -> Result<(), ExchangeError> {
         // A translated call is a POST whatever the client's method.
-        let request_was_head =
-            self.head.is_head() && !self.outbound.as_ref().is_some_and(|o| o.translated);
+        let request_was_head = self.state.head.is_head()
+            && !self.state.outbound.as_ref().is_some_and(|o| o.translated);
         let mut received_any = false;
         loop {
             let mut scanner = HeadScanner::new(0);
             loop {
-                if !self.upstream_buf.is_empty() {
+                if !self.state.upstream_buf.is_empty() {
                     received_any = true;
                     match scanner
-                        .scan(self.upstream_buf.data())
+                        .scan(self.state.upstream_buf.data())
                         .map_err(ProxyError::UpstreamFraming)?
                     {
                         Scan::Complete(end) => {
-                            let head = &self.upstream_buf.data()[..end];
-                            if self.head.websocket {
-                                self.response.parse_after_upgrade_request(head)
+                            let head = &self.state.upstream_buf.data()[..end];
+                            if self.state.head.websocket {
+                                self.state.response.parse_after_upgrade_request(head)
                             } else {
-                                self.response.parse(head, request_was_head)
+                                self.state.response.parse(head, request_was_head)
                             }
                             .map_err(ProxyError::UpstreamFraming)?;
-                            self.upstream_buf.consume(end);
+                            self.state.upstream_buf.consume(end);
                             break;
                         }
-                        Scan::Partial if self.upstream_buf.len() > MAX_RESPONSE_HEAD => {
+                        Scan::Partial if self.state.upstream_buf.len() > MAX_RESPONSE_HEAD => {
                             return Err(
                                 ProxyError::UpstreamFraming(FramingError::HeadTooLarge).into()
                             );
@@ -490,7 +498,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 let read = if wait.is_zero() {
                     Err(IoFailure::Timeout)
                 } else {
-                    self.upstream_buf
+                    self.state
+                        .upstream_buf
                         .fill_within(upstream, 16 * 1024, wait)
                         .await
                 };
@@ -524,7 +533,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     }
                 }
             }
-            if !self.response.is_interim() || self.response.switches_protocol() {
+            if !self.state.response.is_interim() || self.state.response.switches_protocol() {
                 return Ok(());
             }
         }
@@ -537,30 +546,35 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             trusted: snapshot.is_trusted_proxy(self.peer.ip()),
             proto: self.proto,
             via: &snapshot.config.gateway.via,
-            request_id: &self.request_id,
-            query: if self.query_rewritten {
-                Some(&self.query_buf[..]).filter(|q| !q.is_empty())
+            request_id: &self.state.request_id,
+            query: if self.state.query_rewritten {
+                Some(&self.state.query_buf[..]).filter(|q| !q.is_empty())
             } else {
-                self.head.query()
+                self.state.head.query()
             },
-            extra: &self.upstream_headers,
+            extra: &self.state.upstream_headers,
         }
     }
 
     /// Sends the upstream's `101` to the client (with the upgrade fields restored).
     async fn switch_protocols(&mut self, via: &str, limits: &Limits) -> Result<(), ProxyError> {
-        self.out.clear();
+        self.state.out.clear();
         let client = serialize::ClientSide {
             via,
-            request_id: &self.request_id,
+            request_id: &self.state.request_id,
             keep_alive: true,
-            client_minor: self.head.version_minor,
-            extra_headers: &self.reply_headers,
+            client_minor: self.state.head.version_minor,
+            extra_headers: &self.state.reply_headers,
         };
-        serialize::response_head(&mut self.out, &self.response, OutFraming::None, &client);
-        self.response_started = true;
-        self.status = self.response.status;
-        write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout)
+        serialize::response_head(
+            &mut self.state.out,
+            &self.state.response,
+            OutFraming::None,
+            &client,
+        );
+        self.state.response_started = true;
+        self.state.status = self.state.response.status;
+        write_all_within(&mut self.stream, &mut self.state.out, limits.idle_timeout)
             .await
             .map_err(downstream_io)
     }
@@ -576,7 +590,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         via: &str,
         route: &RouteConfig,
     ) -> Result<(bool, bool), ProxyError> {
-        let client_minor = self.head.version_minor;
+        let client_minor = self.state.head.version_minor;
         let encoder = route
             .traffic
             .compression
@@ -586,39 +600,40 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let framing = match encoder {
             Some(_) if client_minor >= 1 => OutFraming::Chunked,
             Some(_) => OutFraming::Close,
-            None => serialize::response_framing(&self.response, client_minor),
+            None => serialize::response_framing(&self.state.response, client_minor),
         };
-        let keep_alive =
-            self.head.keep_alive && !worker.drain.is_draining() && framing != OutFraming::Close;
-        self.out.clear();
+        let keep_alive = self.state.head.keep_alive
+            && !worker.drain.is_draining()
+            && framing != OutFraming::Close;
+        self.state.out.clear();
         let client = serialize::ClientSide {
             via,
-            request_id: &self.request_id,
+            request_id: &self.state.request_id,
             keep_alive,
             client_minor,
-            extra_headers: &self.reply_headers,
+            extra_headers: &self.state.reply_headers,
         };
-        if self.cors_applied {
-            self.response.drop_cors_fields();
+        if self.state.cors_applied {
+            self.state.response.drop_cors_fields();
         }
-        serialize::response_head(&mut self.out, &self.response, framing, &client);
-        self.response_started = true;
-        self.status = self.response.status;
+        serialize::response_head(&mut self.state.out, &self.state.response, framing, &client);
+        self.state.response_started = true;
+        self.state.status = self.state.response.status;
         let mut relay = Relay {
             src: upstream,
-            buf: &mut self.upstream_buf,
+            buf: &mut self.state.upstream_buf,
             dst: &mut self.stream,
-            out: &mut self.out,
+            out: &mut self.state.out,
             read_timeout: config.read_timeout,
             write_timeout: limits.idle_timeout,
             tee: store_cap.map(|cap| Tee {
-                buf: &mut self.cache_body,
+                buf: &mut self.state.cache_body,
                 cap,
                 overflowed: false,
             }),
         };
         let rechunk = framing == OutFraming::Chunked;
-        let body = self.response.body.unwrap_or(ResponseBody::None);
+        let body = self.state.response.body.unwrap_or(ResponseBody::None);
         let result = match (encoder, body) {
             (Some(encoder), body) => relay.copy_encoded(body, encoder, rechunk).await,
             (None, body) => match body {
@@ -629,7 +644,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             },
         };
         let stored_whole = relay.tee.as_ref().is_some_and(|t| !t.overflowed);
-        self.bytes_out = result.map_err(|error| match error {
+        self.state.bytes_out = result.map_err(|error| match error {
             RelayError::Read(failure) => upstream_io(failure),
             RelayError::SourceClosed => ProxyError::UpstreamClosed,
             RelayError::Framing(e) => ProxyError::UpstreamFraming(e),
@@ -643,11 +658,12 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         if stored_whole && let Some(cache) = &route.traffic.cache {
             self.store_response(worker, cache);
         }
-        let upstream_reusable =
-            self.response.reusable && self.upstream_buf.is_empty() && !self.head.is_head();
-        if !self.upstream_buf.is_empty() {
-            let all = self.upstream_buf.len();
-            self.upstream_buf.consume(all);
+        let upstream_reusable = self.state.response.reusable
+            && self.state.upstream_buf.is_empty()
+            && !self.state.head.is_head();
+        if !self.state.upstream_buf.is_empty() {
+            let all = self.state.upstream_buf.len();
+            self.state.upstream_buf.consume(all);
         }
         Ok((upstream_reusable, keep_alive))
     }

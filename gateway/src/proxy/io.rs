@@ -92,13 +92,8 @@ impl ReadBuf {
         }
     }
 
-    /// Reads more bytes from `stream`, appending; `Ok(0)` is end of stream. Makes room
-    /// for at least `min_spare` bytes first.
-    pub async fn fill<S: AsyncReadRent>(
-        &mut self,
-        stream: &mut S,
-        min_spare: usize,
-    ) -> io::Result<usize> {
+    /// Makes room for at least `min_spare` more bytes, dropping consumed ones first.
+    fn make_room(&mut self, min_spare: usize) {
         if self.pos > 0 && self.buf.capacity() - self.buf.len() < min_spare {
             self.buf.drain(..self.pos);
             self.pos = 0;
@@ -106,10 +101,34 @@ impl ReadBuf {
         if self.buf.capacity() - self.buf.len() < min_spare {
             self.buf.reserve(min_spare);
         }
+    }
+
+    /// Reads more bytes from `stream`, appending; `Ok(0)` is end of stream. Makes room
+    /// for at least `min_spare` bytes first.
+    pub async fn fill<S: AsyncReadRent>(
+        &mut self,
+        stream: &mut S,
+        min_spare: usize,
+    ) -> io::Result<usize> {
+        self.make_room(min_spare);
         let buf = std::mem::take(&mut self.buf);
         let (len, cap) = (buf.len(), buf.capacity());
         let (result, slice) = stream.read(buf.slice_mut(len..cap)).await;
         self.buf = slice.into_inner();
+        result
+    }
+
+    /// Like [`ReadBuf::fill`], but gives up after `window` when nothing arrived
+    /// (`Ok(None)`, see [`ClientStream::read_for`]).
+    pub async fn fill_for<S: ClientStream>(
+        &mut self,
+        stream: &mut S,
+        min_spare: usize,
+        window: Duration,
+    ) -> io::Result<Option<usize>> {
+        self.make_room(min_spare);
+        let (result, buf) = stream.read_for(std::mem::take(&mut self.buf), window).await;
+        self.buf = buf;
         result
     }
 
@@ -146,6 +165,55 @@ impl ReadBuf {
             }
             Err(_) => Err(IoFailure::Timeout),
         }
+    }
+}
+
+/// What a client connection's stream offers beyond plain reads, so an idle keep-alive
+/// connection holds its socket and little else: a read that gives up after a short
+/// window without losing bytes, and a wait for bytes that holds no buffer.
+pub trait ClientStream {
+    /// Reads into the spare capacity of `buf` like a plain read, but gives up after
+    /// `window` when nothing arrived: `Ok(None)`, no byte lost (the pending read is
+    /// cancelled and awaited). `Ok(Some(0))` is the end of the stream.
+    fn read_for(
+        &mut self,
+        buf: Vec<u8>,
+        window: Duration,
+    ) -> impl Future<Output = (io::Result<Option<usize>>, Vec<u8>)>;
+
+    /// Resolves once the peer sent something, closed or failed: a read then will not
+    /// wait. Memory only needed while bytes are in flight may be given back meanwhile.
+    fn readable(&mut self) -> impl Future<Output = io::Result<()>>;
+}
+
+impl ClientStream for monoio::net::TcpStream {
+    async fn read_for(
+        &mut self,
+        buf: Vec<u8>,
+        window: Duration,
+    ) -> (io::Result<Option<usize>>, Vec<u8>) {
+        use monoio::io::CancelableAsyncReadRent;
+        let canceller = monoio::io::Canceller::new();
+        let (len, capacity) = (buf.len(), buf.capacity());
+        let mut read =
+            std::pin::pin!(self.cancelable_read(buf.slice_mut(len..capacity), canceller.handle()));
+        let (result, slice) = monoio::select! {
+            done = &mut read => done,
+            () = monoio::time::sleep(window) => {
+                canceller.cancel();
+                read.await
+            }
+        };
+        let buf = slice.into_inner();
+        match result {
+            Ok(n) => (Ok(Some(n)), buf),
+            Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => (Ok(None), buf),
+            Err(error) => (Err(error), buf),
+        }
+    }
+
+    async fn readable(&mut self) -> io::Result<()> {
+        monoio::net::TcpStream::readable(self, false).await
     }
 }
 

@@ -72,7 +72,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         self.prepare_outbound(route, limits, mediation).await?;
         if mediation.rewrites_response() {
             // The answer is parsed: it must come unencoded and whole.
-            self.head
+            self.state
+                .head
                 .fields
                 .drop_named(&[&b"accept-encoding"[..], b"range"]);
         }
@@ -86,7 +87,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         limits: &Limits,
         mediation: &Mediation,
     ) -> Result<(), ProxyError> {
-        let has_body = !matches!(self.head.body, RequestBody::None | RequestBody::Length(0));
+        let has_body = !matches!(
+            self.state.head.body,
+            RequestBody::None | RequestBody::Length(0)
+        );
         let mut raw = Vec::new();
         if has_body && mediation.needs_request_body() {
             match self.read_request_body(limits, mediation.max_body).await? {
@@ -98,8 +102,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 None => return Ok(()),
             }
         }
-        let read = self.body == BodyState::Done && has_body;
+        let read = self.state.body == BodyState::Done && has_body;
         let json_content = self
+            .state
             .head
             .fields
             .get(b"content-type")
@@ -119,10 +124,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             }
             validator
                 .check(&Checked {
-                    method: self.head.method(),
-                    path: &self.head.path,
-                    query: self.head.query(),
-                    fields: &self.head.fields,
+                    method: self.state.head.method(),
+                    path: &self.state.head.path,
+                    query: self.state.head.query(),
+                    fields: &self.state.head.fields,
                     body: json.as_ref(),
                 })
                 .map_err(MediationError::SchemaViolations)?;
@@ -136,7 +141,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     (Some(_), Some(edited)) => serde_json::to_vec(&edited).unwrap_or_default(),
                     _ => raw,
                 };
-                self.outbound = Some(Outbound {
+                self.state.outbound = Some(Outbound {
                     method: None,
                     body,
                     translated: false,
@@ -148,13 +153,13 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             return Err(MediationError::NotJsonContent.into());
         }
         let captures = match &route.path {
-            PathMatch::Regex(re) => re.captures(self.head.routing_path()),
+            PathMatch::Regex(re) => re.captures(self.state.head.routing_path()),
             _ => None,
         };
         let view = RequestView {
             captures,
-            query: self.head.query(),
-            fields: &self.head.fields,
+            query: self.state.head.query(),
+            fields: &self.state.head.fields,
             body: json.as_ref(),
         };
         let mut body = Vec::with_capacity(512);
@@ -167,8 +172,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 headers.extend_from_slice(
                     b"content-type: application/json\r\naccept: application/json\r\n",
                 );
-                self.path.clear();
-                self.path.extend_from_slice(call.endpoint.as_bytes());
+                self.state.path.clear();
+                self.state.path.extend_from_slice(call.endpoint.as_bytes());
             }
             Translation::Soap(call) => {
                 let values = if call.parameters.is_empty() {
@@ -193,17 +198,17 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     .map_err(MediationError::InvalidParameters)?;
                 call.header_lines(&mut headers);
                 if let Some(endpoint) = &call.endpoint {
-                    self.path.clear();
-                    self.path.extend_from_slice(endpoint.as_bytes());
+                    self.state.path.clear();
+                    self.state.path.extend_from_slice(endpoint.as_bytes());
                 }
             }
         }
-        self.head.fields.drop_named(&TRANSLATED_DROPS);
-        self.upstream_headers.extend_from_slice(&headers);
+        self.state.head.fields.drop_named(&TRANSLATED_DROPS);
+        self.state.upstream_headers.extend_from_slice(&headers);
         // The values the query carried are in the call now.
-        self.query_buf.clear();
-        self.query_rewritten = true;
-        self.outbound = Some(Outbound {
+        self.state.query_buf.clear();
+        self.state.query_rewritten = true;
+        self.state.outbound = Some(Outbound {
             method: Some(b"POST"),
             body,
             translated: true,
@@ -218,7 +223,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         limits: &Limits,
         max: usize,
     ) -> Result<Option<Vec<u8>>, ProxyError> {
-        let framing = match self.head.body {
+        let framing = match self.state.head.body {
             RequestBody::Length(n) => BodyFraming::Length(n),
             RequestBody::Chunked => BodyFraming::Chunked,
             RequestBody::None => return Ok(Some(Vec::new())),
@@ -228,7 +233,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         {
             return Ok(None);
         }
-        if self.head.expect_continue {
+        if self.state.head.expect_continue {
             let mut interim = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
             write_all_within(&mut self.stream, &mut interim, limits.idle_timeout)
                 .await
@@ -236,10 +241,10 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     IoFailure::Timeout => ProxyError::BodyTimeout,
                     IoFailure::Io(e) => ProxyError::Downstream(e),
                 })?;
-            self.head.expect_continue = false;
+            self.state.head.expect_continue = false;
         }
         let peeked = peek_body(
-            &mut self.rbuf,
+            &mut self.state.rbuf,
             &mut self.stream,
             framing,
             max,
@@ -247,7 +252,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         )
         .await
         .map_err(|error| {
-            self.body = BodyState::Unframed;
+            self.state.body = BodyState::Unframed;
             match error {
                 PeekError::Read(IoFailure::Timeout) => ProxyError::BodyTimeout,
                 PeekError::Read(IoFailure::Io(e)) => ProxyError::Downstream(e),
@@ -257,9 +262,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         })?;
         match peeked {
             Peeked::Complete { raw_len, body } => {
-                self.rbuf.consume(raw_len);
-                self.body = BodyState::Done;
-                self.bytes_in = raw_len as u64;
+                self.state.rbuf.consume(raw_len);
+                self.state.body = BodyState::Done;
+                self.state.bytes_in = raw_len as u64;
                 Ok(Some(body))
             }
             Peeked::TooLarge => Ok(None),
@@ -281,19 +286,21 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         route: &RouteConfig,
         mediation: &Mediation,
     ) -> Result<(bool, bool), ProxyError> {
-        let translated = self.outbound.as_ref().is_some_and(|o| o.translated);
-        let framing = match self.response.body.unwrap_or(ResponseBody::None) {
+        let translated = self.state.outbound.as_ref().is_some_and(|o| o.translated);
+        let framing = match self.state.response.body.unwrap_or(ResponseBody::None) {
             ResponseBody::None => None,
             ResponseBody::Length(n) => Some(BodyFraming::Length(n)),
             ResponseBody::Chunked => Some(BodyFraming::Chunked),
             ResponseBody::UntilClose => Some(BodyFraming::UntilClose),
         };
         let encoded = self
+            .state
             .response
             .fields
             .get(b"content-encoding")
             .is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
         let json = self
+            .state
             .response
             .fields
             .get(b"content-type")
@@ -313,7 +320,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             None => Vec::new(),
             Some(framing) => {
                 let peeked = peek_body(
-                    &mut self.upstream_buf,
+                    &mut self.state.upstream_buf,
                     upstream,
                     framing,
                     mediation.max_body,
@@ -328,7 +335,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 })?;
                 match peeked {
                     Peeked::Complete { raw_len, body } => {
-                        self.upstream_buf.consume(raw_len);
+                        self.state.upstream_buf.consume(raw_len);
                         body
                     }
                     Peeked::TooLarge if translated => {
@@ -342,7 +349,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 }
             }
         };
-        let status = self.response.status;
+        let status = self.state.response.status;
         let result = match (&mediation.translation, translated) {
             (Some(Translation::Graphql(call)), true) => call.response(status, &body),
             (Some(Translation::Soap(call)), true) => call.response(status, &body),
@@ -350,15 +357,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 MediationError::BadUpstreamBody(format!("the JSON body does not parse: {e}"))
             }),
         };
-        let upstream_reusable = self.response.reusable
-            && self.upstream_buf.is_empty()
+        let upstream_reusable = self.state.response.reusable
+            && self.state.upstream_buf.is_empty()
             && framing != Some(BodyFraming::UntilClose);
-        if !self.upstream_buf.is_empty() {
-            let all = self.upstream_buf.len();
-            self.upstream_buf.consume(all);
+        if !self.state.upstream_buf.is_empty() {
+            let all = self.state.upstream_buf.len();
+            self.state.upstream_buf.consume(all);
         }
-        let keep_alive = self.head.keep_alive && !worker.drain.is_draining();
-        self.out.clear();
+        let keep_alive = self.state.head.keep_alive && !worker.drain.is_draining();
+        self.state.out.clear();
         match result {
             Ok(mut value) => {
                 if let Some(edits) = &mediation.response_edits {
@@ -366,62 +373,72 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 }
                 let body = serde_json::to_vec(&value).unwrap_or_default();
                 if translated {
-                    self.response.fields.drop_named(&[
+                    self.state.response.fields.drop_named(&[
                         &b"content-type"[..],
                         b"etag",
                         b"last-modified",
                         b"content-md5",
                     ]);
-                    self.reply_headers
+                    self.state
+                        .reply_headers
                         .extend_from_slice(b"content-type: application/json\r\n");
                 } else {
-                    self.response
+                    self.state
+                        .response
                         .fields
                         .drop_named(&[&b"etag"[..], b"content-md5"]);
                 }
-                if self.cors_applied {
-                    self.response.drop_cors_fields();
+                if self.state.cors_applied {
+                    self.state.response.drop_cors_fields();
                 }
                 let client = serialize::ClientSide {
                     via,
-                    request_id: &self.request_id,
+                    request_id: &self.state.request_id,
                     keep_alive,
-                    client_minor: self.head.version_minor,
-                    extra_headers: &self.reply_headers,
+                    client_minor: self.state.head.version_minor,
+                    extra_headers: &self.state.reply_headers,
                 };
-                let framing = if self.response.status == 204 || self.response.status == 304 {
-                    OutFraming::None
-                } else {
-                    OutFraming::Length(body.len() as u64)
-                };
-                serialize::response_head(&mut self.out, &self.response, framing, &client);
-                if !self.head.is_head() && framing != OutFraming::None {
-                    self.out.extend_from_slice(&body);
+                let framing =
+                    if self.state.response.status == 204 || self.state.response.status == 304 {
+                        OutFraming::None
+                    } else {
+                        OutFraming::Length(body.len() as u64)
+                    };
+                serialize::response_head(
+                    &mut self.state.out,
+                    &self.state.response,
+                    framing,
+                    &client,
+                );
+                if !self.state.head.is_head() && framing != OutFraming::None {
+                    self.state.out.extend_from_slice(&body);
                 }
-                self.status = self.response.status;
-                self.bytes_out = body.len() as u64;
+                self.state.status = self.state.response.status;
+                self.state.bytes_out = body.len() as u64;
             }
             Err(error) => {
                 tracing::debug!(%error, status, "upstream answer refused by mediation");
                 let problem = error.problem();
-                self.status = error.status();
+                self.state.status = error.status();
                 write_json_response(
-                    &mut self.out,
-                    self.status,
+                    &mut self.state.out,
+                    self.state.status,
                     b"application/problem+json",
                     &problem,
-                    &self.request_id,
+                    &self.state.request_id,
                     !keep_alive,
-                    &self.reply_headers,
+                    &self.state.reply_headers,
                 );
-                if self.head.is_head() {
-                    self.out.truncate(self.out.len() - problem.len());
+                if self.state.head.is_head() {
+                    self.state
+                        .out
+                        .truncate(self.state.out.len() - problem.len());
                 }
-                self.bytes_out = problem.len() as u64;
+                self.state.bytes_out = problem.len() as u64;
             }
         }
-        self.response_started = true;
-        write_all_within(&mut self.stream, &mut self.out, limits.idle_timeout)
+        self.state.response_started = true;
+        write_all_within(&mut self.stream, &mut self.state.out, limits.idle_timeout)
             .await
             .map_err(|failure| match failure {
                 IoFailure::Timeout => ProxyError::BodyTimeout,

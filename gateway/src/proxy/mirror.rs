@@ -35,14 +35,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Decides whether this request is copied (sampled; never WebSocket handshakes or
     /// bodies declared larger than the limit).
     pub(super) fn plan_mirror(&mut self, worker: &Worker, route: &RouteConfig) {
-        self.mirror = None;
+        self.state.mirror = None;
         let Some(mirror) = &route.traffic.mirror else {
             return;
         };
-        if self.head.websocket || worker.random_unit() * 10_000.0 >= f64::from(mirror.share) {
+        if self.state.head.websocket || worker.random_unit() * 10_000.0 >= f64::from(mirror.share) {
             return;
         }
-        if matches!(self.head.body, RequestBody::Length(n) if n > mirror.max_body) {
+        if matches!(self.state.head.body, RequestBody::Length(n) if n > mirror.max_body) {
             worker.metrics(|m| {
                 if let Some(u) = m.upstreams.get(mirror.upstream) {
                     u.mirror_skipped.increment(1);
@@ -50,8 +50,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             });
             return;
         }
-        self.mirror_body.clear();
-        self.mirror = Some(MirrorPlan {
+        self.state.mirror_body.clear();
+        self.state.mirror = Some(MirrorPlan {
             upstream: mirror.upstream,
             max_body: usize::try_from(mirror.max_body).unwrap_or(usize::MAX),
         });
@@ -78,23 +78,24 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let Some(target) = self.side_target(worker, snapshot, plan.upstream) else {
             return skipped();
         };
-        let body = match self.head.body {
+        let body = match self.state.head.body {
             RequestBody::None => RequestBody::None,
-            _ => RequestBody::Length(self.mirror_body.len() as u64),
+            _ => RequestBody::Length(self.state.mirror_body.len() as u64),
         };
-        let mut bytes = Vec::with_capacity(self.out.capacity() + self.mirror_body.len() + 32);
+        let mut bytes =
+            Vec::with_capacity(self.state.out.capacity() + self.state.mirror_body.len() + 32);
         serialize::request_head(
             &mut bytes,
-            &self.head,
-            self.head.method(),
-            &self.path,
+            &self.state.head,
+            self.state.head.method(),
+            &self.state.path,
             body,
             &self.forwarding(snapshot),
         );
         // Marked, so the shadow can tell copies from real traffic.
         bytes.truncate(bytes.len() - 2);
         bytes.extend_from_slice(b"x-gateway-mirror: 1\r\n\r\n");
-        bytes.extend_from_slice(&self.mirror_body);
+        bytes.extend_from_slice(&self.state.mirror_body);
         let (sent, failed) = worker.metrics(|m| {
             m.upstreams
                 .get(plan.upstream)

@@ -26,6 +26,7 @@ mod connection;
 mod drain;
 pub mod error;
 mod forward;
+pub mod idle;
 pub mod io;
 mod mediated;
 mod mirror;
@@ -219,6 +220,9 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 const UPSTREAM_BUFFER: usize = 16 * 1024;
 /// Upstream read buffers a worker keeps for reuse.
 const POOLED_BUFFERS: usize = 256;
+/// Request states a worker keeps for reuse: enough for the requests usually in flight
+/// on one core; a burst beyond it allocates, and the surplus is freed afterwards.
+const POOLED_REQUEST_STATES: usize = 256;
 
 /// An empty response cache with `settings`' limits.
 fn new_store(settings: crate::config::CacheSettings) -> crate::cache::Store {
@@ -247,6 +251,8 @@ pub struct Worker {
     upstreams: RefCell<WorkerUpstreams>,
     tls: RefCell<Vec<Option<ListenerTls>>>,
     pub drain: Drain,
+    /// Idle keep-alive connections' deadlines (one sweep instead of a timer each).
+    pub idle: idle::IdleClock,
     rng: RefCell<fastrand::Rng>,
     /// Set when XDP is not attached: the edge policy is then enforced at accept.
     edge_in_userspace: bool,
@@ -274,6 +280,10 @@ pub struct Worker {
     pub cache_flights: crate::cache::Flights,
     /// Upstream read buffers lent to requests, so idle client connections hold none.
     buffers: RefCell<Vec<Vec<u8>>>,
+    /// Request states lent to connections with a request in progress (boxed: a
+    /// connection takes and gives back the pointer, not the state's bytes).
+    #[allow(clippy::vec_box)]
+    request_states: RefCell<Vec<Box<connection::RequestState>>>,
 }
 
 /// Process-wide things every worker gets at start, besides the config snapshot.
@@ -319,6 +329,7 @@ impl Worker {
             upstreams,
             tls,
             drain: Drain::default(),
+            idle: idle::IdleClock::default(),
             rng: RefCell::new(fastrand::Rng::new()),
             edge_in_userspace,
             syn_limiter: RefCell::new(syn_limiter),
@@ -334,6 +345,7 @@ impl Worker {
             cache_settings: Cell::new(cache_settings),
             cache_flights: crate::cache::Flights::default(),
             buffers: RefCell::new(Vec::new()),
+            request_states: RefCell::new(Vec::new()),
         })
     }
 
@@ -507,6 +519,24 @@ impl Worker {
             }
         }
         limited
+    }
+
+    /// The working state for a connection's next request: a pooled one, or a new one.
+    fn lend_request_state(&self) -> Box<connection::RequestState> {
+        self.request_states
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Box::new(connection::RequestState::new()))
+    }
+
+    /// Takes a request state back from a connection going idle (kept, trimmed, when
+    /// the pool has room).
+    fn return_request_state(&self, mut state: Box<connection::RequestState>) {
+        let mut pool = self.request_states.borrow_mut();
+        if pool.len() < POOLED_REQUEST_STATES && state.is_vacant() {
+            state.trim();
+            pool.push(state);
+        }
     }
 
     /// A read buffer for an upstream response: a pooled one, or a new one.

@@ -70,7 +70,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             self.drop_identity_headers(snapshot);
         }
         let client = self.client_ip(snapshot);
-        self.client_ip = client;
+        self.state.client_ip = client;
         if !ip_admitted(policy, client) {
             return Err(ProxyError::IpDenied);
         }
@@ -87,7 +87,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     .await?,
             )
         };
-        self.consumer = identity.as_ref().and_then(|i| i.consumer);
+        self.state.consumer = identity.as_ref().and_then(|i| i.consumer);
         self.rate_limit(worker, snapshot, route, client, identity.as_deref())?;
         self.charge_quota(snapshot, route_index)?;
         let enter = |limit: Option<&'s crate::ratelimit::InFlight>| match limit {
@@ -124,7 +124,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         if !snapshot.is_trusted_proxy(peer) {
             return peer;
         }
-        let fields = &self.head.fields;
+        let fields = &self.state.head.fields;
         let standard = fields.get(b"forwarded").is_some();
         let name: &[u8] = if standard {
             b"forwarded"
@@ -159,13 +159,13 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Clients never choose the identity headers the gateway sends upstream.
     fn drop_identity_headers(&mut self, snapshot: &Snapshot) {
         let names = &snapshot.identity_header_names;
-        for i in 0..self.head.fields.len() {
-            let name = self.head.fields.name(i);
+        for i in 0..self.state.head.fields.len() {
+            let name = self.state.head.fields.name(i);
             if names
                 .iter()
                 .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
             {
-                self.head.fields.drop_field(i);
+                self.state.head.fields.drop_field(i);
             }
         }
     }
@@ -173,17 +173,18 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Adds CORS headers for an allowed origin; returns whether the request is a
     /// preflight the gateway answers.
     fn apply_cors(&mut self, cors: &CorsConfig) -> bool {
-        let preflight = self.head.method() == b"OPTIONS"
+        let preflight = self.state.head.method() == b"OPTIONS"
             && self
+                .state
                 .head
                 .fields
                 .get(b"access-control-request-method")
                 .is_some();
-        let Some(origin) = self.head.fields.get(b"origin") else {
+        let Some(origin) = self.state.head.fields.get(b"origin") else {
             return false;
         };
-        self.cors_applied = true;
-        let out = &mut self.reply_headers;
+        self.state.cors_applied = true;
+        let out = &mut self.state.reply_headers;
         out.extend_from_slice(b"vary: origin\r\n");
         if !origin_allowed(cors, origin) {
             return preflight;
@@ -238,7 +239,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         let result = snapshot
             .auth
             .authenticate(
-                &self.head,
+                &self.state.head,
                 policy,
                 &snapshot.config.consumers,
                 worker.token_cache(),
@@ -255,14 +256,14 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         };
         if policy.strip_credentials {
             match place {
-                CredentialPlace::Field(i) => self.head.fields.drop_field(i),
+                CredentialPlace::Field(i) => self.state.head.fields.drop_field(i),
                 CredentialPlace::Query(method) => {
                     if let (Some(query), Some(name)) =
-                        (self.head.query(), snapshot.auth.query_name(method))
+                        (self.state.head.query(), snapshot.auth.query_name(method))
                     {
-                        self.query_buf.clear();
-                        query_without(query, name.as_bytes(), &mut self.query_buf);
-                        self.query_rewritten = true;
+                        self.state.query_buf.clear();
+                        query_without(query, name.as_bytes(), &mut self.state.query_buf);
+                        self.state.query_rewritten = true;
                     }
                 }
                 CredentialPlace::Cookie => {}
@@ -278,7 +279,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             return;
         }
         let bearer = policy.auth.iter().any(|m| m.is_bearer());
-        let out = &mut self.reply_headers;
+        let out = &mut self.state.reply_headers;
         let scheme = if bearer { "Bearer" } else { "ApiKey" };
         let _ = write!(out, "www-authenticate: {scheme} realm=\"gateway\"");
         match failure {
@@ -312,7 +313,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// The verified identity as headers for the upstream.
     fn identity_headers(&mut self, snapshot: &Snapshot, identity: &Identity) {
         let auth = &snapshot.config.auth;
-        let out = &mut self.upstream_headers;
+        let out = &mut self.state.upstream_headers;
         if let Some(consumer) = identity.consumer {
             let name = &snapshot.config.consumers[consumer].name;
             header(out, auth.consumer_header.as_bytes(), name.as_bytes());
@@ -334,11 +335,11 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
     /// Usage metering: counts the request against its consumer's day and month, and
     /// refuses it (429, with the quota's headers) when the consumer's plan is spent.
     fn charge_quota(&mut self, snapshot: &Snapshot, route_index: usize) -> Result<(), ProxyError> {
-        let Some(consumer) = self.consumer else {
+        let Some(consumer) = self.state.consumer else {
             return Ok(());
         };
         let now = crate::metering::Period::now();
-        let out = &mut self.reply_headers;
+        let out = &mut self.state.reply_headers;
         match snapshot.meter.record(consumer, route_index, now) {
             QuotaDecision::Admitted {
                 day_left,
@@ -428,7 +429,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                     retry_after_ns,
                     reset_ns,
                 } => {
-                    let out = &mut self.reply_headers;
+                    let out = &mut self.state.reply_headers;
                     let _ = write!(
                         out,
                         "retry-after: {}\r\nratelimit-limit: {}\r\nratelimit-remaining: 0\r\nratelimit-reset: {}\r\n",
@@ -443,7 +444,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         }
         if let Some(t) = tightest {
             let mut number = itoa::Buffer::new();
-            let out = &mut self.reply_headers;
+            let out = &mut self.state.reply_headers;
             header(out, b"ratelimit-limit", number.format(t.limit).as_bytes());
             header(
                 out,
@@ -477,7 +478,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
             LimitKey::Route => table.key_hash(&spec.name, b""),
             LimitKey::Header(name) => table.key_hash(
                 &spec.name,
-                self.head.fields.get(name.as_bytes()).unwrap_or(b""),
+                self.state.head.fields.get(name.as_bytes()).unwrap_or(b""),
             ),
             LimitKey::Claim(name) => table.key_hash(
                 &spec.name,

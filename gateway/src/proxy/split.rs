@@ -21,10 +21,10 @@ impl<S> Connection<S> {
         for rule in &route.traffic.split {
             let chosen = match &rule.choice {
                 SplitChoice::Header(name, value) => {
-                    self.head.fields.get(name.as_bytes()) == Some(value.as_bytes())
+                    self.state.head.fields.get(name.as_bytes()) == Some(value.as_bytes())
                 }
                 SplitChoice::Cookie(name, value) => {
-                    cookie_value(&self.head.fields, name.as_bytes()) == Some(value.as_bytes())
+                    cookie_value(&self.state.head.fields, name.as_bytes()) == Some(value.as_bytes())
                 }
                 SplitChoice::Weight(share) => {
                     let roll = *roll.get_or_insert_with(|| self.split_roll(worker, route));
@@ -59,13 +59,18 @@ impl<S> Connection<S> {
     /// a header or a cookie), when present.
     pub(super) fn key_hash(&self, key: &HashKey) -> Option<u64> {
         match key {
-            HashKey::ClientIp => Some(match self.client_ip {
+            HashKey::ClientIp => Some(match self.state.client_ip {
                 std::net::IpAddr::V4(v4) => fnv1a(0, &v4.octets()),
                 std::net::IpAddr::V6(v6) => fnv1a(0, &v6.octets()),
             }),
-            HashKey::Header(name) => self.head.fields.get(name.as_bytes()).map(|v| fnv1a(0, v)),
+            HashKey::Header(name) => self
+                .state
+                .head
+                .fields
+                .get(name.as_bytes())
+                .map(|v| fnv1a(0, v)),
             HashKey::Cookie(name) => {
-                crate::http::fields::cookie_value(&self.head.fields, name.as_bytes())
+                crate::http::fields::cookie_value(&self.state.head.fields, name.as_bytes())
                     .map(|v| fnv1a(0, v))
             }
         }

@@ -29,17 +29,23 @@ impl<S> Connection<S> {
             ..
         }) = &route.version
         {
-            self.head.fields.drop_named(std::slice::from_ref(name));
+            self.state
+                .head
+                .fields
+                .drop_named(std::slice::from_ref(name));
             super::serialize::header(
-                &mut self.upstream_headers,
+                &mut self.state.upstream_headers,
                 name.as_bytes(),
                 value.as_bytes(),
             );
         }
         let traffic = &route.traffic;
         if !traffic.request_headers.is_empty() {
-            self.head.fields.drop_named(&traffic.request_headers.remove);
-            let mut out = std::mem::take(&mut self.upstream_headers);
+            self.state
+                .head
+                .fields
+                .drop_named(&traffic.request_headers.remove);
+            let mut out = std::mem::take(&mut self.state.upstream_headers);
             self.render_lines(
                 &mut out,
                 &traffic.request_headers,
@@ -47,10 +53,10 @@ impl<S> Connection<S> {
                 route,
                 identity,
             );
-            self.upstream_headers = out;
+            self.state.upstream_headers = out;
         }
         if !traffic.response_headers.lines.is_empty() {
-            let mut out = std::mem::take(&mut self.reply_headers);
+            let mut out = std::mem::take(&mut self.state.reply_headers);
             self.render_lines(
                 &mut out,
                 &traffic.response_headers,
@@ -58,13 +64,14 @@ impl<S> Connection<S> {
                 route,
                 identity,
             );
-            self.reply_headers = out;
+            self.state.reply_headers = out;
         }
     }
 
     /// Drops the upstream response's lines the route removes or replaces.
     pub(super) fn strip_response_headers(&mut self, route: &RouteConfig) {
-        self.response
+        self.state
+            .response
             .fields
             .drop_named(&route.traffic.response_headers.remove);
     }
@@ -106,12 +113,14 @@ impl<S> Connection<S> {
                 Piece::Literal(text) => out.extend_from_slice(text.as_bytes()),
                 Piece::Var(variable) => match variable {
                     Variable::ClientIp => {
-                        let _ = write!(out, "{}", self.client_ip);
+                        let _ = write!(out, "{}", self.state.client_ip);
                     }
                     Variable::Route => out.extend_from_slice(route.name.as_bytes()),
                     Variable::Consumer => {
-                        if let Some(c) =
-                            self.consumer.and_then(|c| snapshot.config.consumers.get(c))
+                        if let Some(c) = self
+                            .state
+                            .consumer
+                            .and_then(|c| snapshot.config.consumers.get(c))
                         {
                             out.extend_from_slice(c.name.as_bytes());
                         }
@@ -121,10 +130,10 @@ impl<S> Connection<S> {
                             out.extend_from_slice(subject.as_bytes());
                         }
                     }
-                    Variable::RequestId => out.extend_from_slice(&self.request_id),
-                    Variable::Host => out.extend_from_slice(&self.head.host),
-                    Variable::Method => out.extend_from_slice(self.head.method()),
-                    Variable::Path => out.extend_from_slice(&self.head.path),
+                    Variable::RequestId => out.extend_from_slice(&self.state.request_id),
+                    Variable::Host => out.extend_from_slice(&self.state.head.host),
+                    Variable::Method => out.extend_from_slice(self.state.head.method()),
+                    Variable::Path => out.extend_from_slice(&self.state.head.path),
                     Variable::Claim(claim) => {
                         if let Some(value) = identity.and_then(|i| i.claim(claim)) {
                             out.extend_from_slice(value.as_bytes());

@@ -807,6 +807,13 @@ fn worker_main(
                 };
             }
         });
+        let idle = worker.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(crate::proxy::idle::SWEEP_PERIOD).await;
+                idle.idle.sweep(Instant::now());
+            }
+        });
         let purger = worker.clone();
         let purges = mailbox.clone();
         monoio::spawn(async move {
@@ -955,62 +962,35 @@ async fn accept_loop(
                         )
                     })
                 });
-                let worker = worker.clone();
-                // The acceptor of the current config: a reload rotates certificates for
-                // new handshakes while open connections keep theirs.
-                let tls = worker.listener_tls(listener_index);
+                let (active_gauge, handshakes) = match listener_metrics {
+                    Some((active, ok, failed)) => (Some(active), Some((ok, failed))),
+                    None => (None, None),
+                };
+                // The connection's whole life is one boxed future; its task holds the
+                // pointer and a few handles, whatever the handshake needed. The acceptor
+                // is the current config's: a reload rotates certificates for new
+                // handshakes while open connections keep theirs.
+                let serve: ConnectionFuture = match worker.listener_tls(listener_index) {
+                    None => Box::pin(serve_connection(
+                        worker.clone(),
+                        stream,
+                        peer,
+                        listener_index,
+                        None,
+                    )),
+                    Some((config, timeout)) => {
+                        let worker = worker.clone();
+                        Box::pin(async move {
+                            let accepted = accept_tls(stream, peer, config, timeout, handshakes);
+                            if let Some(serve) = accepted.await {
+                                serve(worker, listener_index).await;
+                            }
+                        })
+                    }
+                };
                 monoio::spawn(async move {
-                    // A bug in one connection's handling must not take the worker down.
-                    let served = match tls {
-                        None => {
-                            CatchUnwind(Box::pin(serve_connection(
-                                worker,
-                                stream,
-                                peer,
-                                listener_index,
-                                None,
-                            )))
-                            .await
-                        }
-                        Some((config, timeout)) => {
-                            // A stalled or broken handshake costs at most the timeout.
-                            // Boxed: the handshake's state is large, and it would otherwise
-                            // be reserved in every connection's task, plain ones included.
-                            let handshake = Box::pin(monoio::time::timeout(
-                                timeout,
-                                crate::tls::TlsStream::accept(stream, config),
-                            ))
-                            .await;
-                            if let Some((_, ok, failed)) = &listener_metrics {
-                                match &handshake {
-                                    Ok(Ok(_)) => ok.increment(1),
-                                    _ => failed.increment(1),
-                                }
-                            }
-                            match handshake {
-                                Ok(Ok(tls_stream)) => {
-                                    let tls = crate::tls::TlsInfo::of(tls_stream.session());
-                                    CatchUnwind(Box::pin(serve_connection(
-                                        worker,
-                                        tls_stream,
-                                        peer,
-                                        listener_index,
-                                        Some(tls),
-                                    )))
-                                    .await
-                                }
-                                Ok(Err(error)) => {
-                                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                                    Ok(())
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    Ok(())
-                                }
-                            }
-                        }
-                    };
-                    if let Some((active, ..)) = &listener_metrics {
+                    let served = CatchUnwind(serve).await;
+                    if let Some(active) = &active_gauge {
                         active.decrement(1.0);
                     }
                     if served.is_err() {
@@ -1030,10 +1010,58 @@ async fn accept_loop(
     }
 }
 
-/// Polls a future, turning a panic inside it into `Err(())`.
-struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+/// A connection's life on a worker, boxed: only a pointer is kept in its task.
+type ConnectionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
-impl<F: std::future::Future<Output = ()>> std::future::Future for CatchUnwind<F> {
+/// Runs the TLS handshake of an accepted connection within `timeout` (a stalled or
+/// broken one costs at most that), counting the outcome. Returns what serves the
+/// connection afterwards, given the worker and the listener's index.
+async fn accept_tls(
+    stream: monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+    handshakes: Option<(metrics::Counter, metrics::Counter)>,
+) -> Option<impl FnOnce(Rc<Worker>, usize) -> ConnectionFuture> {
+    // Boxed: the handshake's state is large, and it is needed only until it is done.
+    let handshake = Box::pin(monoio::time::timeout(
+        timeout,
+        crate::tls::TlsStream::accept(stream, config),
+    ))
+    .await;
+    if let Some((ok, failed)) = handshakes {
+        match &handshake {
+            Ok(Ok(_)) => ok.increment(1),
+            _ => failed.increment(1),
+        }
+    }
+    match handshake {
+        Ok(Ok(tls_stream)) => Some(move |worker, listener| {
+            let tls = crate::tls::TlsInfo::of(tls_stream.session());
+            Box::pin(serve_connection(
+                worker,
+                tls_stream,
+                peer,
+                listener,
+                Some(tls),
+            )) as ConnectionFuture
+        }),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Polls a connection's future, turning a panic inside it into `Err(())`: a bug in one
+/// connection's handling must not take the worker down.
+struct CatchUnwind(ConnectionFuture);
+
+impl std::future::Future for CatchUnwind {
     type Output = Result<(), ()>;
 
     fn poll(

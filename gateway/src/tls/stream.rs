@@ -10,6 +10,7 @@
 use std::{
     io::{self, Read as _, Write as _},
     sync::Arc,
+    time::Duration,
 };
 
 use monoio::{
@@ -17,10 +18,46 @@ use monoio::{
     buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut},
     io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split},
 };
+
+use crate::proxy::io::ClientStream;
 use rustls::{ServerConfig, ServerConnection};
 
 /// Raw bytes read from the socket per read: one maximal TLS record and its header.
 const READ_BUFFER: usize = 16 * 1024 + 5;
+
+/// The worker's spare raw-byte buffers (thread-local: one pool per worker thread), so a
+/// connection going idle can give its buffers back and the next read on this core
+/// reuses them instead of allocating.
+mod spare_buffers {
+    use std::cell::RefCell;
+
+    /// Buffers kept per worker; more are freed.
+    const KEPT: usize = 256;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A spare buffer, or a new (unallocated) one.
+    pub fn take() -> Vec<u8> {
+        SPARE
+            .with(|spare| spare.borrow_mut().pop())
+            .unwrap_or_default()
+    }
+
+    /// Keeps `buffer` for a later [`take`] (or frees it when the pool is full).
+    pub fn give(buffer: Vec<u8>) {
+        if buffer.capacity() == 0 {
+            return;
+        }
+        SPARE.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < KEPT {
+                spare.push(buffer);
+            }
+        });
+    }
+}
 
 /// A server TLS stream: after [`TlsStream::accept`], plaintext in and out.
 pub struct TlsStream<IO> {
@@ -58,6 +95,12 @@ impl<IO: AsyncReadRent + AsyncWriteRent> TlsStream<IO> {
         Ok(stream)
     }
 
+    /// Raw bytes rustls has not seen yet, or plaintext (or a close) it holds: a read
+    /// can go on without the socket.
+    fn has_pending_input(&self) -> bool {
+        self.consumed < self.incoming.len() || !self.session.wants_read()
+    }
+
     /// The rustls session: negotiated version, ALPN, the client's certificates.
     pub fn session(&self) -> &ServerConnection {
         &self.session
@@ -67,6 +110,9 @@ impl<IO: AsyncReadRent + AsyncWriteRent> TlsStream<IO> {
     async fn write_tls(&mut self) -> io::Result<()> {
         while self.session.wants_write() {
             let mut out = std::mem::take(&mut self.outgoing);
+            if out.capacity() == 0 {
+                out = spare_buffers::take();
+            }
             out.clear();
             self.session.write_tls(&mut out)?;
             let (result, out) = self.io.write_all(out).await;
@@ -81,6 +127,9 @@ impl<IO: AsyncReadRent + AsyncWriteRent> TlsStream<IO> {
     async fn receive(&mut self) -> io::Result<usize> {
         if self.consumed == self.incoming.len() {
             let mut buf = std::mem::take(&mut self.incoming);
+            if buf.capacity() == 0 {
+                buf = spare_buffers::take();
+            }
             buf.clear();
             buf.reserve(READ_BUFFER);
             let (result, buf) = self.io.read(buf).await;
@@ -142,6 +191,63 @@ impl<IO: AsyncReadRent + AsyncWriteRent> TlsStream<IO> {
         let written = self.session.writer().write(src)?;
         self.write_tls().await?;
         Ok(written)
+    }
+}
+
+impl<IO: ClientStream + AsyncReadRent + AsyncWriteRent> ClientStream for TlsStream<IO> {
+    async fn read_for(
+        &mut self,
+        mut buf: Vec<u8>,
+        window: Duration,
+    ) -> (io::Result<Option<usize>>, Vec<u8>) {
+        if !self.has_pending_input() {
+            // Only the wait for the next raw bytes gives up; once some arrived, the
+            // rest of their record follows like any read.
+            let mut raw = spare_buffers::take();
+            raw.clear();
+            raw.reserve(READ_BUFFER);
+            let (result, raw) = self.io.read_for(raw, window).await;
+            match result {
+                Ok(Some(0)) => {
+                    spare_buffers::give(raw);
+                    return (Ok(Some(0)), buf);
+                }
+                Ok(Some(_)) => {
+                    spare_buffers::give(std::mem::replace(&mut self.incoming, raw));
+                    self.consumed = 0;
+                }
+                Ok(None) => {
+                    spare_buffers::give(raw);
+                    return (Ok(None), buf);
+                }
+                Err(error) => {
+                    spare_buffers::give(raw);
+                    return (Err(error), buf);
+                }
+            }
+        }
+        let (len, capacity) = (buf.len(), buf.capacity());
+        // SAFETY: the spare capacity is allocated memory `buf` owns; `read_into` writes
+        // at most its length and reports how much, which is then marked initialized.
+        let spare =
+            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().add(len), capacity - len) };
+        let result = self.read_into(spare).await;
+        if let Ok(n) = result {
+            // SAFETY: `n` bytes after `len` were just written.
+            unsafe { buf.set_len(len + n) };
+        }
+        (result.map(Some), buf)
+    }
+
+    async fn readable(&mut self) -> io::Result<()> {
+        if self.has_pending_input() {
+            return Ok(());
+        }
+        // Idle: the raw-byte buffers go back to the worker until bytes arrive.
+        self.consumed = 0;
+        spare_buffers::give(std::mem::take(&mut self.incoming));
+        spare_buffers::give(std::mem::take(&mut self.outgoing));
+        self.io.readable().await
     }
 }
 
