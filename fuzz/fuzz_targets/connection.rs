@@ -8,7 +8,7 @@ use std::{cell::RefCell, path::Path, rc::Rc, sync::Arc};
 
 use gateway::{
     config::Config,
-    proxy::{Snapshot, Worker, WorkerShared, serve_connection},
+    proxy::{Snapshot, Worker, WorkerShared, io::ClientStream, serve_connection},
     ratelimit::RateTable,
 };
 use libfuzzer_sys::fuzz_target;
@@ -113,6 +113,24 @@ impl AsyncWriteRent for MemoryStream {
     }
 
     async fn shutdown(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Input is always at hand: a read never has to give up, and the stream is always
+/// readable (the end of the input reads as the end of the stream).
+impl ClientStream for MemoryStream {
+    async fn read_for(
+        &mut self,
+        buf: Vec<u8>,
+        _window: std::time::Duration,
+    ) -> (std::io::Result<Option<usize>>, Vec<u8>) {
+        let (len, capacity) = (buf.len(), buf.capacity());
+        let (result, slice) = self.read(buf.slice_mut(len..capacity)).await;
+        (result.map(Some), slice.into_inner())
+    }
+
+    async fn readable(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }

@@ -22,19 +22,33 @@ fuzz_target!(|data: &[u8]| {
     let status = [200, 201, 400, 500, 503][usize::from(selector) % 5];
     let soap = SoapCall {
         endpoint: None,
-        version: if selector & 0x80 == 0 { SoapVersion::V1_1 } else { SoapVersion::V1_2 },
+        version: if selector & 0x80 == 0 {
+            SoapVersion::V1_1
+        } else {
+            SoapVersion::V1_2
+        },
         action: Some("urn:a".into()),
         operation: "Op".into(),
         namespace: Some("urn:ns".into()),
         parameters: Vec::new(),
         template: None,
-        result: if selector & 0x40 == 0 { Vec::new() } else { vec!["item".into(), "0".into()] },
+        result: if selector & 0x40 == 0 {
+            Vec::new()
+        } else {
+            vec!["item".into(), "0".into()]
+        },
     };
     match soap.response(status, body) {
         Ok(value) => assert!(serde_json::to_vec(&value).is_ok()),
         Err(error) => assert!((400..600).contains(&error.status()), "{error:?}"),
     }
-    let graphql = GraphqlCall::new("/graphql".into(), "{ a }", None, Vec::new(), vec!["a".into()]);
+    let graphql = GraphqlCall::new(
+        "/graphql".into(),
+        "{ a }",
+        None,
+        Vec::new(),
+        vec!["a".into()],
+    );
     match graphql.response(status, body) {
         Ok(value) => assert!(serde_json::to_vec(&value).is_ok()),
         Err(error) => assert!((400..600).contains(&error.status()), "{error:?}"),
@@ -43,8 +57,14 @@ fuzz_target!(|data: &[u8]| {
         let edits = JsonEdits {
             remove: vec![pointer("/a/0"), pointer("/b")],
             rename: vec![(pointer("/c"), "d".into()), (pointer("/e/f"), "c".into())],
-            moves: vec![(pointer("/d"), pointer("/x/y/z")), (pointer("/a"), pointer("/a/-"))],
-            add: vec![(pointer("/x/-"), 1.into()), (pointer("/0/1"), serde_json::Value::Null)],
+            moves: vec![
+                (pointer("/d"), pointer("/x/y/z")),
+                (pointer("/a"), pointer("/a/-")),
+            ],
+            add: vec![
+                (pointer("/x/-"), 1.into()),
+                (pointer("/0/1"), serde_json::Value::Null),
+            ],
         };
         edits.apply(&mut document);
         assert!(serde_json::to_vec(&document).is_ok());
