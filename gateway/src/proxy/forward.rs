@@ -348,6 +348,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
         tries: &Tries,
         limits: &Limits,
     ) -> Result<(), ExchangeError> {
+        // Whatever an earlier exchange left unread (an invalid or abandoned response)
+        // belongs to a connection that is gone: it must never be read as this answer.
+        self.state.upstream_buf.clear();
         let mut out = std::mem::take(&mut self.state.out);
         out.clear();
         let (method, body) = match &self.state.outbound {

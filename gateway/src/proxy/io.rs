@@ -61,6 +61,12 @@ impl ReadBuf {
         }
     }
 
+    /// Drops every unconsumed byte, keeping the memory.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.pos = 0;
+    }
+
     /// The buffer's memory when nothing is left unread (for a pool), leaving this empty
     /// and unallocated.
     pub fn release(&mut self) -> Option<Vec<u8>> {
