@@ -216,9 +216,9 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split + Client
         if let Arrival::Closed = await_request(&mut stream, &worker).await {
             return;
         }
-        // Boxed: the pipeline's futures are large, and only connections with a request
-        // in progress should carry them.
-        let busy = Box::pin(
+        // On the heap: the pipeline's futures are large, and only connections with a
+        // request in progress should carry them (in a block the worker reuses).
+        let busy = worker.run_pooled(
             Connection {
                 proto: if tls.is_some() { "https" } else { "http" },
                 stream,

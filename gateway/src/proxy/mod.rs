@@ -19,6 +19,7 @@
 
 mod aggregate;
 mod attempt;
+mod blocks;
 mod buffered;
 mod cached;
 mod compress;
@@ -280,6 +281,8 @@ pub struct Worker {
     pub cache_flights: crate::cache::Flights,
     /// Upstream read buffers lent to requests, so idle client connections hold none.
     buffers: RefCell<Vec<Vec<u8>>>,
+    /// Heap blocks the futures of requests in progress run in.
+    future_blocks: blocks::FutureBlocks,
     /// Request states lent to connections with a request in progress (boxed: a
     /// connection takes and gives back the pointer, not the state's bytes).
     #[allow(clippy::vec_box)]
@@ -346,6 +349,7 @@ impl Worker {
             cache_flights: crate::cache::Flights::default(),
             buffers: RefCell::new(Vec::new()),
             request_states: RefCell::new(Vec::new()),
+            future_blocks: blocks::FutureBlocks::default(),
         })
     }
 
@@ -519,6 +523,12 @@ impl Worker {
             }
         }
         limited
+    }
+
+    /// Runs the future of a connection's requests in a heap block from this worker's
+    /// pool (see [`blocks`]).
+    fn run_pooled<F: std::future::Future>(&self, future: F) -> blocks::Placed<'_, F> {
+        self.future_blocks.place(future)
     }
 
     /// The working state for a connection's next request: a pooled one, or a new one.
