@@ -218,7 +218,7 @@ pub async fn serve_connection<S: AsyncReadRent + AsyncWriteRent + Split + Client
         }
         // On the heap: the pipeline's futures are large, and only connections with a
         // request in progress should carry them (in a block the worker reuses).
-        let busy = worker.run_pooled(
+        let busy = worker.future_blocks.place(
             Connection {
                 proto: if tls.is_some() { "https" } else { "http" },
                 stream,
@@ -343,6 +343,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
                 return None;
             }
             // An idle client connection keeps no upstream buffer: it goes back to the worker.
+            // Bytes an invalid response left belong to a connection that is gone.
+            self.state.upstream_buf.clear();
             if let Some(buffer) = self.state.upstream_buf.release() {
                 worker.return_buffer(buffer);
             }

@@ -2,32 +2,26 @@
 //! is idle between requests so it can close, while busy ones finish their request.
 
 use std::{
-    cell::{Cell, RefCell},
+    cell::Cell,
     future::Future,
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
 };
+
+use super::slots::WakerSlots;
 
 /// Worker-local shutdown signal with any number of waiters.
 #[derive(Debug, Default)]
 pub struct Drain {
     draining: Cell<bool>,
-    waiters: RefCell<Vec<Option<Waker>>>,
-    free: RefCell<Vec<usize>>,
+    waiters: WakerSlots<()>,
 }
 
 impl Drain {
     /// Starts draining and wakes every waiter.
     pub fn start(&self) {
         self.draining.set(true);
-        for waker in self
-            .waiters
-            .borrow_mut()
-            .iter_mut()
-            .filter_map(Option::take)
-        {
-            waker.wake();
-        }
+        self.waiters.wake_where(|()| true);
     }
 
     /// Whether draining has started.
@@ -57,17 +51,7 @@ impl Future for DrainWait<'_> {
         if self.drain.draining.get() {
             return Poll::Ready(());
         }
-        let mut waiters = self.drain.waiters.borrow_mut();
-        let slot = match self.slot {
-            Some(slot) => slot,
-            None => self.drain.free.borrow_mut().pop().unwrap_or_else(|| {
-                waiters.push(None);
-                waiters.len() - 1
-            }),
-        };
-        waiters[slot] = Some(cx.waker().clone());
-        drop(waiters);
-        self.slot = Some(slot);
+        self.slot = Some(self.drain.waiters.park(self.slot, (), cx.waker()));
         Poll::Pending
     }
 }
@@ -75,8 +59,7 @@ impl Future for DrainWait<'_> {
 impl Drop for DrainWait<'_> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot {
-            self.drain.waiters.borrow_mut()[slot] = None;
-            self.drain.free.borrow_mut().push(slot);
+            self.drain.waiters.leave(slot);
         }
     }
 }

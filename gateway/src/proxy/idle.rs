@@ -5,12 +5,13 @@
 //! [`SWEEP_PERIOD`], so a deadline fires at most that late.
 
 use std::{
-    cell::{Cell, RefCell},
     future::Future,
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
+
+use super::slots::WakerSlots;
 
 /// How often the worker looks for expired idle connections.
 pub const SWEEP_PERIOD: Duration = Duration::from_millis(100);
@@ -18,9 +19,7 @@ pub const SWEEP_PERIOD: Duration = Duration::from_millis(100);
 /// One worker's idle deadlines.
 #[derive(Debug, Default)]
 pub struct IdleClock {
-    slots: RefCell<Vec<Option<(Instant, Waker)>>>,
-    free: RefCell<Vec<usize>>,
-    waiting: Cell<usize>,
+    waiting: WakerSlots<Instant>,
 }
 
 impl IdleClock {
@@ -35,22 +34,12 @@ impl IdleClock {
 
     /// Wakes every wait whose deadline is at or before `now`.
     pub fn sweep(&self, now: Instant) {
-        if self.waiting.get() == 0 {
-            return;
-        }
-        let mut slots = self.slots.borrow_mut();
-        for slot in slots.iter_mut() {
-            if slot.as_ref().is_some_and(|(deadline, _)| *deadline <= now)
-                && let Some((_, waker)) = slot.take()
-            {
-                waker.wake();
-            }
-        }
+        self.waiting.wake_where(|deadline| *deadline <= now);
     }
 
     /// Waits currently registered (for tests and metrics).
     pub fn waiting(&self) -> usize {
-        self.waiting.get()
+        self.waiting.parked()
     }
 }
 
@@ -66,29 +55,14 @@ impl Future for IdleDeadline<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let clock = self.clock;
-        let mut slots = clock.slots.borrow_mut();
-        let slot = match self.slot {
-            // Woken by the sweep (its entry taken), or polled for another reason.
-            Some(slot) if slots[slot].is_none() => return Poll::Ready(()),
-            Some(slot) => slot,
-            None => {
-                if Instant::now() >= self.deadline {
-                    return Poll::Ready(());
-                }
-                clock.waiting.set(clock.waiting.get() + 1);
-                clock.free.borrow_mut().pop().unwrap_or_else(|| {
-                    slots.push(None);
-                    slots.len() - 1
-                })
-            }
-        };
-        match &mut slots[slot] {
-            Some((_, waker)) if waker.will_wake(cx.waker()) => {}
-            entry => *entry = Some((self.deadline, cx.waker().clone())),
+        let waiting = &self.clock.waiting;
+        match self.slot {
+            // Woken by the sweep: the deadline passed.
+            Some(slot) if waiting.was_woken(slot) => return Poll::Ready(()),
+            None if Instant::now() >= self.deadline => return Poll::Ready(()),
+            _ => {}
         }
-        drop(slots);
-        self.slot = Some(slot);
+        self.slot = Some(waiting.park(self.slot, self.deadline, cx.waker()));
         Poll::Pending
     }
 }
@@ -96,9 +70,7 @@ impl Future for IdleDeadline<'_> {
 impl Drop for IdleDeadline<'_> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot {
-            self.clock.slots.borrow_mut()[slot] = None;
-            self.clock.free.borrow_mut().push(slot);
-            self.clock.waiting.set(self.clock.waiting.get() - 1);
+            self.clock.waiting.leave(slot);
         }
     }
 }
@@ -110,7 +82,7 @@ mod tests {
             Arc,
             atomic::{AtomicUsize, Ordering},
         },
-        task::Wake,
+        task::{Wake, Waker},
     };
 
     use super::*;
@@ -150,7 +122,7 @@ mod tests {
         // Slots are reused, not grown.
         let mut again = clock.until(start + Duration::from_secs(30));
         assert!(poll(&mut again, &waker).is_pending());
-        assert_eq!(clock.slots.borrow().len(), 2);
+        assert_eq!(clock.waiting.capacity(), 2);
     }
 
     #[test]

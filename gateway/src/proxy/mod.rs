@@ -34,6 +34,7 @@ mod mirror;
 mod policy;
 mod relay;
 mod serialize;
+mod slots;
 mod split;
 mod transform;
 mod tunnel;
@@ -523,12 +524,6 @@ impl Worker {
             }
         }
         limited
-    }
-
-    /// Runs the future of a connection's requests in a heap block from this worker's
-    /// pool (see [`blocks`]).
-    fn run_pooled<F: std::future::Future>(&self, future: F) -> blocks::Placed<'_, F> {
-        self.future_blocks.place(future)
     }
 
     /// The working state for a connection's next request: a pooled one, or a new one.
