@@ -178,34 +178,59 @@ const _: () = assert!(core::mem::size_of::<L4Settings>() == 32);
 /// running this program agrees.
 #[inline(always)]
 pub fn flow_hash(flow: &FlowKey) -> u32 {
+    flow_hash_words(
+        &le_words(&flow.src),
+        &le_words(&flow.dst),
+        flow.src_port_be,
+        flow.dst_port_be,
+        flow.protocol,
+    )
+}
+
+/// An address's 16 bytes as four little-endian words, as [`flow_hash_words`] takes them.
+#[inline(always)]
+pub fn le_words(addr: &[u8; 16]) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        words[i] = u32::from_le_bytes([
+            addr[4 * i],
+            addr[4 * i + 1],
+            addr[4 * i + 2],
+            addr[4 * i + 3],
+        ]);
+        i += 1;
+    }
+    words
+}
+
+/// [`flow_hash`] over addresses already held as little-endian words (how the XDP
+/// program, on a little-endian target, reads them from the packet): no byte shuffling
+/// on the per-packet path.
+#[inline(always)]
+pub fn flow_hash_words(
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    src_port_be: u16,
+    dst_port_be: u16,
+    protocol: u8,
+) -> u32 {
     let mut hash = 0x4c34_6761u32;
     let mut i = 0;
-    while i < 16 {
-        let src = [
-            flow.src[i],
-            flow.src[i + 1],
-            flow.src[i + 2],
-            flow.src[i + 3],
-        ];
-        hash = murmur_round(hash, u32::from_le_bytes(src));
-        i += 4;
+    while i < 4 {
+        hash = murmur_round(hash, src[i]);
+        i += 1;
     }
     let mut i = 0;
-    while i < 16 {
-        let dst = [
-            flow.dst[i],
-            flow.dst[i + 1],
-            flow.dst[i + 2],
-            flow.dst[i + 3],
-        ];
-        hash = murmur_round(hash, u32::from_le_bytes(dst));
-        i += 4;
+    while i < 4 {
+        hash = murmur_round(hash, dst[i]);
+        i += 1;
     }
     hash = murmur_round(
         hash,
-        (u32::from(flow.src_port_be) << 16) | u32::from(flow.dst_port_be),
+        (u32::from(src_port_be) << 16) | u32::from(dst_port_be),
     );
-    hash = murmur_round(hash, u32::from(flow.protocol));
+    hash = murmur_round(hash, u32::from(protocol));
     hash ^= 40;
     hash ^= hash >> 16;
     hash = hash.wrapping_mul(0x85eb_ca6b);

@@ -18,10 +18,10 @@ use gateway_common::{
     FlowKey, FlowTarget, L4_ACTIVE, L4_ALL_PORTS, L4_HASH_NO_PORTS, L4_RING_CAPACITY, L4Counter,
     L4Settings, MAX_L4_FLOWS, MAX_L4_REALS, MAX_L4_SERVICES, NEXT_HOP_TTL_JIFFIES, NO_REAL,
     NextHop, PROTECTED_WORDS, REAL_DOWN, REAL_IN_USE, REAL_V6, Real, Verdict, VipKey, VipService,
-    flow_hash, protected_slot, ring_slot,
+    flow_hash_words, protected_slot, ring_slot,
 };
 
-use crate::parse::IpPacket;
+use crate::parse::{IpPacket, addr_bytes};
 
 #[map(name = "L4_SERVICES_V1")]
 static SERVICES: HashMap<VipKey, VipService> = HashMap::with_max_entries(MAX_L4_SERVICES, 0);
@@ -66,7 +66,7 @@ pub fn service_for(packet: &IpPacket) -> Option<VipService> {
         return None;
     }
     let mut key = VipKey {
-        addr: packet.dst,
+        addr: addr_bytes(&packet.dst),
         port_be: packet.dst_port_be,
         protocol: packet.protocol,
         _pad: 0,
@@ -96,20 +96,29 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     if packet.later_fragment || packet.l3_offset != ETH_HLEN {
         return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
     }
-    let with_ports = service.flags & L4_HASH_NO_PORTS == 0;
+    let (src_port_be, dst_port_be) = if service.flags & L4_HASH_NO_PORTS == 0 {
+        (packet.src_port_be, packet.dst_port_be)
+    } else {
+        (0, 0)
+    };
     let flow = FlowKey {
-        src: packet.src,
-        dst: packet.dst,
-        src_port_be: if with_ports { packet.src_port_be } else { 0 },
-        dst_port_be: if with_ports { packet.dst_port_be } else { 0 },
+        src: addr_bytes(&packet.src),
+        dst: addr_bytes(&packet.dst),
+        src_port_be,
+        dst_port_be,
         protocol: packet.protocol,
         _pad: [0; 3],
     };
-    let hash = flow_hash(&flow);
-    let Some((id, new_flow)) = pick(&flow, service, hash) else {
-        return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
-    };
-    let Some(real) = REALS.get(id) else {
+    // The packet's address words are the little-endian words the hash is defined over
+    // (this program is built for little-endian BPF only).
+    let hash = flow_hash_words(
+        &packet.src,
+        &packet.dst,
+        src_port_be,
+        dst_port_be,
+        packet.protocol,
+    );
+    let Some((id, real, new_flow)) = pick(&flow, service, hash) else {
         return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
@@ -118,26 +127,28 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     encapsulate(ctx, packet, real, id, hash)
 }
 
-/// The flow's target: the one it already has while that is up, else the ring's pick
-/// for its hash (remembered). `None` when the service has no live target.
+/// The flow's target (id, entry, whether the flow is new): the one it already has while
+/// that is up, else the ring's pick for its hash (remembered). `None` when the service
+/// has no live target.
 #[inline(always)]
-fn pick(flow: &FlowKey, service: &VipService, hash: u32) -> Option<(u32, bool)> {
+fn pick(flow: &FlowKey, service: &VipService, hash: u32) -> Option<(u32, &'static Real, bool)> {
     // SAFETY: an LRU hash lookup; the value is copied out at once.
     if let Some(known) = unsafe { FLOWS.get(flow) } {
         let id = known.real;
         if let Some(real) = REALS.get(id)
             && real.flags & (REAL_IN_USE | REAL_DOWN) == REAL_IN_USE
         {
-            return Some((id, false));
+            return Some((id, real, false));
         }
     }
     let id = *RINGS.get(ring_slot(service, hash))?;
     if id == NO_REAL {
         return None;
     }
+    let real = REALS.get(id)?;
     // A full table forgets the least recently seen flow: memory stays bounded.
     let _ = FLOWS.insert(flow, FlowTarget { real: id, _pad: 0 }, 0);
-    Some((id, true))
+    Some((id, real, true))
 }
 
 #[inline(always)]
@@ -195,11 +206,9 @@ fn encapsulate(
     id: u32,
     hash: u32,
 ) -> (Verdict, u32) {
-    let (Some(settings), Some(fib)) = (SETTINGS.get(0), FIB_SCRATCH.get_ptr_mut(0)) else {
+    let Some(settings) = SETTINGS.get(0) else {
         return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
     };
-    // SAFETY: this CPU's scratch slot, used by this program run only.
-    let fib = unsafe { &mut *fib };
     let Some(inner) = inner_of(ctx, packet.v6) else {
         return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
     };
@@ -217,12 +226,6 @@ fn encapsulate(
     } else {
         IPPROTO_IPIP
     };
-    // SAFETY: the context pointer is the program's own.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    // SAFETY: all-zero is a valid FIB parameter block.
-    *fib = unsafe { core::mem::zeroed() };
-    fib.ifindex = ingress;
-    fib.__bindgen_anon_1.tot_len = outer_total;
     let (data, end) = (ctx.data(), ctx.data_end());
     let outer = data + ETH_HLEN;
     // The old MAC addresses now sit `outer_len` bytes in: copied to the new front.
@@ -246,9 +249,12 @@ fn encapsulate(
             core::ptr::write_unaligned((outer + 8) as *mut [u8; 16], source);
             core::ptr::write_unaligned((outer + 24) as *mut [u8; 16], real.addr);
         }
-        fib.family = AF_INET6;
-        fib.__bindgen_anon_3.ipv6_src = words(&source);
-        fib.__bindgen_anon_4.ipv6_dst = words(&real.addr);
+        next_hop(ctx, id, |fib| {
+            fib.family = AF_INET6;
+            fib.__bindgen_anon_1.tot_len = outer_total;
+            fib.__bindgen_anon_3.ipv6_src = words(&source);
+            fib.__bindgen_anon_4.ipv6_dst = words(&real.addr);
+        })
     } else {
         if data + ETH_HLEN + IPV4_HLEN > end {
             return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
@@ -267,19 +273,24 @@ fn encapsulate(
             core::ptr::write_unaligned((data + 12) as *mut [u8; 2], ETH_P_IP);
             write_ipv4_header(outer, &inner, outer_total, inner_protocol, source, target);
         }
-        fib.family = AF_INET;
-        fib.__bindgen_anon_3.ipv4_src = source;
-        fib.__bindgen_anon_4.ipv4_dst = target;
+        next_hop(ctx, id, |fib| {
+            fib.family = AF_INET;
+            fib.__bindgen_anon_1.tot_len = outer_total;
+            fib.__bindgen_anon_3.ipv4_src = source;
+            fib.__bindgen_anon_4.ipv4_dst = target;
+        })
     }
-    next_hop(ctx, fib, ingress, id)
 }
 
 /// Sends the encapsulated frame to the FIB's next hop (cached per CPU and target for
 /// [`NEXT_HOP_TTL_JIFFIES`]); when the kernel cannot name one yet (no neighbour
 /// entry), hands the frame to the kernel, which forwards it and resolves the neighbour
-/// for the packets that follow.
+/// for the packets that follow. `query` fills the FIB parameters (family, length,
+/// addresses), which only a cache miss needs.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, fib: &mut FibLookup, ingress: u32, real: u32) -> (Verdict, u32) {
+fn next_hop(ctx: &XdpContext, real: u32, query: impl FnOnce(&mut FibLookup)) -> (Verdict, u32) {
+    // SAFETY: the context pointer is the program's own.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: bpf_jiffies64 has no preconditions.
     let now = unsafe { bpf_jiffies64() };
     let cached = NEXT_HOPS.get_ptr_mut(real);
@@ -290,6 +301,17 @@ fn next_hop(ctx: &XdpContext, fib: &mut FibLookup, ingress: u32, real: u32) -> (
             return send(ctx, &hop.dmac, &hop.smac, hop.ifindex, ingress);
         }
     }
+    let Some(fib) = FIB_SCRATCH.get_ptr_mut(0) else {
+        return (Verdict::L4ForwardedByKernel, xdp_action::XDP_PASS);
+    };
+    // SAFETY: this CPU's scratch slot, used by this program run only; all-zero is a
+    // valid FIB parameter block.
+    let fib = unsafe {
+        *fib = core::mem::zeroed();
+        &mut *fib
+    };
+    fib.ifindex = ingress;
+    query(fib);
     // SAFETY: the parameter block is a map value of the size passed.
     let rc = unsafe {
         bpf_fib_lookup(

@@ -29,13 +29,28 @@ const MAX_IPV6_EXTENSIONS: usize = 6;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 
+/// An IPv6 address (IPv4 as IPv4-mapped IPv6) as four 32-bit words in packet (network)
+/// byte order: copied, compared and hashed a word at a time, not byte by byte.
+pub type Addr = [u32; 4];
+
+/// The third word of an IPv4-mapped address (`::ffff:0:0/96`), in packet byte order.
+const MAPPED_V4: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The address as the byte array the maps' keys hold (the same bytes, no copy).
+#[inline(always)]
+pub fn addr_bytes(addr: &Addr) -> [u8; 16] {
+    // SAFETY: `[u32; 4]` and `[u8; 16]` have the same size, and every bit pattern is a
+    // valid byte array.
+    unsafe { core::mem::transmute::<Addr, [u8; 16]>(*addr) }
+}
+
 /// What the parser learned about an IP packet.
 pub struct IpPacket {
     pub v6: bool,
-    /// Source address; IPv4 as IPv4-mapped IPv6.
-    pub src: [u8; 16],
-    /// Destination address; IPv4 as IPv4-mapped IPv6.
-    pub dst: [u8; 16],
+    /// Source address.
+    pub src: Addr,
+    /// Destination address.
+    pub dst: Addr,
     /// Where the IP header starts (after Ethernet and any VLAN tags).
     pub l3_offset: usize,
     /// IP protocol of the transport header (after IPv6 extensions).
@@ -118,46 +133,53 @@ pub fn parse_packet(data: usize, data_end: usize) -> Parsed {
     }
 }
 
+/// The fixed IPv4 header: its 20 bytes as five words, read through one bounds check.
 #[inline(always)]
 fn parse_ipv4(data: usize, data_end: usize, offset: usize) -> Option<IpPacket> {
-    let version_ihl = read_u8(data, data_end, offset)?;
+    let header = read::<20>(data, data_end, offset)?;
+    let words = read_words::<5>(&header);
+    let version_ihl = header[0];
     let ihl = ((version_ihl & 0x0F) as usize) * 4;
-    if version_ihl >> 4 != 4 || ihl < 20 {
+    if version_ihl >> 4 != 4 || ihl < 20 || data + offset + ihl > data_end {
         return None;
     }
-    let frag = read_u16_be(data, data_end, offset + 6)?;
-    let protocol = read_u8(data, data_end, offset + 9)?;
-    let addrs = read::<8>(data, data_end, offset + 12)?;
-    if data + offset + ihl > data_end {
-        return None;
-    }
-    let mut src = [0u8; 16];
-    src[10] = 0xff;
-    src[11] = 0xff;
-    let mut dst = src;
-    src[12..].copy_from_slice(&addrs[..4]);
-    dst[12..].copy_from_slice(&addrs[4..]);
-    let later_fragment = frag & 0x1FFF != 0;
+    let frag = u16::from_be_bytes([header[6], header[7]]);
     let ip = IpFields {
         offset,
-        protocol,
-        later_fragment,
+        protocol: header[9],
+        later_fragment: frag & 0x1FFF != 0,
         v6: false,
-        src,
-        dst,
+        src: [0, 0, MAPPED_V4, words[3]],
+        dst: [0, 0, MAPPED_V4, words[4]],
     };
     transport(data, data_end, offset + ihl, ip)
 }
 
+/// The first `4 × W` bytes as words in packet byte order.
+#[inline(always)]
+fn read_words<const W: usize>(bytes: &[u8]) -> [u32; W] {
+    let mut words = [0u32; W];
+    for (i, word) in words.iter_mut().enumerate() {
+        *word = u32::from_ne_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ]);
+    }
+    words
+}
+
 #[inline(always)]
 fn parse_ipv6(data: usize, data_end: usize, offset: usize) -> Option<IpPacket> {
-    let version = read_u8(data, data_end, offset)?;
-    let mut next_header = read_u8(data, data_end, offset + 6)?;
-    let src = read::<16>(data, data_end, offset + 8)?;
-    let dst = read::<16>(data, data_end, offset + 24)?;
-    if version >> 4 != 6 || data + offset + IPV6_HLEN > data_end {
+    let header = read::<IPV6_HLEN>(data, data_end, offset)?;
+    let words = read_words::<10>(&header);
+    if header[0] >> 4 != 6 {
         return None;
     }
+    let mut next_header = header[6];
+    let src = [words[2], words[3], words[4], words[5]];
+    let dst = [words[6], words[7], words[8], words[9]];
     let mut at = offset + IPV6_HLEN;
     let mut later_fragment = false;
     for _ in 0..MAX_IPV6_EXTENSIONS {
@@ -193,8 +215,8 @@ struct IpFields {
     protocol: u8,
     later_fragment: bool,
     v6: bool,
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: Addr,
+    dst: Addr,
 }
 
 /// Reads the transport header at `offset`; `None` when it is cut short.

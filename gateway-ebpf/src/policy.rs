@@ -16,7 +16,7 @@ use gateway_common::{
     SourceKey, TokenBucket, Verdict, protected_slot,
 };
 
-use crate::parse::{IPPROTO_TCP, IpPacket, TCP_ACK, TCP_SYN};
+use crate::parse::{IPPROTO_TCP, IpPacket, TCP_ACK, TCP_SYN, addr_bytes};
 
 #[map(name = "DENY_V4")]
 static DENY_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
@@ -135,16 +135,16 @@ impl List {
     ) -> Option<u32> {
         if packet.v6 {
             let shape = &settings.shapes[v6_shape];
+            let src = addr_bytes(&packet.src);
             if shape.count == LOOKUP_BY_TRIE {
-                return self.v6.get(Key::new(128, packet.src)).copied();
+                return self.v6.get(Key::new(128, src)).copied();
             }
             probe(shape, |len| {
                 // SAFETY: a hash lookup; the value is copied out at once.
-                unsafe { self.v6_by_length.get(PrefixKeyV6::masked(&packet.src, len)) }.copied()
+                unsafe { self.v6_by_length.get(PrefixKeyV6::masked(&src, len)) }.copied()
             })
         } else {
-            let mut addr = [0u8; 4];
-            addr.copy_from_slice(&packet.src[12..]);
+            let addr = packet.src[3].to_ne_bytes();
             let shape = &settings.shapes[v4_shape];
             if shape.count == LOOKUP_BY_TRIE {
                 return self.v4.get(Key::new(32, addr)).copied();
@@ -182,7 +182,9 @@ fn bump(hits: &PerCpuArray<u64>, entry: u32) {
 /// Takes one token from the source's bucket; false when it is empty.
 #[inline(always)]
 fn take_syn_token(packet: &IpPacket, settings: &EdgeSettings) -> bool {
-    let key = SourceKey { addr: packet.src };
+    let key = SourceKey {
+        addr: addr_bytes(&packet.src),
+    };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let (rate, burst) = (settings.syn_rate_per_sec, settings.syn_burst);

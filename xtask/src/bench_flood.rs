@@ -302,8 +302,7 @@ fn receive_on_cpu0(device: &str) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    std::fs::write(format!("/sys/class/net/{device}/threaded"), "1")
-        .with_context(|| format!("threaded NAPI on {device}"))?;
+    napi_thread_on(device, 0)?;
     // Interrupt coalescing, as a NIC does it: after a poll the NAPI instance stays armed
     // and polls again 20 µs later instead of being woken (an IPI) by every burst.
     std::fs::write(format!("/sys/class/net/{device}/napi_defer_hard_irqs"), "2")
@@ -313,6 +312,18 @@ fn receive_on_cpu0(device: &str) -> Result<()> {
         "20000",
     )
     .with_context(|| format!("gro_flush_timeout on {device}"))?;
+    // Frames veth hands to the stack outside NAPI go to CPU 0's backlog too.
+    std::fs::write(format!("/sys/class/net/{device}/queues/rx-0/rps_cpus"), "1")
+        .with_context(|| format!("RPS on {device}"))?;
+    Ok(())
+}
+
+/// Makes `device` receive in a NAPI thread, pinned to `cpu` and real-time like the
+/// softirq a NIC's NAPI runs in (it preempts other work at once instead of queueing
+/// behind it while the 256-slot ring overflows).
+pub fn napi_thread_on(device: &str, cpu: usize) -> Result<()> {
+    std::fs::write(format!("/sys/class/net/{device}/threaded"), "1")
+        .with_context(|| format!("threaded NAPI on {device}"))?;
     let prefix = format!("napi/{device}-");
     let mut pinned = 0;
     for entry in std::fs::read_dir("/proc")?.flatten() {
@@ -325,9 +336,7 @@ fn receive_on_cpu0(device: &str) -> Result<()> {
         };
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         if comm.trim_end().starts_with(&prefix) {
-            pin_thread(pid, 0);
-            // Real-time like the softirq a NIC's NAPI runs in: it preempts the worker
-            // at once instead of queueing behind it while the 256-slot ring overflows.
+            pin_thread(pid, cpu);
             let param = libc::sched_param { sched_priority: 50 };
             // SAFETY: a valid pid and parameter.
             unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) };
@@ -337,14 +346,11 @@ fn receive_on_cpu0(device: &str) -> Result<()> {
     if pinned == 0 {
         bail!("no NAPI thread for {device}");
     }
-    // Frames veth hands to the stack outside NAPI go to CPU 0's backlog too.
-    std::fs::write(format!("/sys/class/net/{device}/queues/rx-0/rps_cpus"), "1")
-        .with_context(|| format!("RPS on {device}"))?;
     Ok(())
 }
 
 /// Pins thread `tid` (0: the calling thread) to `cpu`.
-fn pin_thread(tid: i32, cpu: usize) {
+pub fn pin_thread(tid: i32, cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity
     // only read and write it.
     unsafe {
