@@ -101,14 +101,7 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     } else {
         (0, 0)
     };
-    let flow = FlowKey {
-        src: addr_bytes(&packet.src),
-        dst: addr_bytes(&packet.dst),
-        src_port_be,
-        dst_port_be,
-        protocol: packet.protocol,
-        _pad: [0; 3],
-    };
+    let flow = flow_key(packet, src_port_be, dst_port_be);
     // The packet's address words are the little-endian words the hash is defined over
     // (this program is built for little-endian BPF only).
     let hash = flow_hash_words(
@@ -125,6 +118,24 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     count(&SERVICE_STATS, service.id, len, new_flow);
     count(&REAL_STATS, id, len, new_flow);
     encapsulate(ctx, packet, real, id, hash)
+}
+
+/// The connection table's key, assembled as ten words: a field-by-field build zeroes
+/// the three padding bytes through a byte-loop `memset` call in BPF.
+#[inline(always)]
+fn flow_key(packet: &IpPacket, src_port_be: u16, dst_port_be: u16) -> FlowKey {
+    let (s, d) = (&packet.src, &packet.dst);
+    let ports = u32::from_ne_bytes({
+        let (a, b) = (src_port_be.to_ne_bytes(), dst_port_be.to_ne_bytes());
+        [a[0], a[1], b[0], b[1]]
+    });
+    let protocol = u32::from_ne_bytes([packet.protocol, 0, 0, 0]);
+    let words: [u32; 10] = [
+        s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, protocol,
+    ];
+    // SAFETY: `FlowKey` is `repr(C)`, 40 bytes of plain integers and padding in this
+    // order (asserted in gateway-common), valid for any bit pattern.
+    unsafe { core::mem::transmute::<[u32; 10], FlowKey>(words) }
 }
 
 /// The flow's target (id, entry, whether the flow is new): the one it already has while
@@ -234,10 +245,7 @@ fn encapsulate(
             return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
         }
         // SAFETY: both 12-byte ranges lie before `end` (checked above).
-        unsafe {
-            let macs = core::ptr::read_unaligned((data + IPV6_HLEN) as *const [u8; 12]);
-            core::ptr::write_unaligned(data as *mut [u8; 12], macs);
-        }
+        unsafe { move_macs(data, IPV6_HLEN) };
         let mut source = settings.source_v6;
         let mask = u32::from_ne_bytes(settings.source_v6_host_mask);
         let low = u32::from_ne_bytes([source[12], source[13], source[14], source[15]]);
@@ -260,10 +268,7 @@ fn encapsulate(
             return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
         }
         // SAFETY: both 12-byte ranges lie before `end` (checked above).
-        unsafe {
-            let macs = core::ptr::read_unaligned((data + IPV4_HLEN) as *const [u8; 12]);
-            core::ptr::write_unaligned(data as *mut [u8; 12], macs);
-        }
+        unsafe { move_macs(data, IPV4_HLEN) };
         let source = u32::from_ne_bytes(settings.source_v4)
             | (hash & u32::from_ne_bytes(settings.source_v4_host_mask));
         let target =
@@ -362,6 +367,22 @@ fn send(
     // SAFETY: bpf_redirect only records the target interface.
     let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
     (Verdict::L4Forwarded, action)
+}
+
+/// Copies the 12 MAC address bytes found `from` bytes into the frame to its front, as
+/// two word loads (a byte array copy becomes a byte-by-byte `memmove` call in BPF).
+///
+/// # Safety
+/// `data .. data + from + 12` must lie inside the packet.
+#[inline(always)]
+unsafe fn move_macs(data: usize, from: usize) {
+    // SAFETY: guaranteed by the caller; both values are read before either is written.
+    unsafe {
+        let head = core::ptr::read_unaligned((data + from) as *const u64);
+        let tail = core::ptr::read_unaligned((data + from + 8) as *const u32);
+        core::ptr::write_unaligned(data as *mut u64, head);
+        core::ptr::write_unaligned((data + 8) as *mut u32, tail);
+    }
 }
 
 /// Writes an outer IPv4 header (checksum included) at `at`.
