@@ -110,7 +110,10 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowTarget {
     pub real: u32,
-    pub _pad: u32,
+    /// The flow's [`flow_hash`], kept so a known flow's packets skip hashing: the outer
+    /// source and the IPv6 flow label still need it. (This was padding before; an entry
+    /// written by an older program reads 0 here until its flow goes idle.)
+    pub hash: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<FlowTarget>() == 8);

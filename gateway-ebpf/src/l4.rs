@@ -104,14 +104,22 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     let flow = flow_key(packet, src_port_be, dst_port_be);
     // The packet's address words are the little-endian words the hash is defined over
     // (this program is built for little-endian BPF only).
-    let hash = flow_hash_words(
-        &packet.src,
-        &packet.dst,
-        src_port_be,
-        dst_port_be,
-        packet.protocol,
-    );
-    let Some((id, real, new_flow)) = pick(&flow, service, hash) else {
+    let hash = || {
+        flow_hash_words(
+            &packet.src,
+            &packet.dst,
+            src_port_be,
+            dst_port_be,
+            packet.protocol,
+        )
+    };
+    let Some(Picked {
+        id,
+        real,
+        hash,
+        new_flow,
+    }) = pick(&flow, service, hash)
+    else {
         return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
@@ -138,28 +146,49 @@ fn flow_key(packet: &IpPacket, src_port_be: u16, dst_port_be: u16) -> FlowKey {
     unsafe { core::mem::transmute::<[u32; 10], FlowKey>(words) }
 }
 
-/// The flow's target (id, entry, whether the flow is new): the one it already has while
-/// that is up, else the ring's pick for its hash (remembered). `None` when the service
-/// has no live target.
+/// A flow's target.
+struct Picked {
+    id: u32,
+    real: &'static Real,
+    hash: u32,
+    /// The connection table did not know the flow.
+    new_flow: bool,
+}
+
+/// The flow's target: the one it already has while that is up (with the hash stored
+/// beside it), else the ring's pick for its hash (both remembered, the hash computed
+/// only here). `None` when the
+/// service has no live target.
 #[inline(always)]
-fn pick(flow: &FlowKey, service: &VipService, hash: u32) -> Option<(u32, &'static Real, bool)> {
+fn pick(flow: &FlowKey, service: &VipService, hash: impl FnOnce() -> u32) -> Option<Picked> {
     // SAFETY: an LRU hash lookup; the value is copied out at once.
-    if let Some(known) = unsafe { FLOWS.get(flow) } {
-        let id = known.real;
-        if let Some(real) = REALS.get(id)
-            && real.flags & (REAL_IN_USE | REAL_DOWN) == REAL_IN_USE
-        {
-            return Some((id, real, false));
-        }
+    let known = unsafe { FLOWS.get(flow) }.copied();
+    if let Some(known) = known
+        && let Some(real) = REALS.get(known.real)
+        && real.flags & (REAL_IN_USE | REAL_DOWN) == REAL_IN_USE
+    {
+        return Some(Picked {
+            id: known.real,
+            real,
+            hash: known.hash,
+            new_flow: false,
+        });
     }
+    // New, or its target went down: hashed afresh.
+    let hash = hash();
     let id = *RINGS.get(ring_slot(service, hash))?;
     if id == NO_REAL {
         return None;
     }
     let real = REALS.get(id)?;
     // A full table forgets the least recently seen flow: memory stays bounded.
-    let _ = FLOWS.insert(flow, FlowTarget { real: id, _pad: 0 }, 0);
-    Some((id, real, true))
+    let _ = FLOWS.insert(flow, FlowTarget { real: id, hash }, 0);
+    Some(Picked {
+        id,
+        real,
+        hash,
+        new_flow: true,
+    })
 }
 
 #[inline(always)]
