@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
-use gateway::xdp::XdpProgram;
+use gateway::xdp::{PinFolder, XdpProgram};
 use gateway_common::{PacketCounter, ProtoCounter};
 use gateway_tests::{
     Gateway,
@@ -275,6 +275,51 @@ fn a_missing_interface_is_a_startup_error() {
     .err()
     .expect("the gateway must refuse to start");
     assert!(error.contains("gwnosuchif0"), "{error}");
+}
+
+/// A restarted gateway reopens every pinned map as it is; a pinned map whose flags differ
+/// from the object's (the kernel fixes them at creation) is dropped, not reused.
+#[test]
+fn pinned_maps_are_reopened_whole_and_a_changed_one_is_dropped() {
+    let Some(object) =
+        xdp_object_or_skip("pinned_maps_are_reopened_whole_and_a_changed_one_is_dropped")
+    else {
+        return;
+    };
+    let root = std::path::PathBuf::from(format!(
+        "{}-pins-test-{}",
+        gateway_tests::netns::DEFAULT_PIN_PATH,
+        std::process::id()
+    ));
+    let pins = PinFolder::new(&root, "lo");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(root.clone());
+    drop(XdpProgram::load_pinned(&pins).expect("first load pins the maps"));
+    let kept = pins.drop_incompatible_maps(&object).expect("compare pins");
+    assert!(kept.is_empty(), "maps dropped on a plain restart: {kept:?}");
+    drop(XdpProgram::load_pinned(&pins).expect("second load reopens them"));
+
+    // The flow table pinned again with the same layout but per-CPU LRU lists
+    // (BPF_F_NO_COMMON_LRU): only its flags differ.
+    let flows = pins.map(gateway_common::L4_FLOWS_MAP);
+    std::fs::remove_file(&flows).expect("unpin the flow table");
+    let status = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&flows)
+        .args(["type", "lru_hash", "key", "40", "value", "8", "entries"])
+        .arg(gateway_common::MAX_L4_FLOWS.to_string())
+        .args(["name", "L4_FLOWS_V1", "flags", "2"])
+        .status()
+        .expect("run bpftool");
+    assert!(status.success(), "bpftool map create failed");
+    let dropped = pins.drop_incompatible_maps(&object).expect("compare pins");
+    assert_eq!(dropped, vec![gateway_common::L4_FLOWS_MAP.to_owned()]);
+    assert!(!flows.exists(), "the changed map is unpinned");
 }
 
 fn tcp_to(port: u16, flags: u8) -> Vec<u8> {

@@ -129,7 +129,7 @@ impl XdpProgram {
             Some(pins) => {
                 pins.prepare()?;
                 for name in pins.drop_incompatible_maps(object)? {
-                    tracing::warn!(map = %name, "pinned XDP map had another layout; starting it afresh");
+                    tracing::warn!(map = %name, "pinned XDP map had another layout or flags; starting it afresh");
                 }
                 let names: Vec<String> = aya_obj::Object::parse(object)
                     .map(|o| o.maps.into_keys().filter(|n| !n.starts_with('.')).collect())

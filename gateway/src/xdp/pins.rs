@@ -91,9 +91,10 @@ impl PinFolder {
         Ok(())
     }
 
-    /// Unpins every map whose pinned layout differs from `object`'s (a gateway built
-    /// with a changed map is refused the old one rather than misreading it); returns
-    /// their names. Map names are versioned, so this only happens across a layout change
+    /// Unpins every map whose pinned layout or flags differ from `object`'s (a gateway
+    /// built with a changed map is refused the old one rather than misreading it);
+    /// returns their names. Map names are versioned by layout, so this happens across a
+    /// change of a map's flags (which the kernel fixes at creation) or a layout change
     /// that forgot its new name.
     pub fn drop_incompatible_maps(&self, object: &[u8]) -> Result<Vec<String>, XdpError> {
         let parsed = aya_obj::Object::parse(object).map_err(|e| XdpError::Pins {
@@ -110,6 +111,7 @@ impl PinFolder {
                 pinned.key_size() == map.key_size()
                     && pinned.value_size() == map.value_size()
                     && pinned.max_entries() == map.max_entries()
+                    && pinned.map_flags() == map.map_flags()
             });
             if !same {
                 std::fs::remove_file(&path).map_err(|source| self.error("unpinning", source))?;
