@@ -18,7 +18,10 @@ pub const L4_SERVICE_STATS_MAP: &str = "L4_SERVICE_STATS_V1";
 /// Per-CPU [`L4Counter`]s by real id.
 pub const L4_REAL_STATS_MAP: &str = "L4_REAL_STATS_V1";
 /// One-slot array holding the [`L4Settings`].
-pub const L4_SETTINGS_MAP: &str = "L4_SETTINGS_V1";
+pub const L4_SETTINGS_MAP: &str = "L4_SETTINGS_V2";
+/// Per-CPU one-slot array of [`AdmissionWindow`]s: how many new flows this CPU's
+/// connection table took in the current second (only the program uses it).
+pub const L4_ADMISSION_MAP: &str = "L4_ADMISSION_V1";
 /// Bitmap of the (protocol, port) pairs some VIP is balanced on, laid out as
 /// `PROTECTED_MAP` (see `protected_slot`): a packet to any other port skips the VIP
 /// hash lookup, so non-VIP traffic pays one array read for the L4 stage.
@@ -172,9 +175,27 @@ pub struct L4Settings {
     /// Outer IPv6 source: the last four bytes take the flow hash under the mask.
     pub source_v6: [u8; 16],
     pub source_v6_host_mask: [u8; 4],
+    /// New flows per second each CPU remembers in the connection table; 0: no limit.
+    /// Past it (a flood of new flows, spoofed SYNs for one), packets are still balanced
+    /// through the ring, to the same target, but not remembered: each insert into a full
+    /// table evicts a flow that must keep its target when the ring changes.
+    pub remembered_flows_per_cpu: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<L4Settings>() == 32);
+const _: () = assert!(core::mem::size_of::<L4Settings>() == 40);
+
+/// One CPU's count of flows remembered in the current one-second window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdmissionWindow {
+    /// `bpf_ktime_get_ns` when the window began.
+    pub started_ns: u64,
+    /// Flows remembered since.
+    pub remembered: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<AdmissionWindow>() == 16);
 
 /// MurmurHash3 (x86, 32-bit) of a flow, seeded: the same in the kernel and in
 /// userspace, so tests and tools can predict where a flow goes, and every appliance

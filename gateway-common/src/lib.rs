@@ -123,7 +123,7 @@ pub const PROTECTED_WORDS: u32 = 2048;
 /// One-slot array holding the [`EdgeSettings`].
 pub const SETTINGS_MAP: &str = "EDGE_SETTINGS_V2";
 /// Per-CPU packet/byte counts per [`Verdict`].
-pub const VERDICT_MAP: &str = "VERDICT_STATS_V2";
+pub const VERDICT_MAP: &str = "VERDICT_STATS_V3";
 /// LRU per-CPU hash of SYN token buckets per source ([`SourceKey`] → [`TokenBucket`]).
 pub const SYN_BUCKETS_MAP: &str = "SYN_BUCKETS_V1";
 
@@ -161,11 +161,16 @@ pub enum Verdict {
     /// To an L4 VIP but not balanced (a later fragment, a VLAN-tagged frame, or a
     /// frame that cannot grow): left to the kernel.
     L4Unbalanced = 8,
+    /// To an L4 VIP, a flow the connection table did not know and, past this CPU's
+    /// admission rate of new flows (a flood of them), did not remember either:
+    /// encapsulated for the Maglev ring's target and sent on (by the program or by the
+    /// kernel), as a remembered flow would be.
+    L4ForwardedUnremembered = 9,
 }
 
 impl Verdict {
     /// Number of slots in [`VERDICT_MAP`].
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 
     /// Every verdict, in slot order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
@@ -178,6 +183,7 @@ impl Verdict {
         Self::L4ForwardedByKernel,
         Self::L4NoTarget,
         Self::L4Unbalanced,
+        Self::L4ForwardedUnremembered,
     ];
 
     /// Whether the packet is dropped.
@@ -200,6 +206,7 @@ impl Verdict {
             Self::L4ForwardedByKernel => "l4_forwarded_by_kernel",
             Self::L4NoTarget => "l4_no_target",
             Self::L4Unbalanced => "l4_unbalanced",
+            Self::L4ForwardedUnremembered => "l4_forwarded_unremembered",
         }
     }
 }

@@ -9,16 +9,16 @@
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup, xdp_action},
-    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_head},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use gateway_common::{
-    FlowKey, FlowTarget, L4_ACTIVE, L4_ALL_PORTS, L4_HASH_NO_PORTS, L4_RING_CAPACITY, L4Counter,
-    L4Settings, MAX_L4_FLOWS, MAX_L4_REALS, MAX_L4_SERVICES, NEXT_HOP_TTL_JIFFIES, NO_REAL,
-    NextHop, PROTECTED_WORDS, REAL_DOWN, REAL_IN_USE, REAL_V6, Real, Verdict, VipKey, VipService,
-    flow_hash_words, protected_slot, ring_slot,
+    AdmissionWindow, FlowKey, FlowTarget, L4_ACTIVE, L4_ALL_PORTS, L4_HASH_NO_PORTS,
+    L4_RING_CAPACITY, L4Counter, L4Settings, MAX_L4_FLOWS, MAX_L4_REALS, MAX_L4_SERVICES,
+    NEXT_HOP_TTL_JIFFIES, NO_REAL, NextHop, PROTECTED_WORDS, REAL_DOWN, REAL_IN_USE, REAL_V6, Real,
+    Verdict, VipKey, VipService, flow_hash_words, protected_slot, ring_slot,
 };
 
 use crate::parse::{IpPacket, addr_bytes};
@@ -35,8 +35,10 @@ static FLOWS: LruHashMap<FlowKey, FlowTarget> = LruHashMap::with_max_entries(MAX
 static SERVICE_STATS: PerCpuArray<L4Counter> = PerCpuArray::with_max_entries(MAX_L4_SERVICES, 0);
 #[map(name = "L4_REAL_STATS_V1")]
 static REAL_STATS: PerCpuArray<L4Counter> = PerCpuArray::with_max_entries(MAX_L4_REALS, 0);
-#[map(name = "L4_SETTINGS_V1")]
+#[map(name = "L4_SETTINGS_V2")]
 static SETTINGS: Array<L4Settings> = Array::with_max_entries(1, 0);
+#[map(name = "L4_ADMISSION_V1")]
+static ADMISSION: PerCpuArray<AdmissionWindow> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "L4_NEXT_HOPS_V1")]
 static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_L4_REALS, 0);
 #[map(name = "L4_PORTS_V1")]
@@ -118,6 +120,7 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
         real,
         hash,
         new_flow,
+        remembered,
     }) = pick(&flow, service, hash)
     else {
         return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
@@ -125,7 +128,12 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     let len = (ctx.data_end() - ctx.data()) as u64;
     count(&SERVICE_STATS, service.id, len, new_flow);
     count(&REAL_STATS, id, len, new_flow);
-    encapsulate(ctx, packet, real, id, hash)
+    match encapsulate(ctx, packet, real, id, hash) {
+        (Verdict::L4Forwarded | Verdict::L4ForwardedByKernel, action) if !remembered => {
+            (Verdict::L4ForwardedUnremembered, action)
+        }
+        sent => sent,
+    }
 }
 
 /// The connection table's key, assembled as ten words: a field-by-field build zeroes
@@ -153,6 +161,8 @@ struct Picked {
     hash: u32,
     /// The connection table did not know the flow.
     new_flow: bool,
+    /// The connection table knows the flow now (false past the admission rate).
+    remembered: bool,
 }
 
 /// The flow's target: the one it already has while that is up (with the hash stored
@@ -172,6 +182,7 @@ fn pick(flow: &FlowKey, service: &VipService, hash: impl FnOnce() -> u32) -> Opt
             real,
             hash: known.hash,
             new_flow: false,
+            remembered: true,
         });
     }
     // New, or its target went down: hashed afresh.
@@ -181,14 +192,46 @@ fn pick(flow: &FlowKey, service: &VipService, hash: impl FnOnce() -> u32) -> Opt
         return None;
     }
     let real = REALS.get(id)?;
-    // A full table forgets the least recently seen flow: memory stays bounded.
-    let _ = FLOWS.insert(flow, FlowTarget { real: id, hash }, 0);
+    let remembered = admit_new_flow();
+    if remembered {
+        // A full table forgets the least recently seen flow: memory stays bounded.
+        let _ = FLOWS.insert(flow, FlowTarget { real: id, hash }, 0);
+    }
     Some(Picked {
         id,
         real,
         hash,
         new_flow: true,
+        remembered,
     })
+}
+
+/// Whether this CPU may remember one more new flow this second
+/// ([`L4Settings::remembered_flows_per_cpu`]; a flow left out is balanced the same way,
+/// through the ring, and asked again with its next packet).
+#[inline(always)]
+fn admit_new_flow() -> bool {
+    let limit = SETTINGS
+        .get(0)
+        .map_or(0, |settings| settings.remembered_flows_per_cpu);
+    if limit == 0 {
+        return true;
+    }
+    let Some(window) = ADMISSION.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's slot, for this program run; bpf_ktime_get_ns has no
+    // preconditions.
+    let (window, now) = unsafe { (&mut *window, bpf_ktime_get_ns()) };
+    if now.wrapping_sub(window.started_ns) >= 1_000_000_000 {
+        window.started_ns = now;
+        window.remembered = 0;
+    }
+    if window.remembered >= u64::from(limit) {
+        return false;
+    }
+    window.remembered += 1;
+    true
 }
 
 #[inline(always)]

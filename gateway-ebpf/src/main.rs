@@ -27,7 +27,7 @@ static PROTO_STATS: PerCpuArray<PacketCounter> =
     PerCpuArray::with_max_entries(ProtoCounter::COUNT, 0);
 
 /// Per-CPU packet and byte counts per verdict (`gateway_common::VERDICT_MAP`).
-#[map(name = "VERDICT_STATS_V2")]
+#[map(name = "VERDICT_STATS_V3")]
 static VERDICT_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
 
 /// Entry point: classify the packet, judge it, balance it when it is for an L4 VIP,

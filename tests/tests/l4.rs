@@ -568,6 +568,86 @@ fn remembered_flows_keep_their_target_until_it_goes_down() {
     });
 }
 
+/// Past `l4_remembered_flows_per_cpu` new flows in one second, a CPU still balances new
+/// flows through the ring, to the same targets, but does not remember them: they are
+/// counted as `l4_forwarded_unremembered`, and they follow the ring when it changes while
+/// the remembered ones stay.
+#[test]
+fn past_the_admission_rate_new_flows_are_balanced_but_not_remembered() {
+    let Some(object) =
+        xdp_object_or_skip("past_the_admission_rate_new_flows_are_balanced_but_not_remembered")
+    else {
+        return;
+    };
+    in_fresh_namespace(move || {
+        // The admission window is per CPU: stay on one.
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; this thread only.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+        let limited = CONFIG.replace(
+            "tunnel_source_v6 = \"fd00:4c34::/96\"\n",
+            "tunnel_source_v6 = \"fd00:4c34::/96\"\nl4_remembered_flows_per_cpu = 3\n",
+        );
+        let two = config(&limited);
+        assert_eq!(two.xdp.as_ref().unwrap().l4_remembered_flows_per_cpu, 3);
+        let three = config(&limited.replace(
+            r#"{ addr = "10.0.1.2", weight = 2 } ]"#,
+            r#"{ addr = "10.0.1.2", weight = 2 }, { addr = "10.0.1.3", weight = 4 } ]"#,
+        ));
+        let mut program = XdpProgram::load_from(&object).expect("load the XDP object");
+        let (control, _inbox) = std::sync::mpsc::channel();
+        let mut balancer = L4Balancer::start(&two, &mut program, &control).expect("L4 maps");
+        // Five new flows that the bigger ring sends elsewhere.
+        let flows: Vec<Packet> = (1_000..3_000)
+            .map(|port| Packet::tcp("192.0.2.30", "10.100.0.1", port, 80))
+            .filter(|p| {
+                let flow = p.flow(true);
+                expected_target(&two, 0, &flow, &[true, true])
+                    != expected_target(&three, 0, &flow, &[true, true, true])
+            })
+            .take(5)
+            .collect();
+        let outer_target = |out: &[u8]| IpAddr::from(<[u8; 4]>::try_from(&out[30..34]).unwrap());
+        for p in &flows {
+            let flow = p.flow(true);
+            let (_, out) = run(&mut program, &p.frame());
+            assert_encapsulated(
+                "a new flow",
+                &out,
+                &p.ip(),
+                expected_target(&two, 0, &flow, &[true, true]),
+                flow_hash(&flow),
+            );
+        }
+        let unremembered = verdict_count(&program, Verdict::L4ForwardedUnremembered);
+        let forwarded = verdict_count(&program, Verdict::L4ForwardedByKernel)
+            + verdict_count(&program, Verdict::L4Forwarded);
+        assert_eq!(
+            (forwarded, unremembered),
+            (3, 2),
+            "three flows remembered, two past the rate"
+        );
+
+        // The ring changes: the three remembered flows keep their target; the two others
+        // were not remembered, so they follow the new ring.
+        balancer
+            .apply(&three, &mut program, &control)
+            .expect("reload");
+        for (i, p) in flows.iter().enumerate() {
+            let flow = p.flow(true);
+            let now = outer_target(&run(&mut program, &p.frame()).1);
+            if i < 3 {
+                assert_eq!(now, expected_target(&two, 0, &flow, &[true, true]));
+            } else {
+                assert_eq!(now, expected_target(&three, 0, &flow, &[true, true, true]));
+            }
+        }
+    });
+}
+
 /// Runs `ip` (or `sysctl`) inside the calling thread's namespace; panics on failure.
 fn run_here(program: &str, args: &str) {
     let status = std::process::Command::new(program)

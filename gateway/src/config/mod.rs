@@ -660,6 +660,10 @@ pub struct XdpConfig {
     pub tunnel_source_v4: ipnet::Ipv4Net,
     /// Outer IPv6 source prefix (/96 or longer) of L4-encapsulated packets.
     pub tunnel_source_v6: ipnet::Ipv6Net,
+    /// New L4 flows per second each CPU remembers in the connection table (0: no
+    /// limit); past it, a flood of new flows is still balanced through the Maglev ring
+    /// but does not evict the flows the table holds.
+    pub l4_remembered_flows_per_cpu: u32,
 }
 
 /// What a stopping gateway does with its XDP program (a binary upgrade always hands it

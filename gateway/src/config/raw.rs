@@ -731,6 +731,9 @@ pub struct RawXdp {
     /// Outer IPv6 source prefix (at least /96) of L4-encapsulated packets.
     #[serde(default = "default_tunnel_source_v6")]
     pub tunnel_source_v6: String,
+    /// New L4 flows per second each CPU remembers in the connection table (0: no limit).
+    #[serde(default = "defaults::l4_remembered_flows_per_cpu")]
+    pub l4_remembered_flows_per_cpu: u32,
 }
 
 /// `[xdp.ban]`: L7-to-XDP feedback.
@@ -901,6 +904,12 @@ pub mod defaults {
     pub fn xdp_pin_path() -> std::path::PathBuf {
         "/sys/fs/bpf/gateway".into()
     }
+    /// Katran's default rate of new connections per CPU before it stops remembering
+    /// them (its `MAX_CONN_RATE`).
+    pub fn l4_remembered_flows_per_cpu() -> u32 {
+        125_000
+    }
+
     pub fn xdp_on_exit() -> RawXdpOnExit {
         RawXdpOnExit::Detach
     }

@@ -256,6 +256,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems) -> Config {
             },
             tunnel_source_v4: tunnels.0,
             tunnel_source_v6: tunnels.1,
+            l4_remembered_flows_per_cpu: x.l4_remembered_flows_per_cpu,
         }
     });
 
