@@ -279,6 +279,31 @@ fn assert_encapsulated(what: &str, out: &[u8], inner: &[u8], target: IpAddr, has
     }
 }
 
+/// `text` (service "web" with two targets), and the same with a third target added.
+fn two_and_three_targets(text: &str) -> (Config, Config) {
+    let three = text.replace(
+        r#"{ addr = "10.0.1.2", weight = 2 } ]"#,
+        r#"{ addr = "10.0.1.2", weight = 2 }, { addr = "10.0.1.3", weight = 4 } ]"#,
+    );
+    (config(text), config(&three))
+}
+
+/// `count` TCP flows from `client` to "web" that the three-target ring sends elsewhere
+/// than the two-target one.
+fn flows_that_move(two: &Config, three: &Config, client: &str, count: usize) -> Vec<Packet> {
+    let moving: Vec<Packet> = (1_000..3_000)
+        .map(|port| Packet::tcp(client, "10.100.0.1", port, 80))
+        .filter(|p| {
+            let flow = p.flow(true);
+            expected_target(two, 0, &flow, &[true, true])
+                != expected_target(three, 0, &flow, &[true, true, true])
+        })
+        .take(count)
+        .collect();
+    assert_eq!(moving.len(), count);
+    moving
+}
+
 fn targets_of(view: &Value, service: &str) -> Vec<Value> {
     view["services"]
         .as_array()
@@ -455,25 +480,11 @@ fn remembered_flows_keep_their_target_until_it_goes_down() {
         return;
     };
     in_fresh_namespace(move || {
-        let two = config(CONFIG);
-        let three = config(&CONFIG.replace(
-            r#"{ addr = "10.0.1.2", weight = 2 } ]"#,
-            r#"{ addr = "10.0.1.2", weight = 2 }, { addr = "10.0.1.3", weight = 4 } ]"#,
-        ));
+        let (two, three) = two_and_three_targets(CONFIG);
         let mut program = XdpProgram::load_from(&object).expect("load the XDP object");
         let (control, _inbox) = std::sync::mpsc::channel();
         let mut balancer = L4Balancer::start(&two, &mut program, &control).expect("L4 maps");
-        // Flows the bigger ring sends elsewhere than the first one.
-        let moving: Vec<Packet> = (1_000..3_000)
-            .map(|port| Packet::tcp("192.0.2.20", "10.100.0.1", port, 80))
-            .filter(|p| {
-                let flow = p.flow(true);
-                expected_target(&two, 0, &flow, &[true, true])
-                    != expected_target(&three, 0, &flow, &[true, true, true])
-            })
-            .take(20)
-            .collect();
-        assert_eq!(moving.len(), 20);
+        let moving = flows_that_move(&two, &three, "192.0.2.20", 20);
         let outer_target = |out: &[u8]| -> IpAddr {
             if out[12..14] == [0x08, 0x00] {
                 IpAddr::from(<[u8; 4]>::try_from(&out[30..34]).unwrap())
@@ -591,25 +602,12 @@ fn past_the_admission_rate_new_flows_are_balanced_but_not_remembered() {
             "tunnel_source_v6 = \"fd00:4c34::/96\"\n",
             "tunnel_source_v6 = \"fd00:4c34::/96\"\nl4_remembered_flows_per_cpu = 3\n",
         );
-        let two = config(&limited);
+        let (two, three) = two_and_three_targets(&limited);
         assert_eq!(two.xdp.as_ref().unwrap().l4_remembered_flows_per_cpu, 3);
-        let three = config(&limited.replace(
-            r#"{ addr = "10.0.1.2", weight = 2 } ]"#,
-            r#"{ addr = "10.0.1.2", weight = 2 }, { addr = "10.0.1.3", weight = 4 } ]"#,
-        ));
         let mut program = XdpProgram::load_from(&object).expect("load the XDP object");
         let (control, _inbox) = std::sync::mpsc::channel();
         let mut balancer = L4Balancer::start(&two, &mut program, &control).expect("L4 maps");
-        // Five new flows that the bigger ring sends elsewhere.
-        let flows: Vec<Packet> = (1_000..3_000)
-            .map(|port| Packet::tcp("192.0.2.30", "10.100.0.1", port, 80))
-            .filter(|p| {
-                let flow = p.flow(true);
-                expected_target(&two, 0, &flow, &[true, true])
-                    != expected_target(&three, 0, &flow, &[true, true, true])
-            })
-            .take(5)
-            .collect();
+        let flows = flows_that_move(&two, &three, "192.0.2.30", 5);
         let outer_target = |out: &[u8]| IpAddr::from(<[u8; 4]>::try_from(&out[30..34]).unwrap());
         for p in &flows {
             let flow = p.flow(true);
