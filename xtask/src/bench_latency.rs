@@ -19,7 +19,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::bench::{
-    BenchArgs, CONTENDERS, Scenario, free_port, median, start_proxy, stop, wait_http, wrk,
+    BenchArgs, CONTENDERS, Scenario, clock_ticks_per_sec, free_port, median, start_proxy, stop,
+    tree_cpu_ticks, wait_http, wrk,
 };
 
 /// The closed-loop probe that sets the offered loads.
@@ -43,6 +44,8 @@ struct Percentiles {
     p99_ms: f64,
     p999_ms: f64,
     achieved: f64,
+    /// The proxy's CPU time per request during the run (NaN for the harness alone).
+    cpu_us_per_request: f64,
 }
 
 /// The README section.
@@ -75,9 +78,9 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
     )?;
     writeln!(
         out,
-        "| offered req/s | contender | achieved req/s | p50 ms | p99 ms | p99.9 ms | p99 vs best peer |"
+        "| offered req/s | contender | achieved req/s | CPU µs/request | p50 ms | p99 ms | p99.9 ms | p99 vs best peer |"
     )?;
-    writeln!(out, "|---|---|---|---|---|---|---|")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|")?;
     for share in LOADS {
         let rate = max * share;
         let mut runs: Vec<Vec<Percentiles>> = vec![Vec::new(); CONTENDERS.len()];
@@ -105,18 +108,28 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
                 // A short warm-up at the same rate, then the measured run.
                 let warm = open_loop(port, S1_PROBE.path, rate, Duration::from_secs(1));
                 let measured = warm.and_then(|_| {
-                    open_loop(
+                    let before = tree_cpu_ticks(proxy.id())?;
+                    let mut measured = open_loop(
                         port,
                         S1_PROBE.path,
                         rate,
                         Duration::from_secs(args.duration),
-                    )
+                    )?;
+                    let ticks = tree_cpu_ticks(proxy.id())? - before;
+                    let requests = measured.achieved * args.duration as f64;
+                    measured.cpu_us_per_request =
+                        ticks as f64 * 1e6 / clock_ticks_per_sec() / requests;
+                    Ok(measured)
                 });
                 stop(proxy);
                 let measured = measured?;
                 eprintln!(
-                    "S7 {rate:8.0}/s {contender:8} p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms ({:.0} req/s)",
-                    measured.p50_ms, measured.p99_ms, measured.p999_ms, measured.achieved
+                    "S7 {rate:8.0}/s {contender:8} p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms ({:.0} req/s, {:.1} µs CPU/request)",
+                    measured.p50_ms,
+                    measured.p99_ms,
+                    measured.p999_ms,
+                    measured.achieved,
+                    measured.cpu_us_per_request
                 );
                 runs[c].push(measured);
             }
@@ -129,7 +142,7 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
         let direct_pick = |f: fn(&Percentiles) -> f64| median(direct.iter().map(f).collect()).0;
         writeln!(
             out,
-            "| {rate:.0} | none: the generator straight to the backend | {:.0} | {:.2} | {:.2} | {:.2} | — |",
+            "| {rate:.0} | none: the generator straight to the backend | {:.0} | — | {:.2} | {:.2} | {:.2} | — |",
             direct_pick(|p| p.achieved),
             direct_pick(|p| p.p50_ms),
             direct_pick(|p| p.p99_ms),
@@ -139,8 +152,9 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
             let p99 = pick(c, |p| p.p99_ms);
             writeln!(
                 out,
-                "| {rate:.0} | {contender} | {:.0} | {:.2} | {p99:.2} | {:.2} | **{:.2}×** |",
+                "| {rate:.0} | {contender} | {:.0} | {:.1} | {:.2} | {p99:.2} | {:.2} | **{:.2}×** |",
                 pick(c, |p| p.achieved),
+                pick(c, |p| p.cpu_us_per_request),
                 pick(c, |p| p.p50_ms),
                 pick(c, |p| p.p999_ms),
                 p99 / best_peer
@@ -204,6 +218,7 @@ fn open_loop(port: u16, path: &str, rate: f64, duration: Duration) -> Result<Per
         p99_ms: at(0.99),
         p999_ms: at(0.999),
         achieved: all.len() as f64 / duration.as_secs_f64(),
+        cpu_us_per_request: f64::NAN,
     })
 }
 
