@@ -167,8 +167,7 @@ struct Picked {
 
 /// The flow's target: the one it already has while that is up (with the hash stored
 /// beside it), else the ring's pick for its hash (both remembered, the hash computed
-/// only here). `None` when the
-/// service has no live target.
+/// only here). `None` when the service has no live target.
 #[inline(always)]
 fn pick(flow: &FlowKey, service: &VipService, hash: impl FnOnce() -> u32) -> Option<Picked> {
     // SAFETY: an LRU hash lookup; the value is copied out at once.
