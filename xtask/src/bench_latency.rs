@@ -44,6 +44,8 @@ struct Percentiles {
     p99_ms: f64,
     p999_ms: f64,
     achieved: f64,
+    /// Requests answered in the run.
+    requests: usize,
     /// The proxy's CPU time per request during the run (NaN for the harness alone).
     cpu_us_per_request: f64,
 }
@@ -116,9 +118,8 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
                         Duration::from_secs(args.duration),
                     )?;
                     let ticks = tree_cpu_ticks(proxy.id())? - before;
-                    let requests = measured.achieved * args.duration as f64;
                     measured.cpu_us_per_request =
-                        ticks as f64 * 1e6 / clock_ticks_per_sec() / requests;
+                        ticks as f64 * 1e6 / clock_ticks_per_sec() / measured.requests as f64;
                     Ok(measured)
                 });
                 stop(proxy);
@@ -218,6 +219,7 @@ fn open_loop(port: u16, path: &str, rate: f64, duration: Duration) -> Result<Per
         p99_ms: at(0.99),
         p999_ms: at(0.999),
         achieved: all.len() as f64 / duration.as_secs_f64(),
+        requests: all.len(),
         cpu_us_per_request: f64::NAN,
     })
 }
