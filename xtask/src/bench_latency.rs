@@ -2,21 +2,15 @@
 //! rate (50% and 80% of the slowest peer's closed-loop S1 maximum) from the xtask's own
 //! generator, and its p50/p99/p99.9 are compared.
 //!
-//! The generator schedules every request in advance (`connections` keep-alive
-//! connections, each sending at `rate / connections`, staggered) and measures each
-//! latency from the request's *scheduled* time, not from when it could be sent: a
-//! response that comes late delays the next send on its connection, and that wait is
-//! counted (no coordinated omission). Its threads run on CPU 1, the proxy on CPU 0.
+//! The generator (`open_loop`) schedules every request in advance and measures each
+//! latency from the request's scheduled time (no coordinated omission). It runs in one
+//! thread on CPU 1, the proxy on CPU 0.
 
-use std::{
-    fmt::Write as _,
-    io::{Read, Write},
-    net::TcpStream,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
+
+use crate::open_loop::Offer;
 
 use crate::bench::{
     BenchArgs, CONTENDERS, Scenario, clock_ticks_per_sec, free_port, median, start_proxy, stop,
@@ -169,46 +163,17 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
     Ok(out)
 }
 
-/// Offers `rate` requests/s of `GET path` to `port` for `duration`, open loop.
+/// Offers `rate` requests/s of `GET path` to `port` for `duration`, open loop, from the
+/// harness core (CPU 1).
 fn open_loop(port: u16, path: &str, rate: f64, duration: Duration) -> Result<Percentiles> {
-    let interval = Duration::from_secs_f64(CONNECTIONS as f64 / rate);
-    let start = Instant::now() + Duration::from_millis(50);
-    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
-    let workers: Vec<_> = (0..CONNECTIONS)
-        .map(|i| {
-            let request = request.clone();
-            let offset = interval.mul_f64(i as f64 / CONNECTIONS as f64);
-            std::thread::spawn(move || -> Result<Vec<u32>> {
-                pin_to_cpu(1);
-                let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-                stream.set_nodelay(true)?;
-                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-                let mut latencies = Vec::new();
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut next = start + offset;
-                let end = start + duration;
-                while next < end {
-                    let now = Instant::now();
-                    if next > now {
-                        std::thread::sleep(next - now);
-                    }
-                    stream.write_all(request.as_bytes())?;
-                    read_response(&mut stream, &mut buf)?;
-                    latencies.push(next.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                    next += interval;
-                }
-                Ok(latencies)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for worker in workers {
-        all.extend(
-            worker
-                .join()
-                .map_err(|_| anyhow::anyhow!("a generator thread panicked"))??,
-        );
-    }
+    let mut all = crate::open_loop::run(&Offer {
+        port,
+        path,
+        rate,
+        duration,
+        connections: CONNECTIONS,
+        cpu: 1,
+    })?;
     if all.is_empty() {
         bail!("the open-loop run sent nothing");
     }
@@ -222,52 +187,4 @@ fn open_loop(port: u16, path: &str, rate: f64, duration: Duration) -> Result<Per
         requests: all.len(),
         cpu_us_per_request: f64::NAN,
     })
-}
-
-/// Reads one response (head, then a `content-length` body); a non-2xx fails the run.
-fn read_response(stream: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
-    let mut filled = 0;
-    loop {
-        let n = stream.read(&mut buf[filled..])?;
-        if n == 0 {
-            bail!("the proxy closed the connection");
-        }
-        filled += n;
-        let Some(head_end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = std::str::from_utf8(&buf[..head_end]).context("response head")?;
-        let status = head.split_whitespace().nth(1).unwrap_or_default();
-        if !status.starts_with('2') {
-            bail!("non-2xx response: {status}");
-        }
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())?
-            })
-            .context("a response without content-length")?;
-        let total = head_end + 4 + length;
-        while filled < total {
-            let n = stream.read(&mut buf[filled..total])?;
-            if n == 0 {
-                bail!("the proxy closed mid-body");
-            }
-            filled += n;
-        }
-        return Ok(());
-    }
-}
-
-/// Pins the calling thread to `cpu` (best effort).
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it, and
-    // sched_setaffinity only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }

@@ -20,6 +20,7 @@ mod bench_traffic;
 mod bench_xdp;
 mod ebpf;
 mod fuzz;
+mod open_loop;
 mod run;
 mod setup;
 mod soak;
