@@ -4,6 +4,7 @@
 //! merged JSON is the answer. A partial answer says which calls failed in the
 //! `x-aggregate-partial` header and its `_errors` member.
 
+use super::io::SendNow;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::{
@@ -22,7 +23,7 @@ use crate::{
     upstream::fetch::fetch,
 };
 
-impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+impl<S: AsyncReadRent + AsyncWriteRent + SendNow> Connection<S> {
     /// Answers the request with the merged answers of `aggregate`'s calls; returns
     /// whether the client connection stays open.
     pub(super) async fn answer_aggregate(

@@ -3,6 +3,7 @@
 //! failed try may be retried (the route's policy and the upstream's budget), and the
 //! backoff before the next one.
 
+use super::io::SendNow;
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -71,7 +72,7 @@ impl Tries {
     }
 }
 
-impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+impl<S: AsyncReadRent + AsyncWriteRent + SendNow> Connection<S> {
     /// Chooses the try's target: a healthy one (unless the upstream is in panic) that
     /// this request has not failed on yet, or any healthy one when none is left.
     pub(super) fn pick_target(

@@ -7,6 +7,7 @@
 //! one key on a worker wait for the first one's fetch. When the upstream fails and a
 //! stale response is within its `stale-if-error` window, that one is served instead.
 
+use super::io::SendNow;
 use std::{rc::Rc, time::Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -70,7 +71,7 @@ fn key_hash(key: &[u8]) -> u64 {
     foldhash::fast::FixedState::with_seed(0x6361_6368_6521).hash_one(key)
 }
 
-impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+impl<S: AsyncReadRent + AsyncWriteRent + SendNow> Connection<S> {
     /// Serves a GET or HEAD on a caching route; returns whether the connection stays open.
     pub(super) async fn forward_cached(
         &mut self,

@@ -2,6 +2,7 @@
 //! pipeline, repeat while keep-alive allows. Requests on a connection are strictly
 //! sequential, so pipelined requests are answered in order by construction.
 
+use super::io::SendNow;
 use std::{net::SocketAddr, rc::Rc, time::Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
@@ -263,7 +264,7 @@ async fn await_request<S: ClientStream>(stream: &mut S, worker: &Worker) -> Arri
     }
 }
 
-impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+impl<S: AsyncReadRent + AsyncWriteRent + SendNow> Connection<S> {
     /// Reads and answers requests until the connection is idle (`Some`, to wait for
     /// the next one) or done (`None`: closed, or it became a WebSocket tunnel).
     async fn serve_requests(mut self, worker: Rc<Worker>) -> Option<Self>
@@ -431,7 +432,7 @@ impl<S> Connection<S> {
     }
 }
 
-impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+impl<S: AsyncReadRent + AsyncWriteRent + SendNow> Connection<S> {
     /// Reads and parses the next request head. `Ok(false)`: the connection ended
     /// cleanly (client closed, idle timeout, drain).
     async fn read_head(&mut self, worker: &Worker, limits: &Limits) -> Result<bool, ProxyError> {

@@ -4,6 +4,7 @@
 //! revalidation, a retried status), relaying the response body, and parking the
 //! upstream connection when it is clean.
 
+use super::io::SendNow;
 use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -74,7 +75,7 @@ fn downstream_io(failure: IoFailure) -> ProxyError {
     }
 }
 
-impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+impl<S: AsyncReadRent + AsyncWriteRent + SendNow> Connection<S> {
     /// Forwards the current request on `route`, retrying per its policy; returns
     /// whether the client connection stays open.
     pub(super) async fn forward(

@@ -177,7 +177,7 @@ impl ReadBuf {
 /// What a client connection's stream offers beyond plain reads, so an idle keep-alive
 /// connection holds its socket and little else: a read that gives up after a short
 /// window without losing bytes, and a wait for bytes that holds no buffer.
-pub trait ClientStream {
+pub trait ClientStream: SendNow {
     /// Reads into the spare capacity of `buf` like a plain read, but gives up after
     /// `window` when nothing arrived: `Ok(None)`, no byte lost (the pending read is
     /// cancelled and awaited). `Ok(Some(0))` is the end of the stream.
@@ -234,12 +234,52 @@ pub async fn within<T>(
     }
 }
 
-/// Writes all of `out` to `stream` within `timeout`, handing the buffer back cleared.
-pub async fn write_all_within<S: AsyncWriteRent>(
+/// A stream that can take bytes at once when its socket's send buffer has room, which
+/// is the common case for a request head or a small response.
+///
+/// Why: an io_uring write only reaches the kernel when the worker next parks, so after a
+/// burst every response waits until the whole burst is parsed, and the task comes back
+/// through the ring to learn it was written. A direct non-blocking send hands each
+/// response to the peer (and the backend) as soon as it is ready, with no timer armed.
+pub trait SendNow {
+    /// Sends what the socket takes without waiting and returns how many bytes that was;
+    /// 0 when it would block, failed (the ring write that follows reports the error), or
+    /// the stream has no direct path (TLS records go through the ring).
+    fn send_now(&mut self, _bytes: &[u8]) -> usize {
+        0
+    }
+}
+
+impl SendNow for monoio::net::TcpStream {
+    fn send_now(&mut self, bytes: &[u8]) -> usize {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is this stream's open socket and `bytes` is a valid
+        // buffer of the length given; MSG_DONTWAIT makes the call return at once.
+        let sent = unsafe {
+            libc::send(
+                self.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        usize::try_from(sent).unwrap_or(0)
+    }
+}
+
+/// Writes all of `out` to `stream` within `timeout`, handing the buffer back cleared:
+/// directly when the socket takes it all ([`SendNow`]), else through the ring.
+pub async fn write_all_within<S: AsyncWriteRent + SendNow>(
     stream: &mut S,
     out: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<(), IoFailure> {
+    let sent = stream.send_now(out);
+    if sent == out.len() {
+        out.clear();
+        return Ok(());
+    }
+    out.drain(..sent);
     let buf = std::mem::take(out);
     let result = monoio::time::timeout(timeout, async move { stream.write_all(buf).await }).await;
     match result {
@@ -250,5 +290,58 @@ pub async fn write_all_within<S: AsyncWriteRent>(
             Ok(())
         }
         Err(_) => Err(IoFailure::Timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// More than loopback's socket buffers hold, so a direct send takes only part.
+    const LARGE: usize = 16 * 1024 * 1024;
+
+    #[test]
+    fn a_write_the_socket_cannot_take_at_once_finishes_through_the_ring_in_order() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let payload: Vec<u8> = (0..LARGE).map(|i| (i % 251) as u8).collect();
+        let reader = std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().expect("accept");
+            // Let the writer fill the socket's buffers before anything is drained.
+            std::thread::sleep(Duration::from_millis(100));
+            let mut received = Vec::with_capacity(LARGE);
+            peer.read_to_end(&mut received).expect("read");
+            received
+        });
+        let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        let expected = payload.clone();
+        runtime.block_on(async move {
+            let mut stream = monoio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect");
+            let mut out = payload;
+            let first = stream.send_now(&out);
+            assert!(
+                first > 0 && first < LARGE,
+                "a direct send takes what fits ({first} of {LARGE} bytes)"
+            );
+            out.drain(..first);
+            write_all_within(&mut stream, &mut out, Duration::from_secs(30))
+                .await
+                .expect("the rest is written");
+            assert!(out.is_empty(), "the buffer comes back cleared");
+            assert_eq!(stream.send_now(b""), 0);
+        });
+        // The stream's close may wait in the ring until the runtime goes.
+        drop(runtime);
+        assert!(
+            reader.join().expect("reader") == expected,
+            "every byte, in order"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! route's limit are refused when the route must read them, and streamed untouched when
 //! it only edits them.
 
+use super::io::SendNow;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::Value;
 
@@ -52,7 +53,7 @@ const TRANSLATED_DROPS: [&[u8]; 9] = [
     b"soapaction",
 ];
 
-impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+impl<S: AsyncReadRent + AsyncWriteRent + SendNow> Connection<S> {
     /// Phase "forward" of a mediated route: prepares the [`Outbound`] call, then runs
     /// the try loop with it.
     pub(super) async fn forward_mediated(

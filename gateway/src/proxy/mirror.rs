@@ -5,6 +5,7 @@
 //! can delay, change or fail the real request. At most [`MAX_MIRRORS_IN_FLIGHT`] copies
 //! are in flight per worker; beyond that, copies are skipped and counted.
 
+use super::io::SendNow;
 use std::{cell::Cell, rc::Rc};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -31,7 +32,7 @@ impl Drop for MirrorSlot {
     }
 }
 
-impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+impl<S: AsyncReadRent + AsyncWriteRent + SendNow> Connection<S> {
     /// Decides whether this request is copied (sampled; never WebSocket handshakes or
     /// bodies declared larger than the limit).
     pub(super) fn plan_mirror(&mut self, worker: &Worker, route: &RouteConfig) {

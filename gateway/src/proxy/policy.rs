@@ -11,6 +11,7 @@
 //! connection's per-request reply headers, headers for the upstream (the verified
 //! identity) into its upstream headers.
 
+use super::io::SendNow;
 use std::{
     io::Write as _,
     net::IpAddr,
@@ -56,7 +57,7 @@ fn ceil_secs(ns: u64) -> u64 {
     ns.div_ceil(1_000_000_000)
 }
 
-impl<S: AsyncReadRent + AsyncWriteRent> Connection<S> {
+impl<S: AsyncReadRent + AsyncWriteRent + SendNow> Connection<S> {
     /// Runs the route's policy phases.
     pub(super) async fn admit<'s>(
         &mut self,

@@ -2,6 +2,7 @@
 //! re-framing it as told, in bounded memory. Used in both directions; the caller maps a
 //! [`RelayError`] to the side that failed.
 
+use super::io::SendNow;
 use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -73,7 +74,7 @@ pub(super) struct Relay<'a, R, W> {
     pub tee: Option<Tee<'a>>,
 }
 
-impl<R: AsyncReadRent, W: AsyncWriteRent> Relay<'_, R, W> {
+impl<R: AsyncReadRent, W: AsyncWriteRent + SendNow> Relay<'_, R, W> {
     fn tee(&mut self, data_len: usize) {
         if let Some(tee) = self.tee.as_mut() {
             tee.take(&self.buf.data()[..data_len]);

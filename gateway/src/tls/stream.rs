@@ -19,7 +19,7 @@ use monoio::{
     io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split},
 };
 
-use crate::proxy::io::ClientStream;
+use crate::proxy::io::{ClientStream, SendNow};
 use rustls::{ServerConfig, ServerConnection};
 
 /// Raw bytes read from the socket per read: one maximal TLS record and its header.
@@ -193,6 +193,9 @@ impl<IO: AsyncReadRent + AsyncWriteRent> TlsStream<IO> {
         Ok(written)
     }
 }
+
+/// TLS records go through the ring (see [`SendNow`]).
+impl<IO> SendNow for TlsStream<IO> {}
 
 impl<IO: ClientStream + AsyncReadRent + AsyncWriteRent> ClientStream for TlsStream<IO> {
     async fn read_for(

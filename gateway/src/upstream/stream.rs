@@ -32,6 +32,15 @@ impl AsyncReadRent for UpstreamStream {
     }
 }
 
+impl crate::proxy::io::SendNow for UpstreamStream {
+    fn send_now(&mut self, bytes: &[u8]) -> usize {
+        match self {
+            Self::Plain(s) => s.send_now(bytes),
+            Self::Tls(_) => 0,
+        }
+    }
+}
+
 impl AsyncWriteRent for UpstreamStream {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
