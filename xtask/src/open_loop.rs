@@ -207,23 +207,23 @@ fn receive(connection: &mut Connection) -> Result<bool> {
 
 /// The whole response's length once its head has arrived.
 fn response_length(response: &[u8]) -> Result<Option<usize>> {
-    let Some(head_end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Ok(None);
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut head = httparse::Response::new(&mut headers);
+    let head_len = match head.parse(response).context("response head")? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
     };
-    let head = std::str::from_utf8(&response[..head_end]).context("response head")?;
-    let status = head.split_whitespace().nth(1).unwrap_or_default();
-    if !status.starts_with('2') {
+    let status = head.code.unwrap_or_default();
+    if !(200..300).contains(&status) {
         bail!("non-2xx response: {status}");
     }
     let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
         .context("a response without content-length")?;
-    Ok(Some(head_end + 4 + length))
+    Ok(Some(head_len + length))
 }
 
 fn owned(fd: RawFd, what: &str) -> Result<OwnedFd> {
@@ -308,5 +308,22 @@ pub fn pin_to_cpu(cpu: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::response_length;
+
+    #[test]
+    fn a_response_is_complete_at_its_head_plus_content_length() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(response_length(head).unwrap(), Some(head.len() + 5));
+        assert_eq!(
+            response_length(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap(),
+            None
+        );
+        assert!(response_length(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n").is_err());
+        assert!(response_length(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
     }
 }
