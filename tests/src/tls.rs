@@ -225,7 +225,7 @@ impl rustls::client::danger::ServerCertVerifier for RecordOcsp {
 
 /// A TLS client connection to `addr` with SNI `server_name` (the handshake runs on the
 /// first write), reads timing out after 10 s.
-fn tls_client(
+pub fn tls_client(
     addr: SocketAddr,
     server_name: &str,
     config: Arc<ClientConfig>,

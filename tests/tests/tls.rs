@@ -7,9 +7,11 @@ use std::{
 };
 
 use gateway_tests::{
-    Backend, Gateway, client,
+    Backend, Gateway,
+    backend::body_byte,
+    client,
     gateway::{run_cli, write_config},
-    tls::{TestPki, https_get, https_request},
+    tls::{TestPki, https_get, https_request, tls_client},
 };
 
 /// DNS names in a DER certificate's subjectAltName.
@@ -120,6 +122,52 @@ fn tls12_works_and_the_backend_sees_https() {
         headers.contains(r#"["x-forwarded-proto","https"]"#),
         "{headers}"
     );
+}
+
+/// The gateway sends TLS records directly while the socket takes them and through the
+/// ring once it is full: a client that reads late still gets every byte in order.
+#[test]
+fn a_large_download_to_a_late_reader_arrives_whole() {
+    const SIZE: u64 = 16 * 1024 * 1024;
+    let pki = TestPki::new();
+    let backend = Backend::start("source");
+    let gw = tls_gateway(&pki, &backend, "");
+    let mut tls = tls_client(
+        gw.addr(),
+        "api.test",
+        pki.client_config(&[&rustls::version::TLS13]),
+    )
+    .expect("client");
+    tls.sock
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    tls.write_all(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: api.test\r\n\r\n").as_bytes())
+        .expect("request");
+    // Nothing is read for a while: the gateway fills the socket's buffers and has to
+    // finish the response through the ring.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte).expect("head byte");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains(&format!("content-length: {SIZE}")), "{head}");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    while total < SIZE {
+        let n = tls.read(&mut buf).expect("body");
+        assert!(n > 0, "closed after {total} bytes");
+        let wrong = buf[..n]
+            .iter()
+            .enumerate()
+            .position(|(i, &b)| b != body_byte(total + i as u64));
+        assert_eq!(wrong, None, "a wrong byte after {total} bytes");
+        total += n as u64;
+    }
+    assert_eq!(total, SIZE);
 }
 
 #[test]

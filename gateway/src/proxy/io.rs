@@ -244,7 +244,7 @@ pub async fn within<T>(
 pub trait SendNow {
     /// Sends what the socket takes without waiting and returns how many bytes that was;
     /// 0 when it would block, failed (the ring write that follows reports the error), or
-    /// the stream has no direct path (TLS records go through the ring).
+    /// the stream has no direct path (a TLS stream sends its own records).
     fn send_now(&mut self, _bytes: &[u8]) -> usize {
         0
     }

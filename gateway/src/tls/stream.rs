@@ -70,7 +70,7 @@ pub struct TlsStream<IO> {
     outgoing: Vec<u8>,
 }
 
-impl<IO: AsyncReadRent + AsyncWriteRent> TlsStream<IO> {
+impl<IO: AsyncReadRent + AsyncWriteRent + SendNow> TlsStream<IO> {
     /// Runs the server handshake on `io` with `config`.
     pub async fn accept(io: IO, config: Arc<ServerConfig>) -> io::Result<Self> {
         let session = ServerConnection::new(config).map_err(io::Error::other)?;
@@ -115,6 +115,14 @@ impl<IO: AsyncReadRent + AsyncWriteRent> TlsStream<IO> {
             }
             out.clear();
             self.session.write_tls(&mut out)?;
+            // Records the socket takes at once go now (see `SendNow`); the rest, or
+            // all of it when the buffer is full, through the ring.
+            let sent = self.io.send_now(&out);
+            if sent == out.len() {
+                self.outgoing = out;
+                continue;
+            }
+            out.drain(..sent);
             let (result, out) = self.io.write_all(out).await;
             self.outgoing = out;
             result?;
@@ -194,7 +202,8 @@ impl<IO: AsyncReadRent + AsyncWriteRent> TlsStream<IO> {
     }
 }
 
-/// TLS records go through the ring (see [`SendNow`]).
+/// The proxy's plaintext goes through rustls, which sends its records itself (directly
+/// when the socket takes them, see `write_tls`).
 impl<IO> SendNow for TlsStream<IO> {}
 
 impl<IO: ClientStream + AsyncReadRent + AsyncWriteRent> ClientStream for TlsStream<IO> {
@@ -254,7 +263,7 @@ impl<IO: ClientStream + AsyncReadRent + AsyncWriteRent> ClientStream for TlsStre
     }
 }
 
-impl<IO: AsyncReadRent + AsyncWriteRent> AsyncReadRent for TlsStream<IO> {
+impl<IO: AsyncReadRent + AsyncWriteRent + SendNow> AsyncReadRent for TlsStream<IO> {
     async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
         // SAFETY: the buffer's pointer and capacity describe writable memory it owns.
         let dst = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
@@ -294,7 +303,7 @@ impl<IO: AsyncReadRent + AsyncWriteRent> AsyncReadRent for TlsStream<IO> {
     }
 }
 
-impl<IO: AsyncReadRent + AsyncWriteRent> AsyncWriteRent for TlsStream<IO> {
+impl<IO: AsyncReadRent + AsyncWriteRent + SendNow> AsyncWriteRent for TlsStream<IO> {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         // SAFETY: the buffer's pointer and initialized length describe readable memory.
         let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
