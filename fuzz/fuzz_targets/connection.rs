@@ -8,7 +8,11 @@ use std::{cell::RefCell, path::Path, rc::Rc, sync::Arc};
 
 use gateway::{
     config::Config,
-    proxy::{Snapshot, Worker, WorkerShared, io::ClientStream, serve_connection},
+    proxy::{
+        Snapshot, Worker, WorkerShared,
+        io::{ClientStream, SendNow},
+        serve_connection,
+    },
     ratelimit::RateTable,
 };
 use libfuzzer_sys::fuzz_target;
@@ -114,6 +118,16 @@ impl AsyncWriteRent for MemoryStream {
 
     async fn shutdown(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Takes the first half of every direct send, so each write runs both paths: the
+/// direct one and the ring write of the rest.
+impl SendNow for MemoryStream {
+    fn send_now(&mut self, bytes: &[u8]) -> usize {
+        let taken = bytes.len() / 2;
+        self.output.borrow_mut().extend_from_slice(&bytes[..taken]);
+        taken
     }
 }
 
