@@ -4,14 +4,13 @@
 //! merged JSON is the answer. A partial answer says which calls failed in the
 //! `x-aggregate-partial` header and its `_errors` member.
 
-use super::io::SendNow;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::{
     Snapshot, Worker,
     connection::Connection,
     error::{ProxyError, write_json_response},
-    io::write_all_within,
+    io::{SendNow, write_all_within},
     serialize::header,
 };
 use crate::{

@@ -3,7 +3,6 @@
 //! failed try may be retried (the route's policy and the upstream's budget), and the
 //! backoff before the next one.
 
-use super::io::SendNow;
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -11,7 +10,7 @@ use std::{
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use super::{Snapshot, Worker, connection::Connection, error::ProxyError};
+use super::{Snapshot, Worker, connection::Connection, error::ProxyError, io::SendNow};
 use crate::{
     config::{RetryPolicy, UpstreamConfig},
     upstream::{

@@ -7,13 +7,16 @@
 //! one key on a worker wait for the first one's fetch. When the upstream fails and a
 //! stale response is within its `stale-if-error` window, that one is served instead.
 
-use super::io::SendNow;
 use std::{rc::Rc, time::Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::{
-    Snapshot, Worker, connection::Connection, error::ProxyError, io::write_all_within, serialize,
+    Snapshot, Worker,
+    connection::Connection,
+    error::ProxyError,
+    io::{SendNow, write_all_within},
+    serialize,
 };
 use crate::{
     cache::{

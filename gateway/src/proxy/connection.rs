@@ -2,7 +2,6 @@
 //! pipeline, repeat while keep-alive allows. Requests on a connection are strictly
 //! sequential, so pipelined requests are answered in order by construction.
 
-use super::io::SendNow;
 use std::{net::SocketAddr, rc::Rc, time::Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
@@ -10,7 +9,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use super::{
     Worker,
     error::ProxyError,
-    io::{ClientStream, IoFailure, ReadBuf, write_all_within},
+    io::{ClientStream, IoFailure, ReadBuf, SendNow, write_all_within},
     policy::Admission,
     relay::BODY_READ,
 };

@@ -4,7 +4,6 @@
 //! revalidation, a retried status), relaying the response body, and parking the
 //! upstream connection when it is clean.
 
-use super::io::SendNow;
 use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -14,7 +13,7 @@ use super::{
     attempt::{Tries, park, within},
     connection::{BodyState, Connection},
     error::ProxyError,
-    io::{IoFailure, write_all_within},
+    io::{IoFailure, SendNow, write_all_within},
     relay::{Relay, RelayError, Tee},
     serialize::{self, OutFraming},
 };

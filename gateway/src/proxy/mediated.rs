@@ -6,7 +6,6 @@
 //! route's limit are refused when the route must read them, and streamed untouched when
 //! it only edits them.
 
-use super::io::SendNow;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::Value;
 
@@ -15,7 +14,7 @@ use super::{
     buffered::{BodyFraming, PeekError, Peeked, peek_body},
     connection::{BodyState, Connection},
     error::{ProxyError, write_json_response},
-    io::{IoFailure, write_all_within},
+    io::{IoFailure, SendNow, write_all_within},
     serialize::{self, OutFraming},
 };
 use crate::{

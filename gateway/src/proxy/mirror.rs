@@ -5,12 +5,11 @@
 //! can delay, change or fail the real request. At most [`MAX_MIRRORS_IN_FLIGHT`] copies
 //! are in flight per worker; beyond that, copies are skipped and counted.
 
-use super::io::SendNow;
 use std::{cell::Cell, rc::Rc};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::{Snapshot, Worker, connection::Connection, serialize};
+use super::{Snapshot, Worker, connection::Connection, io::SendNow, serialize};
 use crate::{config::RouteConfig, http::request::RequestBody, upstream::connect};
 
 /// Copies in flight at once per worker.

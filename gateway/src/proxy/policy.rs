@@ -11,7 +11,6 @@
 //! connection's per-request reply headers, headers for the upstream (the verified
 //! identity) into its upstream headers.
 
-use super::io::SendNow;
 use std::{
     io::Write as _,
     net::IpAddr,
@@ -22,7 +21,9 @@ use std::{
 use ipnet::IpNet;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use super::{Snapshot, Worker, connection::Connection, error::ProxyError, serialize::header};
+use super::{
+    Snapshot, Worker, connection::Connection, error::ProxyError, io::SendNow, serialize::header,
+};
 use crate::{
     auth::{AuthFailure, CredentialPlace, Identity},
     config::{CorsConfig, RouteConfig, RoutePolicy},

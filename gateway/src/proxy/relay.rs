@@ -2,14 +2,13 @@
 //! re-framing it as told, in bounded memory. Used in both directions; the caller maps a
 //! [`RelayError`] to the side that failed.
 
-use super::io::SendNow;
 use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::{
     compress::BodyEncoder,
-    io::{IoFailure, ReadBuf, write_all_within},
+    io::{IoFailure, ReadBuf, SendNow, write_all_within},
 };
 use crate::http::{
     FramingError,
