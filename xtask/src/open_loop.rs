@@ -301,7 +301,7 @@ fn wait(epoll: &OwnedFd, events: &mut [libc::epoll_event]) -> Result<usize> {
 }
 
 /// Pins the calling thread to `cpu` (best effort).
-pub fn pin_to_cpu(cpu: usize) {
+fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it, and
     // sched_setaffinity only reads it.
     unsafe {
