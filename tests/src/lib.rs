@@ -37,5 +37,18 @@ pub fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
+/// Pins thread `tid` (0: the calling thread) to `cpu`, best effort: per-CPU BPF state
+/// (SYN buckets, the L4 admission window) is only predictable from one core, and the
+/// benchmarks keep the harness off the proxy's core.
+pub fn pin_thread(tid: i32, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity
+    // only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 pub use client::{Response, raw_exchange, read_response, read_response_from};
 pub use gateway::Gateway;

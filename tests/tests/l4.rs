@@ -592,12 +592,7 @@ fn past_the_admission_rate_new_flows_are_balanced_but_not_remembered() {
     };
     in_fresh_namespace(move || {
         // The admission window is per CPU: stay on one.
-        // SAFETY: a zeroed cpu_set_t is a valid empty set; this thread only.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(0, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
+        gateway_tests::pin_thread(0, 0);
         let limited = CONFIG.replace(
             "tunnel_source_v6 = \"fd00:4c34::/96\"\n",
             "tunnel_source_v6 = \"fd00:4c34::/96\"\nl4_remembered_flows_per_cpu = 3\n",

@@ -609,12 +609,7 @@ fn edge_policy_table_through_bpf_prog_test_run() {
     // SYN guard: burst 3 at 2 per second, per source (slow enough that a loaded machine
     // cannot earn a token between two runs). Buckets are per CPU and a test
     // run executes on the caller's CPU: stay on one, or a migration finds a full bucket.
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    gateway_tests::pin_thread(0, 0);
     let mut program = XdpProgram::load_from(&object).expect("load");
     program
         .sync_policy(&edge_policy(&[], &[], Some((2, 3))), &listeners)

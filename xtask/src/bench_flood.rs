@@ -336,7 +336,7 @@ pub fn napi_thread_on(device: &str, cpu: usize) -> Result<()> {
         };
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         if comm.trim_end().starts_with(&prefix) {
-            pin_thread(pid, cpu);
+            gateway_tests::pin_thread(pid, cpu);
             let param = libc::sched_param { sched_priority: 50 };
             // SAFETY: a valid pid and parameter.
             unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) };
@@ -347,17 +347,6 @@ pub fn napi_thread_on(device: &str, cpu: usize) -> Result<()> {
         bail!("no NAPI thread for {device}");
     }
     Ok(())
-}
-
-/// Pins thread `tid` (0: the calling thread) to `cpu`.
-pub fn pin_thread(tid: i32, cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity
-    // only read and write it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }
 
 /// What every run shares: the namespace, the wire, the work folder, the backend port.
@@ -408,7 +397,7 @@ fn measure(mode: Mode, rate: u64, harness: &mut Harness<'_>, args: &BenchArgs) -
     let flooder = std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                pin_thread(0, 1);
+                gateway_tests::pin_thread(0, 1);
                 veth.flood_syn_frames(
                     WIRE_IN,
                     wire.gateway_mac,

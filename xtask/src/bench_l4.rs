@@ -503,7 +503,7 @@ fn live_mean_varied(
     // As on a NIC queue: the receive loop runs on its own core, in batches, while the
     // sender takes the other one. (Attaching recreates the NAPI instance.)
     crate::bench_flood::napi_thread_on("l4b0", 1)?;
-    crate::bench_flood::pin_thread(0, 0);
+    gateway_tests::pin_thread(0, 0);
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
     let mut means = Vec::with_capacity(LIVE_ROUNDS);
     let mut total_runs = 0;

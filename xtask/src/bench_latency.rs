@@ -10,11 +10,12 @@ use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
-use crate::open_loop::Offer;
-
-use crate::bench::{
-    BenchArgs, CONTENDERS, Scenario, clock_ticks_per_sec, free_port, median, start_proxy, stop,
-    tree_cpu_ticks, wait_http, wrk,
+use crate::{
+    bench::{
+        BenchArgs, CONTENDERS, Scenario, clock_ticks_per_sec, free_port, median, start_proxy, stop,
+        tree_cpu_ticks, wait_http, wrk,
+    },
+    open_loop::Offer,
 };
 
 /// The closed-loop probe that sets the offered loads.
@@ -81,8 +82,9 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
         let rate = max * share;
         let mut runs: Vec<Vec<Percentiles>> = vec![Vec::new(); CONTENDERS.len()];
         // The harness alone: the same generator straight to the backend. When its own
-        // tail is long, the load is past what the generator's core sustains, and the
-        // contenders' rows measure the harness more than the proxies.
+        // tail is long, the load is past what the generator's core sustains. (A short
+        // tail does not prove the opposite: through a proxy, every wake-up of the
+        // generator and the backend comes from the other CPU and costs that core more.)
         let mut direct = Vec::new();
         for _ in 0..args.runs {
             open_loop(backend, S1_PROBE.path, rate, Duration::from_secs(1))?;

@@ -41,15 +41,16 @@ pub struct Offer<'a> {
 /// scheduled time to its response's last byte.
 pub fn run(offer: &Offer<'_>) -> Result<Vec<u32>> {
     let request = format!("GET {} HTTP/1.1\r\nHost: bench\r\n\r\n", offer.path).into_bytes();
-    let (port, rate, duration, connections, cpu) = (
-        offer.port,
-        offer.rate,
-        offer.duration,
-        offer.connections,
-        offer.cpu,
-    );
+    let &Offer {
+        port,
+        rate,
+        duration,
+        connections,
+        cpu,
+        ..
+    } = offer;
     std::thread::spawn(move || {
-        pin_to_cpu(cpu);
+        gateway_tests::pin_thread(0, cpu);
         Generator::connect(port, connections)?.drive(&request, rate, duration)
     })
     .join()
@@ -297,17 +298,6 @@ fn wait(epoll: &OwnedFd, events: &mut [libc::epoll_event]) -> Result<usize> {
                 }
             }
         }
-    }
-}
-
-/// Pins the calling thread to `cpu` (best effort).
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it, and
-    // sched_setaffinity only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 

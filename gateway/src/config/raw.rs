@@ -909,7 +909,6 @@ pub mod defaults {
     pub fn l4_remembered_flows_per_cpu() -> u32 {
         125_000
     }
-
     pub fn xdp_on_exit() -> RawXdpOnExit {
         RawXdpOnExit::Detach
     }
