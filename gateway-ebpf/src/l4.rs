@@ -15,22 +15,27 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    AdmissionWindow, FlowKey, FlowTarget, L4_ACTIVE, L4_ALL_PORTS, L4_HASH_NO_PORTS,
-    L4_RING_CAPACITY, L4Counter, L4Settings, MAX_L4_FLOWS, MAX_L4_REALS, MAX_L4_SERVICES,
-    NEXT_HOP_TTL_JIFFIES, NO_REAL, NextHop, PROTECTED_WORDS, REAL_DOWN, REAL_IN_USE, REAL_V6, Real,
-    Verdict, VipKey, VipService, flow_hash_words, protected_slot, ring_slot,
+    AdmissionWindow, FlowKey, FlowKeyV4, FlowTarget, L4_ACTIVE, L4_ALL_PORTS, L4_HASH_NO_PORTS,
+    L4_RING_CAPACITY, L4Counter, L4Settings, MAX_L4_FLOWS, MAX_L4_FLOWS_V6, MAX_L4_REALS,
+    MAX_L4_SERVICES, NEXT_HOP_TTL_JIFFIES, NO_REAL, NextHop, PROTECTED_WORDS, REAL_DOWN,
+    REAL_IN_USE, REAL_V6, Real, Verdict, VipKey, VipKeyV4, VipService, flow_hash_words,
+    protected_slot, ring_slot,
 };
 
 use crate::parse::{IpPacket, addr_bytes};
 
 #[map(name = "L4_SERVICES_V1")]
 static SERVICES: HashMap<VipKey, VipService> = HashMap::with_max_entries(MAX_L4_SERVICES, 0);
+#[map(name = "L4_SERVICES_V4_V1")]
+static SERVICES_V4: HashMap<VipKeyV4, VipService> = HashMap::with_max_entries(MAX_L4_SERVICES, 0);
 #[map(name = "L4_RINGS_V1")]
 static RINGS: Array<u32> = Array::with_max_entries(L4_RING_CAPACITY, 0);
 #[map(name = "L4_REALS_V1")]
 static REALS: Array<Real> = Array::with_max_entries(MAX_L4_REALS, 0);
 #[map(name = "L4_FLOWS_V1")]
-static FLOWS: LruHashMap<FlowKey, FlowTarget> = LruHashMap::with_max_entries(MAX_L4_FLOWS, 0);
+static FLOWS: LruHashMap<FlowKey, FlowTarget> = LruHashMap::with_max_entries(MAX_L4_FLOWS_V6, 0);
+#[map(name = "L4_FLOWS_V4_V1")]
+static FLOWS_V4: LruHashMap<FlowKeyV4, FlowTarget> = LruHashMap::with_max_entries(MAX_L4_FLOWS, 0);
 #[map(name = "L4_SERVICE_STATS_V1")]
 static SERVICE_STATS: PerCpuArray<L4Counter> = PerCpuArray::with_max_entries(MAX_L4_SERVICES, 0);
 #[map(name = "L4_REAL_STATS_V1")]
@@ -67,27 +72,60 @@ pub fn service_for(packet: &IpPacket) -> Option<VipService> {
     if flags & L4_ACTIVE == 0 {
         return None;
     }
-    let mut key = VipKey {
-        addr: addr_bytes(&packet.dst),
-        port_be: packet.dst_port_be,
-        protocol: packet.protocol,
-        _pad: 0,
-    };
     let port_listed = packet.dst_port_be != 0
         && protected_slot(u16::from_be(packet.dst_port_be), packet.protocol)
             .is_some_and(|(word, bit)| PORTS.get(word).is_some_and(|bits| bits & bit != 0));
+    let any_port = flags & L4_ALL_PORTS != 0;
+    if packet.v6 {
+        let key = VipKey {
+            addr: addr_bytes(&packet.dst),
+            port_be: packet.dst_port_be,
+            protocol: packet.protocol,
+            _pad: 0,
+        };
+        find_service(&SERVICES, key, port_listed, any_port, |key| key.port_be = 0)
+    } else {
+        let key = vip_key_v4(packet.dst[3], packet.dst_port_be, packet.protocol);
+        let every_port = vip_key_v4(packet.dst[3], 0, packet.protocol);
+        find_service(&SERVICES_V4, key, port_listed, any_port, |key| {
+            *key = every_port;
+        })
+    }
+}
+
+/// The service `key` names when its port is listed, else (when some service takes every
+/// port) the one the key names after `any_port` rewrites it.
+#[inline(always)]
+fn find_service<K>(
+    services: &HashMap<K, VipService>,
+    mut key: K,
+    port_listed: bool,
+    any_port: bool,
+    every_port: impl FnOnce(&mut K),
+) -> Option<VipService> {
     if port_listed {
         // SAFETY: hash lookups; the values are copied out at once.
-        if let Some(service) = unsafe { SERVICES.get(key) } {
+        if let Some(service) = unsafe { services.get(&key) } {
             return Some(*service);
         }
     }
-    if flags & L4_ALL_PORTS == 0 {
+    if !any_port {
         return None;
     }
-    key.port_be = 0;
+    every_port(&mut key);
     // SAFETY: as above.
-    unsafe { SERVICES.get(key) }.copied()
+    unsafe { services.get(&key) }.copied()
+}
+
+/// An IPv4 VIP key from the address word as read from the packet, assembled as two
+/// words (a field-by-field build stores byte by byte).
+#[inline(always)]
+fn vip_key_v4(addr: u32, port_be: u16, protocol: u8) -> VipKeyV4 {
+    let port = port_be.to_ne_bytes();
+    let rest = u32::from_ne_bytes([port[0], port[1], protocol, 0]);
+    // SAFETY: `VipKeyV4` is `repr(C)`, 8 bytes of plain integers in this order
+    // (asserted in gateway-common), valid for any bit pattern.
+    unsafe { core::mem::transmute::<[u32; 2], VipKeyV4>([addr, rest]) }
 }
 
 /// Balances a packet of `service`: the verdict to count and the XDP action.
@@ -103,7 +141,6 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     } else {
         (0, 0)
     };
-    let flow = flow_key(packet, src_port_be, dst_port_be);
     // The packet's address words are the little-endian words the hash is defined over
     // (this program is built for little-endian BPF only).
     let hash = || {
@@ -115,14 +152,28 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
             packet.protocol,
         )
     };
-    let Some(Picked {
+    let picked = if packet.v6 {
+        pick(
+            &FLOWS,
+            &flow_key(packet, src_port_be, dst_port_be),
+            service,
+            hash,
+        )
+    } else {
+        pick(
+            &FLOWS_V4,
+            &flow_key_v4(packet, src_port_be, dst_port_be),
+            service,
+            hash,
+        )
+    };
+    let Picked {
         id,
-        real,
         hash,
         new_flow,
         remembered,
-    }) = pick(&flow, service, hash)
-    else {
+    } = picked;
+    let Some(real) = REALS.get(id).filter(|_| id != NO_REAL) else {
         return (Verdict::L4NoTarget, xdp_action::XDP_DROP);
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
@@ -136,16 +187,12 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     }
 }
 
-/// The connection table's key, assembled as ten words: a field-by-field build zeroes
-/// the three padding bytes through a byte-loop `memset` call in BPF.
+/// The IPv6 connection table's key, assembled as ten words: a field-by-field build
+/// zeroes the three padding bytes through a byte-loop `memset` call in BPF.
 #[inline(always)]
 fn flow_key(packet: &IpPacket, src_port_be: u16, dst_port_be: u16) -> FlowKey {
     let (s, d) = (&packet.src, &packet.dst);
-    let ports = u32::from_ne_bytes({
-        let (a, b) = (src_port_be.to_ne_bytes(), dst_port_be.to_ne_bytes());
-        [a[0], a[1], b[0], b[1]]
-    });
-    let protocol = u32::from_ne_bytes([packet.protocol, 0, 0, 0]);
+    let (ports, protocol) = port_and_protocol_words(packet, src_port_be, dst_port_be);
     let words: [u32; 10] = [
         s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, protocol,
     ];
@@ -154,10 +201,32 @@ fn flow_key(packet: &IpPacket, src_port_be: u16, dst_port_be: u16) -> FlowKey {
     unsafe { core::mem::transmute::<[u32; 10], FlowKey>(words) }
 }
 
-/// A flow's target.
+/// The IPv4 connection table's key, assembled as four words likewise.
+#[inline(always)]
+fn flow_key_v4(packet: &IpPacket, src_port_be: u16, dst_port_be: u16) -> FlowKeyV4 {
+    let (ports, protocol) = port_and_protocol_words(packet, src_port_be, dst_port_be);
+    let words = [packet.src[3], packet.dst[3], ports, protocol];
+    // SAFETY: `FlowKeyV4` is `repr(C)`, 16 bytes of plain integers and padding in this
+    // order (asserted in gateway-common), valid for any bit pattern.
+    unsafe { core::mem::transmute::<[u32; 4], FlowKeyV4>(words) }
+}
+
+/// The last two words of both flow keys: the ports, then the protocol and padding.
+#[inline(always)]
+fn port_and_protocol_words(packet: &IpPacket, src_port_be: u16, dst_port_be: u16) -> (u32, u32) {
+    let (a, b) = (src_port_be.to_ne_bytes(), dst_port_be.to_ne_bytes());
+    (
+        u32::from_ne_bytes([a[0], a[1], b[0], b[1]]),
+        u32::from_ne_bytes([packet.protocol, 0, 0, 0]),
+    )
+}
+
+/// A flow's target, every field defined on every path: the two tables' picks merge
+/// into one value, and the verifier refuses to spill a register holding the undefined
+/// payload of an `Option`'s `None`.
 struct Picked {
+    /// The real, or [`NO_REAL`] when the service has no live target.
     id: u32,
-    real: &'static Real,
     hash: u32,
     /// The connection table did not know the flow.
     new_flow: bool,
@@ -165,44 +234,57 @@ struct Picked {
     remembered: bool,
 }
 
+/// No live target.
+const NO_PICK: Picked = Picked {
+    id: NO_REAL,
+    hash: 0,
+    new_flow: false,
+    remembered: false,
+};
+
 /// The flow's target: the one it already has while that is up (with the hash stored
 /// beside it), else the ring's pick for its hash (both remembered, the hash computed
-/// only here). `None` when the service has no live target.
+/// only here). [`NO_PICK`] when the service has no live target.
 #[inline(always)]
-fn pick(flow: &FlowKey, service: &VipService, hash: impl FnOnce() -> u32) -> Option<Picked> {
+fn pick<K>(
+    flows: &LruHashMap<K, FlowTarget>,
+    flow: &K,
+    service: &VipService,
+    hash: impl FnOnce() -> u32,
+) -> Picked {
     // SAFETY: an LRU hash lookup; the value is copied out at once.
-    let known = unsafe { FLOWS.get(flow) }.copied();
+    let known = unsafe { flows.get(flow) }.copied();
     if let Some(known) = known
-        && let Some(real) = REALS.get(known.real)
-        && real.flags & (REAL_IN_USE | REAL_DOWN) == REAL_IN_USE
+        && REALS
+            .get(known.real)
+            .is_some_and(|real| real.flags & (REAL_IN_USE | REAL_DOWN) == REAL_IN_USE)
     {
-        return Some(Picked {
+        return Picked {
             id: known.real,
-            real,
             hash: known.hash,
             new_flow: false,
             remembered: true,
-        });
+        };
     }
     // New, or its target went down: hashed afresh.
     let hash = hash();
-    let id = *RINGS.get(ring_slot(service, hash))?;
-    if id == NO_REAL {
-        return None;
+    let Some(&id) = RINGS.get(ring_slot(service, hash)) else {
+        return NO_PICK;
+    };
+    if id == NO_REAL || REALS.get(id).is_none() {
+        return NO_PICK;
     }
-    let real = REALS.get(id)?;
     let remembered = admit_new_flow();
     if remembered {
         // A full table forgets the least recently seen flow: memory stays bounded.
-        let _ = FLOWS.insert(flow, FlowTarget { real: id, hash }, 0);
+        let _ = flows.insert(flow, FlowTarget { real: id, hash }, 0);
     }
-    Some(Picked {
+    Picked {
         id,
-        real,
         hash,
         new_flow: true,
         remembered,
-    })
+    }
 }
 
 /// Whether this CPU may remember one more new flow this second

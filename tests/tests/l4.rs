@@ -280,23 +280,42 @@ fn assert_encapsulated(what: &str, out: &[u8], inner: &[u8], target: IpAddr, has
 }
 
 /// `text` (service "web" with two targets), and the same with a third target added.
+/// The config, and the same with a third target for "web" and for "web6".
 fn two_and_three_targets(text: &str) -> (Config, Config) {
-    let three = text.replace(
-        r#"{ addr = "10.0.1.2", weight = 2 } ]"#,
-        r#"{ addr = "10.0.1.2", weight = 2 }, { addr = "10.0.1.3", weight = 4 } ]"#,
-    );
+    let three = text
+        .replace(
+            r#"{ addr = "10.0.1.2", weight = 2 } ]"#,
+            r#"{ addr = "10.0.1.2", weight = 2 }, { addr = "10.0.1.3", weight = 4 } ]"#,
+        )
+        .replace(
+            r#"{ addr = "fd00:1::2" } ]"#,
+            r#"{ addr = "fd00:1::2" }, { addr = "fd00:1::4", weight = 4 } ]"#,
+        );
     (config(text), config(&three))
 }
 
 /// `count` TCP flows from `client` to "web" that the three-target ring sends elsewhere
 /// than the two-target one.
 fn flows_that_move(two: &Config, three: &Config, client: &str, count: usize) -> Vec<Packet> {
+    flows_of_service_that_move(two, three, 0, client, "10.100.0.1", 80, count)
+}
+
+/// The same for service number `service` at `vip`:`port`.
+fn flows_of_service_that_move(
+    two: &Config,
+    three: &Config,
+    service: usize,
+    client: &str,
+    vip: &str,
+    port: u16,
+    count: usize,
+) -> Vec<Packet> {
     let moving: Vec<Packet> = (1_000..3_000)
-        .map(|port| Packet::tcp(client, "10.100.0.1", port, 80))
+        .map(|sport| Packet::tcp(client, vip, sport, port))
         .filter(|p| {
             let flow = p.flow(true);
-            expected_target(two, 0, &flow, &[true, true])
-                != expected_target(three, 0, &flow, &[true, true, true])
+            expected_target(two, service, &flow, &[true, true])
+                != expected_target(three, service, &flow, &[true, true, true])
         })
         .take(count)
         .collect();
@@ -485,6 +504,9 @@ fn remembered_flows_keep_their_target_until_it_goes_down() {
         let (control, _inbox) = std::sync::mpsc::channel();
         let mut balancer = L4Balancer::start(&two, &mut program, &control).expect("L4 maps");
         let moving = flows_that_move(&two, &three, "192.0.2.20", 20);
+        // IPv6 flows live in their own table: the same holds for them.
+        let moving6 =
+            flows_of_service_that_move(&two, &three, 1, "2001:db8::20", "fd00:100::1", 443, 10);
         let outer_target = |out: &[u8]| -> IpAddr {
             if out[12..14] == [0x08, 0x00] {
                 IpAddr::from(<[u8; 4]>::try_from(&out[30..34]).unwrap())
@@ -493,6 +515,10 @@ fn remembered_flows_keep_their_target_until_it_goes_down() {
             }
         };
         let before: Vec<IpAddr> = moving
+            .iter()
+            .map(|p| outer_target(&run(&mut program, &p.frame()).1))
+            .collect();
+        let before6: Vec<IpAddr> = moving6
             .iter()
             .map(|p| outer_target(&run(&mut program, &p.frame()).1))
             .collect();
@@ -512,6 +538,18 @@ fn remembered_flows_keep_their_target_until_it_goes_down() {
                 "an established flow moved after a target was added"
             );
         }
+        for (p, was) in moving6.iter().zip(&before6) {
+            let now = outer_target(&run(&mut program, &p.frame()).1);
+            assert_eq!(
+                now, *was,
+                "an established IPv6 flow moved after a target was added"
+            );
+        }
+        let fresh6 = Packet::tcp("2001:db8::21", "fd00:100::1", 5_000, 443);
+        assert_eq!(
+            outer_target(&run(&mut program, &fresh6.frame()).1),
+            expected_target(&three, 1, &fresh6.flow(true), &[true, true, true])
+        );
         // A new flow follows the new ring.
         let fresh = Packet::tcp("192.0.2.21", "10.100.0.1", 5_000, 80);
         let flow = fresh.flow(true);

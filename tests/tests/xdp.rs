@@ -304,21 +304,21 @@ fn pinned_maps_are_reopened_whole_and_a_changed_one_is_dropped() {
     assert!(kept.is_empty(), "maps dropped on a plain restart: {kept:?}");
     drop(XdpProgram::load_pinned(&pins).expect("second load reopens them"));
 
-    // The flow table pinned again with the same layout but per-CPU LRU lists
+    // The IPv4 flow table pinned again with the same layout but per-CPU LRU lists
     // (BPF_F_NO_COMMON_LRU): only its flags differ.
-    let flows = pins.map(gateway_common::L4_FLOWS_MAP);
+    let flows = pins.map(gateway_common::L4_FLOWS_V4_MAP);
     std::fs::remove_file(&flows).expect("unpin the flow table");
     let status = std::process::Command::new("bpftool")
         .args(["map", "create"])
         .arg(&flows)
-        .args(["type", "lru_hash", "key", "40", "value", "8", "entries"])
+        .args(["type", "lru_hash", "key", "16", "value", "8", "entries"])
         .arg(gateway_common::MAX_L4_FLOWS.to_string())
-        .args(["name", "L4_FLOWS_V1", "flags", "2"])
+        .args(["name", gateway_common::L4_FLOWS_V4_MAP, "flags", "2"])
         .status()
         .expect("run bpftool");
     assert!(status.success(), "bpftool map create failed");
     let dropped = pins.drop_incompatible_maps(&object).expect("compare pins");
-    assert_eq!(dropped, vec![gateway_common::L4_FLOWS_MAP.to_owned()]);
+    assert_eq!(dropped, vec![gateway_common::L4_FLOWS_V4_MAP.to_owned()]);
     assert!(!flows.exists(), "the changed map is unpinned");
 }
 

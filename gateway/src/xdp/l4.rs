@@ -4,8 +4,8 @@
 use aya::maps::{Array, HashMap as BpfHashMap, MapError, PerCpuArray};
 use gateway_common::{
     L4_NEXT_HOPS_MAP, L4_PORTS_MAP, L4_REAL_STATS_MAP, L4_REALS_MAP, L4_RINGS_MAP,
-    L4_SERVICE_STATS_MAP, L4_SERVICES_MAP, L4_SETTINGS_MAP, L4Counter, L4Settings, MAX_L4_REALS,
-    NextHop, Real, VipKey, VipService,
+    L4_SERVICE_STATS_MAP, L4_SERVICES_MAP, L4_SERVICES_V4_MAP, L4_SETTINGS_MAP, L4Counter,
+    L4Settings, MAX_L4_REALS, NextHop, Real, VipKey, VipKeyV4, VipService,
 };
 
 use super::{
@@ -99,29 +99,64 @@ impl L4Maps<'_> {
         Ok(())
     }
 
-    /// Puts a VIP in service (or changes it).
+    /// Puts a VIP in service (or changes it): an IPv4 VIP in the compact map (and out
+    /// of the wide one, where an older program kept it), an IPv6 VIP in the wide map.
     pub fn insert_service(&mut self, key: &VipKey, service: &VipService) -> Result<(), XdpError> {
-        let name = L4_SERVICES_MAP;
-        let mut hash: BpfHashMap<_, VipKey, VipService> =
+        let Some(compact) = key.v4() else {
+            return self.insert_into(L4_SERVICES_MAP, key, service);
+        };
+        self.insert_into(L4_SERVICES_V4_MAP, &compact, service)?;
+        self.remove_from(L4_SERVICES_MAP, key)
+    }
+
+    /// Takes a VIP out of service (absent is fine), from both maps.
+    pub fn remove_service(&mut self, key: &VipKey) -> Result<(), XdpError> {
+        if let Some(compact) = key.v4() {
+            self.remove_from(L4_SERVICES_V4_MAP, &compact)?;
+        }
+        self.remove_from(L4_SERVICES_MAP, key)
+    }
+
+    /// Every VIP in either map, once (the compact map's entry wins).
+    pub fn services(&self) -> Result<Vec<(VipKey, VipService)>, XdpError> {
+        let mut found = std::collections::BTreeMap::new();
+        for (key, service) in self.entries::<VipKey>(L4_SERVICES_MAP)? {
+            found.insert(key, service);
+        }
+        for (key, service) in self.entries::<VipKeyV4>(L4_SERVICES_V4_MAP)? {
+            found.insert(key.mapped(), service);
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    fn insert_into<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        key: &K,
+        service: &VipService,
+    ) -> Result<(), XdpError> {
+        let mut hash: BpfHashMap<_, K, VipService> =
             BpfHashMap::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
         hash.insert(key, service, 0).map_err(map_error(name))
     }
 
-    /// Takes a VIP out of service (absent is fine).
-    pub fn remove_service(&mut self, key: &VipKey) -> Result<(), XdpError> {
-        let name = L4_SERVICES_MAP;
-        let mut hash: BpfHashMap<_, VipKey, VipService> =
+    fn remove_from<K: aya::Pod>(&mut self, name: &'static str, key: &K) -> Result<(), XdpError> {
+        let mut hash: BpfHashMap<_, K, VipService> =
             BpfHashMap::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
         match hash.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            // The kernel's "no such key" (aya passes the syscall's error through).
+            Err(MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(error) => Err(map_error(name)(error)),
         }
     }
 
-    /// Every VIP in the map.
-    pub fn services(&self) -> Result<Vec<(VipKey, VipService)>, XdpError> {
-        let name = L4_SERVICES_MAP;
-        let hash: BpfHashMap<_, VipKey, VipService> =
+    fn entries<K: aya::Pod>(&self, name: &'static str) -> Result<Vec<(K, VipService)>, XdpError> {
+        let hash: BpfHashMap<_, K, VipService> =
             BpfHashMap::try_from(map(self.ebpf, name)?).map_err(map_error(name))?;
         hash.iter()
             .map(|entry| entry.map_err(map_error(name)))
