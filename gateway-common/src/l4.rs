@@ -14,6 +14,19 @@ pub const L4_SERVICES_V4_MAP: &str = "L4_SERVICES_V4_V1";
 pub const L4_RINGS_MAP: &str = "L4_RINGS_V1";
 /// Array of [`Real`]s by real id.
 pub const L4_REALS_MAP: &str = "L4_REALS_V1";
+/// Array of [`VipSlot`]s, [`L4_VIP_INDEX_SLOTS`] long: each IPv4 VIP in the slot
+/// [`vip_index_slot`] names, so a packet finds its service with one array read, which
+/// the verifier inlines, instead of a hash lookup, which is a kernel call. The hash map
+/// [`L4_SERVICES_V4_MAP`] stays the authority: a slot read while userspace rewrites it,
+/// or one marked [`VIP_SLOT_SHARED`], sends the program there.
+pub const L4_VIP_INDEX_MAP: &str = "L4_VIP_INDEX_V1";
+/// Slots in the VIP index: a power of two, 16 per possible service.
+pub const L4_VIP_INDEX_SLOTS: u32 = 4096;
+/// [`VipSlot::flags`]: the slot holds a VIP.
+pub const VIP_SLOT_IN_USE: u32 = 1;
+/// [`VipSlot::flags`]: another VIP places here too (and is found in the hash map only).
+pub const VIP_SLOT_SHARED: u32 = 2;
+
 /// LRU hash of established IPv6 flows ([`FlowKey`] → [`FlowTarget`]).
 pub const L4_FLOWS_MAP: &str = "L4_FLOWS_V1";
 /// LRU hash of established IPv4 flows ([`FlowKeyV4`] → [`FlowTarget`]): every packet
@@ -90,6 +103,82 @@ pub struct VipKeyV4 {
 }
 
 const _: () = assert!(core::mem::size_of::<VipKeyV4>() == 8);
+
+impl VipKeyV4 {
+    /// The key as the two little-endian words the index hashes (how the XDP program
+    /// assembles it).
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 2] {
+        let port = self.port_be.to_ne_bytes();
+        [
+            u32::from_le_bytes(self.addr),
+            u32::from_le_bytes([port[0], port[1], self.protocol, self._pad]),
+        ]
+    }
+}
+
+/// The VIP index slot of a key given as [`VipKeyV4::words`].
+#[inline(always)]
+pub fn vip_index_slot(words: [u32; 2]) -> u32 {
+    fmix32(words[0].wrapping_mul(0xcc9e_2d51) ^ words[1]) & (L4_VIP_INDEX_SLOTS - 1)
+}
+
+/// One slot of the VIP index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot {
+    pub key: VipKeyV4,
+    pub service: VipService,
+    /// `VIP_SLOT_*` bits.
+    pub flags: u32,
+    /// [`VipSlot::check_of`] the fields above. Userspace rewrites a slot in place while
+    /// packets read it: a read that caught part of the old slot and part of the new one
+    /// fails the check and goes to the hash map. An all-zero slot checks (an empty one).
+    pub check: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<VipSlot>() == 32);
+
+impl VipSlot {
+    /// A slot with its check filled in.
+    pub fn sealed(key: VipKeyV4, service: VipService, flags: u32) -> Self {
+        let mut slot = Self {
+            key,
+            service,
+            flags,
+            check: 0,
+        };
+        slot.check = slot.check_of();
+        slot
+    }
+
+    /// A mix of every field but the check: a bijection of a weighted sum, so two slots
+    /// collide only when their sums do, and the all-zero slot gives 0.
+    #[inline(always)]
+    pub fn check_of(&self) -> u32 {
+        let [k0, k1] = self.key.words();
+        let s = &self.service;
+        fmix32(
+            k0.wrapping_mul(0x85eb_ca6b)
+                .wrapping_add(k1.wrapping_mul(0xc2b2_ae35))
+                .wrapping_add(s.id.wrapping_mul(0xcc9e_2d51))
+                .wrapping_add(s.ring_offset.wrapping_mul(0x1b87_3593))
+                .wrapping_add(s.ring_size.wrapping_mul(0x9e37_79b1))
+                .wrapping_add(s.flags.wrapping_mul(0x27d4_eb2f))
+                .wrapping_add(self.flags.wrapping_mul(0x1656_67b1)),
+        )
+    }
+}
+
+/// MurmurHash3's finalizer: a bijection on `u32` that spreads every input bit.
+#[inline(always)]
+const fn fmix32(mut hash: u32) -> u32 {
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^ (hash >> 16)
+}
 
 impl VipKeyV4 {
     /// The same VIP as a [`VipKey`] (IPv4-mapped).
@@ -324,12 +413,7 @@ pub fn flow_hash_words(
         (u32::from(src_port_be) << 16) | u32::from(dst_port_be),
     );
     hash = murmur_round(hash, u32::from(protocol));
-    hash ^= 40;
-    hash ^= hash >> 16;
-    hash = hash.wrapping_mul(0x85eb_ca6b);
-    hash ^= hash >> 13;
-    hash = hash.wrapping_mul(0xc2b2_ae35);
-    hash ^ (hash >> 16)
+    fmix32(hash ^ 40)
 }
 
 #[inline(always)]
@@ -358,6 +442,7 @@ pub fn ring_slot(service: &VipService, hash: u32) -> u32 {
 mod pod {
     unsafe impl aya::Pod for super::VipKey {}
     unsafe impl aya::Pod for super::VipKeyV4 {}
+    unsafe impl aya::Pod for super::VipSlot {}
     unsafe impl aya::Pod for super::VipService {}
     unsafe impl aya::Pod for super::Real {}
     unsafe impl aya::Pod for super::FlowKey {}
@@ -385,6 +470,55 @@ mod tests {
         assert_eq!(compact.mapped(), key);
         key.addr = [0xfd, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 100, 0, 1];
         assert_eq!(key.v4(), None, "IPv6 stays in the wide map");
+    }
+
+    #[test]
+    fn a_vip_slot_read_half_old_half_new_fails_its_check() {
+        let key = |last: u8, port: u16| VipKeyV4 {
+            addr: [10, 100, 0, last],
+            port_be: port.to_be(),
+            protocol: 6,
+            _pad: 0,
+        };
+        let service = |id: u32, offset: u32| VipService {
+            id,
+            ring_offset: offset,
+            ring_size: 65_537,
+            flags: 0,
+        };
+        let empty = VipSlot::default();
+        assert_eq!(empty.check, empty.check_of(), "an all-zero slot is whole");
+        let old = VipSlot::sealed(key(1, 80), service(1, 0), VIP_SLOT_IN_USE);
+        let new = VipSlot::sealed(key(1, 80), service(2, 65_537), VIP_SLOT_IN_USE);
+        assert_eq!(old.check, old.check_of());
+        // Every way of taking some 8-byte words from the new slot and the rest from the
+        // old one (userspace's copy may land a word at a time).
+        let words = |slot: &VipSlot| -> [u64; 4] {
+            // SAFETY: `VipSlot` is 32 bytes of plain integers.
+            unsafe { core::mem::transmute(*slot) }
+        };
+        let (a, b) = (words(&old), words(&new));
+        for mask in 1..15u32 {
+            let mut mixed = a;
+            for (i, word) in mixed.iter_mut().enumerate() {
+                if mask & (1 << i) != 0 {
+                    *word = b[i];
+                }
+            }
+            // SAFETY: as above.
+            let slot: VipSlot = unsafe { core::mem::transmute(mixed) };
+            if slot != old && slot != new {
+                assert_ne!(slot.check, slot.check_of(), "mask {mask:#b} passed");
+            }
+        }
+        let mut filled = [0u32; L4_VIP_INDEX_SLOTS as usize];
+        for last in 0..=255u8 {
+            filled[vip_index_slot(key(last, 443).words()) as usize] += 1;
+        }
+        assert!(
+            filled.iter().all(|&n| n <= 2),
+            "256 VIPs in 4096 slots crowd one slot"
+        );
     }
 
     #[test]

@@ -16,10 +16,10 @@ use aya_ebpf::{
 };
 use gateway_common::{
     AdmissionWindow, FlowKey, FlowKeyV4, FlowTarget, L4_ACTIVE, L4_ALL_PORTS, L4_HASH_NO_PORTS,
-    L4_RING_CAPACITY, L4Counter, L4Settings, MAX_L4_FLOWS, MAX_L4_FLOWS_V6, MAX_L4_REALS,
-    MAX_L4_SERVICES, NEXT_HOP_TTL_JIFFIES, NO_REAL, NextHop, PROTECTED_WORDS, REAL_DOWN,
-    REAL_IN_USE, REAL_V6, Real, Verdict, VipKey, VipKeyV4, VipService, flow_hash_words,
-    protected_slot, ring_slot,
+    L4_RING_CAPACITY, L4_VIP_INDEX_SLOTS, L4Counter, L4Settings, MAX_L4_FLOWS, MAX_L4_FLOWS_V6,
+    MAX_L4_REALS, MAX_L4_SERVICES, NEXT_HOP_TTL_JIFFIES, NO_REAL, NextHop, PROTECTED_WORDS,
+    REAL_DOWN, REAL_IN_USE, REAL_V6, Real, VIP_SLOT_IN_USE, VIP_SLOT_SHARED, Verdict, VipKey,
+    VipKeyV4, VipService, VipSlot, flow_hash_words, protected_slot, ring_slot, vip_index_slot,
 };
 
 use crate::parse::{IpPacket, addr_bytes};
@@ -28,6 +28,8 @@ use crate::parse::{IpPacket, addr_bytes};
 static SERVICES: HashMap<VipKey, VipService> = HashMap::with_max_entries(MAX_L4_SERVICES, 0);
 #[map(name = "L4_SERVICES_V4_V1")]
 static SERVICES_V4: HashMap<VipKeyV4, VipService> = HashMap::with_max_entries(MAX_L4_SERVICES, 0);
+#[map(name = "L4_VIP_INDEX_V1")]
+static VIP_INDEX: Array<VipSlot> = Array::with_max_entries(L4_VIP_INDEX_SLOTS, 0);
 #[map(name = "L4_RINGS_V1")]
 static RINGS: Array<u32> = Array::with_max_entries(L4_RING_CAPACITY, 0);
 #[map(name = "L4_REALS_V1")]
@@ -76,45 +78,55 @@ pub fn service_for(packet: &IpPacket) -> Option<VipService> {
         && protected_slot(u16::from_be(packet.dst_port_be), packet.protocol)
             .is_some_and(|(word, bit)| PORTS.get(word).is_some_and(|bits| bits & bit != 0));
     let any_port = flags & L4_ALL_PORTS != 0;
+    // Direct calls only: a function passed as a value is called through a `Fn` shim
+    // that LLVM leaves out of line, a BPF-to-BPF call on every packet.
     if packet.v6 {
-        let key = VipKey {
+        let mut key = VipKey {
             addr: addr_bytes(&packet.dst),
             port_be: packet.dst_port_be,
             protocol: packet.protocol,
             _pad: 0,
         };
-        find_service(&SERVICES, key, port_listed, any_port, |key| key.port_be = 0)
+        // SAFETY: hash lookups; the values are copied out at once.
+        if port_listed && let Some(service) = unsafe { SERVICES.get(&key) } {
+            return Some(*service);
+        }
+        if !any_port {
+            return None;
+        }
+        key.port_be = 0;
+        // SAFETY: as above.
+        unsafe { SERVICES.get(&key) }.copied()
     } else {
         let key = vip_key_v4(packet.dst[3], packet.dst_port_be, packet.protocol);
-        let every_port = vip_key_v4(packet.dst[3], 0, packet.protocol);
-        find_service(&SERVICES_V4, key, port_listed, any_port, |key| {
-            *key = every_port;
-        })
+        if port_listed && let Some(service) = service_v4(&key) {
+            return Some(service);
+        }
+        if !any_port {
+            return None;
+        }
+        service_v4(&vip_key_v4(packet.dst[3], 0, packet.protocol))
     }
 }
 
-/// The service `key` names when its port is listed, else (when some service takes every
-/// port) the one the key names after `any_port` rewrites it.
+/// An IPv4 VIP's service: from its index slot when the slot is whole and holds it, none
+/// when the slot is whole and no other VIP places there, else from the hash map.
 #[inline(always)]
-fn find_service<K>(
-    services: &HashMap<K, VipService>,
-    mut key: K,
-    port_listed: bool,
-    any_port: bool,
-    every_port: impl FnOnce(&mut K),
-) -> Option<VipService> {
-    if port_listed {
-        // SAFETY: hash lookups; the values are copied out at once.
-        if let Some(service) = unsafe { services.get(&key) } {
-            return Some(*service);
+fn service_v4(key: &VipKeyV4) -> Option<VipService> {
+    let words = key.words();
+    if let Some(slot) = VIP_INDEX.get(vip_index_slot(words)) {
+        let slot = *slot;
+        if slot.check == slot.check_of() {
+            if slot.flags & VIP_SLOT_IN_USE != 0 && slot.key.words() == words {
+                return Some(slot.service);
+            }
+            if slot.flags & VIP_SLOT_SHARED == 0 {
+                return None;
+            }
         }
     }
-    if !any_port {
-        return None;
-    }
-    every_port(&mut key);
-    // SAFETY: as above.
-    unsafe { services.get(&key) }.copied()
+    // SAFETY: a hash lookup; the value is copied out at once.
+    unsafe { SERVICES_V4.get(key) }.copied()
 }
 
 /// An IPv4 VIP key from the address word as read from the packet, assembled as two

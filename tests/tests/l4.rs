@@ -12,7 +12,9 @@ use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
 use gateway::{config::Config, l4::L4Balancer, xdp::XdpProgram};
-use gateway_common::{FlowKey, Verdict, VipKey, flow_hash};
+use gateway_common::{
+    FlowKey, VIP_SLOT_IN_USE, VIP_SLOT_SHARED, Verdict, VipKey, VipKeyV4, flow_hash, vip_index_slot,
+};
 use gateway_tests::netns::xdp_object_or_skip;
 use serde_json::Value;
 
@@ -615,6 +617,86 @@ fn remembered_flows_keep_their_target_until_it_goes_down() {
         let frame = moving[0].frame();
         assert_eq!(run(&mut program, &frame), (XDP_PASS, frame.clone()));
     });
+}
+
+/// Two IPv4 VIPs that land in one slot of the VIP index: one lives in the slot, the
+/// other only in the hash map (the slot is marked shared). Both are balanced, while the
+/// slot's owner leaves and after it comes back.
+#[test]
+fn ipv4_vips_sharing_an_index_slot_are_both_balanced() {
+    let Some(object) = xdp_object_or_skip("ipv4_vips_sharing_an_index_slot_are_both_balanced")
+    else {
+        return;
+    };
+    let first = VipKeyV4 {
+        addr: [10, 100, 0, 1],
+        port_be: 80u16.to_be(),
+        protocol: 6,
+        _pad: 0,
+    };
+    let slot = vip_index_slot(first.words());
+    let second = (0..=u16::MAX)
+        .map(|n| VipKeyV4 {
+            addr: [10, 101, (n >> 8) as u8, n as u8],
+            ..first
+        })
+        .find(|key| vip_index_slot(key.words()) == slot)
+        .expect("a VIP in the same slot");
+    let second = std::net::Ipv4Addr::from(second.addr).to_string();
+    let service = |name: &str, vip: &str| {
+        format!(
+            "[[l4_services]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\ntargets = [ {{ addr = \"10.0.1.1\" }} ]\n"
+        )
+    };
+    let head = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[xdp]\ninterface = \"lo\"\n";
+    let both = config(&format!(
+        "{head}{}{}",
+        service("first", "10.100.0.1"),
+        service("second", &second)
+    ));
+    let second_alone = config(&format!("{head}{}", service("second", &second)));
+    in_fresh_namespace(move || {
+        let mut program = XdpProgram::load_from(&object).expect("load the XDP object");
+        let (control, _inbox) = std::sync::mpsc::channel();
+        let mut balancer = L4Balancer::start(&both, &mut program, &control).expect("L4 maps");
+        let p = &mut program;
+        // The first VIP written holds the slot; the second is marked as sharing it.
+        let slot = |p: &mut XdpProgram| p.l4().vip_slot(&first).expect("read the index");
+        let held = slot(p);
+        assert_eq!(held.key, first);
+        assert_eq!(held.flags, VIP_SLOT_IN_USE | VIP_SLOT_SHARED);
+        assert_eq!(held.check, held.check_of(), "a whole slot");
+        assert!(balanced(p, "10.100.0.1"), "the first VIP");
+        assert!(balanced(p, &second), "the VIP sharing its slot");
+        assert!(!balanced(p, "10.100.0.9"), "not a VIP");
+        balancer
+            .apply(&second_alone, p, &control)
+            .expect("reload without the first");
+        assert_eq!(slot(p).flags, VIP_SLOT_SHARED, "emptied, still shared");
+        assert!(!balanced(p, "10.100.0.1"), "the first VIP left");
+        assert!(
+            balanced(p, &second),
+            "the second VIP, found in the hash map"
+        );
+        balancer
+            .apply(&both, p, &control)
+            .expect("reload with both");
+        assert_eq!(
+            slot(p).key,
+            first,
+            "the first VIP takes the free slot again"
+        );
+        assert!(balanced(p, "10.100.0.1"), "the first VIP is back");
+        assert!(balanced(p, &second), "the second VIP still");
+    });
+}
+
+/// Whether a TCP packet to `vip`:80 comes out wrapped in an outer IPv4 header carrying
+/// IPIP.
+fn balanced(program: &mut XdpProgram, vip: &str) -> bool {
+    let frame = Packet::tcp("192.0.2.40", vip, 40_000, 80).frame();
+    let out = run(program, &frame).1;
+    out.len() == frame.len() + 20 && out[12..14] == [0x08, 0x00] && out[23] == 4
 }
 
 /// Past `l4_remembered_flows_per_cpu` new flows in one second, a CPU still balances new

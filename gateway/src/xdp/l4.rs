@@ -4,8 +4,9 @@
 use aya::maps::{Array, HashMap as BpfHashMap, MapError, PerCpuArray};
 use gateway_common::{
     L4_NEXT_HOPS_MAP, L4_PORTS_MAP, L4_REAL_STATS_MAP, L4_REALS_MAP, L4_RINGS_MAP,
-    L4_SERVICE_STATS_MAP, L4_SERVICES_MAP, L4_SERVICES_V4_MAP, L4_SETTINGS_MAP, L4Counter,
-    L4Settings, MAX_L4_REALS, NextHop, Real, VipKey, VipKeyV4, VipService,
+    L4_SERVICE_STATS_MAP, L4_SERVICES_MAP, L4_SERVICES_V4_MAP, L4_SETTINGS_MAP, L4_VIP_INDEX_MAP,
+    L4Counter, L4Settings, MAX_L4_REALS, NextHop, Real, VIP_SLOT_IN_USE, VIP_SLOT_SHARED, VipKey,
+    VipKeyV4, VipService, VipSlot, vip_index_slot,
 };
 
 use super::{
@@ -99,22 +100,52 @@ impl L4Maps<'_> {
         Ok(())
     }
 
-    /// Puts a VIP in service (or changes it): an IPv4 VIP in the compact map (and out
-    /// of the wide one, where an older program kept it), an IPv6 VIP in the wide map.
+    /// Puts a VIP in service (or changes it): an IPv4 VIP in the compact map and its
+    /// index slot (and out of the wide map, where an older program kept it), an IPv6
+    /// VIP in the wide map.
     pub fn insert_service(&mut self, key: &VipKey, service: &VipService) -> Result<(), XdpError> {
         let Some(compact) = key.v4() else {
             return self.insert_into(L4_SERVICES_MAP, key, service);
         };
         self.insert_into(L4_SERVICES_V4_MAP, &compact, service)?;
+        self.index_vip(&compact, Some(service))?;
         self.remove_from(L4_SERVICES_MAP, key)
     }
 
-    /// Takes a VIP out of service (absent is fine), from both maps.
+    /// Takes a VIP out of service (absent is fine), from every map.
     pub fn remove_service(&mut self, key: &VipKey) -> Result<(), XdpError> {
         if let Some(compact) = key.v4() {
             self.remove_from(L4_SERVICES_V4_MAP, &compact)?;
+            self.index_vip(&compact, None)?;
         }
         self.remove_from(L4_SERVICES_MAP, key)
+    }
+
+    /// Keeps `key`'s index slot in step with the hash map (already written): the VIP's
+    /// own slot, or a free one, gets its service (`None`: is emptied, still marked shared
+    /// if it was); another VIP's slot is marked shared, so the program asks the hash map.
+    /// Each write is one whole slot, so a packet sees the old slot, the new one, or a
+    /// torn one that fails its check.
+    fn index_vip(&mut self, key: &VipKeyV4, service: Option<&VipService>) -> Result<(), XdpError> {
+        let slot = self.vip_slot(key)?;
+        let name = L4_VIP_INDEX_MAP;
+        let mut index: Array<_, VipSlot> =
+            Array::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
+        let at = vip_index_slot(key.words());
+        let own = slot.flags & VIP_SLOT_IN_USE != 0 && slot.key == *key;
+        let shared = slot.flags & VIP_SLOT_SHARED;
+        let next = match service {
+            Some(service) if own || slot.flags & VIP_SLOT_IN_USE == 0 => {
+                VipSlot::sealed(*key, *service, VIP_SLOT_IN_USE | shared)
+            }
+            Some(_) => VipSlot::sealed(slot.key, slot.service, slot.flags | VIP_SLOT_SHARED),
+            None if own => VipSlot::sealed(VipKeyV4::default(), VipService::default(), shared),
+            None => return Ok(()),
+        };
+        if next != slot {
+            index.set(at, next, 0).map_err(map_error(name))?;
+        }
+        Ok(())
     }
 
     /// Every VIP in either map, once (the compact map's entry wins).
@@ -127,6 +158,16 @@ impl L4Maps<'_> {
             found.insert(key.mapped(), service);
         }
         Ok(found.into_iter().collect())
+    }
+
+    /// The VIP index slot `key` places in, as it is (whichever VIP holds it).
+    pub fn vip_slot(&self, key: &VipKeyV4) -> Result<VipSlot, XdpError> {
+        let name = L4_VIP_INDEX_MAP;
+        let index: Array<_, VipSlot> =
+            Array::try_from(map(self.ebpf, name)?).map_err(map_error(name))?;
+        index
+            .get(&vip_index_slot(key.words()), 0)
+            .map_err(map_error(name))
     }
 
     fn insert_into<K: aya::Pod>(
