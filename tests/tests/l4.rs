@@ -281,8 +281,8 @@ fn assert_encapsulated(what: &str, out: &[u8], inner: &[u8], target: IpAddr, has
     }
 }
 
-/// `text` (service "web" with two targets), and the same with a third target added.
-/// The config, and the same with a third target for "web" and for "web6".
+/// `text` (services "web" and "web6" with two targets each), and the same with a third
+/// target added to both.
 fn two_and_three_targets(text: &str) -> (Config, Config) {
     let three = text
         .replace(
