@@ -15,11 +15,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    AdmissionWindow, FlowKey, FlowKeyV4, FlowTarget, L4_ACTIVE, L4_ALL_PORTS, L4_HASH_NO_PORTS,
+    AdmissionWindow, FLOW_CACHE_REFRESH_JIFFIES, FlowCacheSlot, FlowKey, FlowKeyV4, FlowTarget,
+    L4_ACTIVE, L4_ALL_PORTS, L4_FLOW_CACHE_V4_SLOTS, L4_FLOW_CACHE_V6_SLOTS, L4_HASH_NO_PORTS,
     L4_RING_CAPACITY, L4_VIP_INDEX_SLOTS, L4Counter, L4Settings, MAX_L4_FLOWS, MAX_L4_FLOWS_V6,
     MAX_L4_REALS, MAX_L4_SERVICES, NEXT_HOP_TTL_JIFFIES, NO_REAL, NextHop, PROTECTED_WORDS,
     REAL_DOWN, REAL_IN_USE, REAL_V6, Real, VIP_SLOT_IN_USE, VIP_SLOT_SHARED, Verdict, VipKey,
-    VipKeyV4, VipService, VipSlot, flow_hash_words, protected_slot, ring_slot, vip_index_slot,
+    VipKeyV4, VipService, VipSlot, flow_cache_slot, flow_hash_words, protected_slot, ring_slot,
+    vip_index_slot,
 };
 
 use crate::parse::{IpPacket, addr_bytes};
@@ -38,6 +40,12 @@ static REALS: Array<Real> = Array::with_max_entries(MAX_L4_REALS, 0);
 static FLOWS: LruHashMap<FlowKey, FlowTarget> = LruHashMap::with_max_entries(MAX_L4_FLOWS_V6, 0);
 #[map(name = "L4_FLOWS_V4_V1")]
 static FLOWS_V4: LruHashMap<FlowKeyV4, FlowTarget> = LruHashMap::with_max_entries(MAX_L4_FLOWS, 0);
+#[map(name = "L4_FLOW_CACHE_V4_V1")]
+static FLOW_CACHE_V4: PerCpuArray<FlowCacheSlot<FlowKeyV4>> =
+    PerCpuArray::with_max_entries(L4_FLOW_CACHE_V4_SLOTS, 0);
+#[map(name = "L4_FLOW_CACHE_V6_V1")]
+static FLOW_CACHE_V6: PerCpuArray<FlowCacheSlot<FlowKey>> =
+    PerCpuArray::with_max_entries(L4_FLOW_CACHE_V6_SLOTS, 0);
 #[map(name = "L4_SERVICE_STATS_V1")]
 static SERVICE_STATS: PerCpuArray<L4Counter> = PerCpuArray::with_max_entries(MAX_L4_SERVICES, 0);
 #[map(name = "L4_REAL_STATS_V1")]
@@ -164,18 +172,27 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
             packet.protocol,
         )
     };
+    let Some(settings) = SETTINGS.get(0) else {
+        return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
+    };
+    let cache = CacheClock {
+        epoch: settings.flow_cache_epoch,
+        // SAFETY: bpf_jiffies64 has no preconditions.
+        now: unsafe { bpf_jiffies64() },
+    };
     let picked = if packet.v6 {
-        pick(
-            &FLOWS,
-            &flow_key(packet, src_port_be, dst_port_be),
-            service,
-            hash,
-        )
+        let (key, words) = flow_key(packet, src_port_be, dst_port_be);
+        let slot = flow_cache_slot(&words, L4_FLOW_CACHE_V6_SLOTS);
+        pick(&FLOWS, &FLOW_CACHE_V6, (&key, slot), service, &cache, hash)
     } else {
+        let (key, words) = flow_key_v4(packet, src_port_be, dst_port_be);
+        let slot = flow_cache_slot(&words, L4_FLOW_CACHE_V4_SLOTS);
         pick(
             &FLOWS_V4,
-            &flow_key_v4(packet, src_port_be, dst_port_be),
+            &FLOW_CACHE_V4,
+            (&key, slot),
             service,
+            &cache,
             hash,
         )
     };
@@ -191,7 +208,7 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     let len = (ctx.data_end() - ctx.data()) as u64;
     count(&SERVICE_STATS, service.id, len, new_flow);
     count(&REAL_STATS, id, len, new_flow);
-    match encapsulate(ctx, packet, real, id, hash) {
+    match encapsulate(ctx, packet, settings, real, (id, hash), cache.now) {
         (Verdict::L4Forwarded | Verdict::L4ForwardedByKernel, action) if !remembered => {
             (Verdict::L4ForwardedUnremembered, action)
         }
@@ -199,10 +216,11 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     }
 }
 
-/// The IPv6 connection table's key, assembled as ten words: a field-by-field build
-/// zeroes the three padding bytes through a byte-loop `memset` call in BPF.
+/// The IPv6 connection table's key, assembled as ten words (a field-by-field build
+/// zeroes the three padding bytes through a byte-loop `memset` call in BPF), and the
+/// words.
 #[inline(always)]
-fn flow_key(packet: &IpPacket, src_port_be: u16, dst_port_be: u16) -> FlowKey {
+fn flow_key(packet: &IpPacket, src_port_be: u16, dst_port_be: u16) -> (FlowKey, [u32; 10]) {
     let (s, d) = (&packet.src, &packet.dst);
     let (ports, protocol) = port_and_protocol_words(packet, src_port_be, dst_port_be);
     let words: [u32; 10] = [
@@ -210,17 +228,23 @@ fn flow_key(packet: &IpPacket, src_port_be: u16, dst_port_be: u16) -> FlowKey {
     ];
     // SAFETY: `FlowKey` is `repr(C)`, 40 bytes of plain integers and padding in this
     // order (asserted in gateway-common), valid for any bit pattern.
-    unsafe { core::mem::transmute::<[u32; 10], FlowKey>(words) }
+    (
+        unsafe { core::mem::transmute::<[u32; 10], FlowKey>(words) },
+        words,
+    )
 }
 
-/// The IPv4 connection table's key, assembled as four words likewise.
+/// The IPv4 connection table's key, assembled as four words likewise, and the words.
 #[inline(always)]
-fn flow_key_v4(packet: &IpPacket, src_port_be: u16, dst_port_be: u16) -> FlowKeyV4 {
+fn flow_key_v4(packet: &IpPacket, src_port_be: u16, dst_port_be: u16) -> (FlowKeyV4, [u32; 4]) {
     let (ports, protocol) = port_and_protocol_words(packet, src_port_be, dst_port_be);
     let words = [packet.src[3], packet.dst[3], ports, protocol];
     // SAFETY: `FlowKeyV4` is `repr(C)`, 16 bytes of plain integers and padding in this
     // order (asserted in gateway-common), valid for any bit pattern.
-    unsafe { core::mem::transmute::<[u32; 4], FlowKeyV4>(words) }
+    (
+        unsafe { core::mem::transmute::<[u32; 4], FlowKeyV4>(words) },
+        words,
+    )
 }
 
 /// The last two words of both flow keys: the ports, then the protocol and padding.
@@ -254,23 +278,81 @@ const NO_PICK: Picked = Picked {
     remembered: false,
 };
 
-/// The flow's target: the one it already has while that is up (with the hash stored
-/// beside it), else the ring's pick for its hash (both remembered, the hash computed
-/// only here). [`NO_PICK`] when the service has no live target.
+/// What a flow cache slot is checked against: the current epoch and jiffies.
+struct CacheClock {
+    epoch: u32,
+    now: u64,
+}
+
+/// Whether real `id` takes packets: in use and not down.
 #[inline(always)]
-fn pick<K>(
+fn usable(id: u32) -> bool {
+    REALS
+        .get(id)
+        .is_some_and(|real| real.flags & (REAL_IN_USE | REAL_DOWN) == REAL_IN_USE)
+}
+
+/// Whether two keys hold the same bytes, compared a word at a time (a derived `==`
+/// goes field by field, byte arrays through a `bcmp` call). Keys are built from
+/// words with their padding zeroed, so equal flows are equal bytes.
+#[inline(always)]
+fn same_key<K: Copy>(a: &K, b: &K) -> bool {
+    let words = core::mem::size_of::<K>() / 4;
+    let (a, b) = ((a as *const K).cast::<u32>(), (b as *const K).cast::<u32>());
+    let mut same = true;
+    for i in 0..words {
+        // SAFETY: both keys are `words` whole 4-byte words (16 or 40 bytes).
+        same &= unsafe { a.add(i).read_unaligned() == b.add(i).read_unaligned() };
+    }
+    same
+}
+
+/// The flow's target: from this CPU's flow cache while its slot is trusted, else the
+/// one the connection table has while that is up (with the hash stored beside it; the
+/// cache slot is filled from it), else the ring's pick for its hash (both remembered,
+/// the hash computed only here). [`NO_PICK`] when the service has no live target.
+#[inline(always)]
+fn pick<K: Copy>(
     flows: &LruHashMap<K, FlowTarget>,
-    flow: &K,
+    cache: &PerCpuArray<FlowCacheSlot<K>>,
+    (flow, cache_slot): (&K, u32),
     service: &VipService,
+    clock: &CacheClock,
     hash: impl FnOnce() -> u32,
 ) -> Picked {
+    let cached = cache.get_ptr_mut(cache_slot);
+    if let Some(slot) = cached {
+        // SAFETY: this CPU's slot, for this program run.
+        let slot = unsafe { &*slot };
+        if slot.epoch == clock.epoch
+            && (clock.now as u32).wrapping_sub(slot.seen) < FLOW_CACHE_REFRESH_JIFFIES
+            && same_key(&slot.key, flow)
+            && usable(slot.target.real)
+        {
+            return Picked {
+                id: slot.target.real,
+                hash: slot.target.hash,
+                new_flow: false,
+                remembered: true,
+            };
+        }
+    }
     // SAFETY: an LRU hash lookup; the value is copied out at once.
     let known = unsafe { flows.get(flow) }.copied();
     if let Some(known) = known
-        && REALS
-            .get(known.real)
-            .is_some_and(|real| real.flags & (REAL_IN_USE | REAL_DOWN) == REAL_IN_USE)
+        && usable(known.real)
     {
+        if let Some(slot) = cached {
+            // SAFETY: this CPU's slot, for this program run.
+            unsafe {
+                *slot = FlowCacheSlot {
+                    key: *flow,
+                    target: known,
+                    epoch: clock.epoch,
+                    seen: clock.now as u32,
+                };
+            }
+        }
         return Picked {
             id: known.real,
             hash: known.hash,
@@ -378,13 +460,11 @@ fn inner_of(ctx: &XdpContext, v6: bool) -> Option<Inner> {
 fn encapsulate(
     ctx: &XdpContext,
     packet: &IpPacket,
+    settings: &L4Settings,
     real: &Real,
-    id: u32,
-    hash: u32,
+    (id, hash): (u32, u32),
+    now: u64,
 ) -> (Verdict, u32) {
-    let Some(settings) = SETTINGS.get(0) else {
-        return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
-    };
     let Some(inner) = inner_of(ctx, packet.v6) else {
         return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
     };
@@ -422,7 +502,7 @@ fn encapsulate(
             core::ptr::write_unaligned((outer + 8) as *mut [u8; 16], source);
             core::ptr::write_unaligned((outer + 24) as *mut [u8; 16], real.addr);
         }
-        next_hop(ctx, id, |fib| {
+        next_hop(ctx, (id, now), |fib| {
             fib.family = AF_INET6;
             fib.__bindgen_anon_1.tot_len = outer_total;
             fib.__bindgen_anon_3.ipv6_src = words(&source);
@@ -443,7 +523,7 @@ fn encapsulate(
             core::ptr::write_unaligned((data + 12) as *mut [u8; 2], ETH_P_IP);
             write_ipv4_header(outer, &inner, outer_total, inner_protocol, source, target);
         }
-        next_hop(ctx, id, |fib| {
+        next_hop(ctx, (id, now), |fib| {
             fib.family = AF_INET;
             fib.__bindgen_anon_1.tot_len = outer_total;
             fib.__bindgen_anon_3.ipv4_src = source;
@@ -458,11 +538,13 @@ fn encapsulate(
 /// for the packets that follow. `query` fills the FIB parameters (family, length,
 /// addresses), which only a cache miss needs.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, real: u32, query: impl FnOnce(&mut FibLookup)) -> (Verdict, u32) {
+fn next_hop(
+    ctx: &XdpContext,
+    (real, now): (u32, u64),
+    query: impl FnOnce(&mut FibLookup),
+) -> (Verdict, u32) {
     // SAFETY: the context pointer is the program's own.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    // SAFETY: bpf_jiffies64 has no preconditions.
-    let now = unsafe { bpf_jiffies64() };
     let cached = NEXT_HOPS.get_ptr_mut(real);
     if let Some(hop) = cached {
         // SAFETY: this CPU's slot, for this program run.

@@ -325,6 +325,15 @@ fn flows_of_service_that_move(
     moving
 }
 
+/// The target an encapsulated frame is addressed to (its outer destination).
+fn outer_target(out: &[u8]) -> IpAddr {
+    if out[12..14] == [0x08, 0x00] {
+        IpAddr::from(<[u8; 4]>::try_from(&out[30..34]).unwrap())
+    } else {
+        IpAddr::from(<[u8; 16]>::try_from(&out[38..54]).unwrap())
+    }
+}
+
 fn targets_of(view: &Value, service: &str) -> Vec<Value> {
     view["services"]
         .as_array()
@@ -509,13 +518,6 @@ fn remembered_flows_keep_their_target_until_it_goes_down() {
         // IPv6 flows live in their own table: the same holds for them.
         let moving6 =
             flows_of_service_that_move(&two, &three, 1, "2001:db8::20", "fd00:100::1", 443, 10);
-        let outer_target = |out: &[u8]| -> IpAddr {
-            if out[12..14] == [0x08, 0x00] {
-                IpAddr::from(<[u8; 4]>::try_from(&out[30..34]).unwrap())
-            } else {
-                IpAddr::from(<[u8; 16]>::try_from(&out[38..54]).unwrap())
-            }
-        };
         let before: Vec<IpAddr> = moving
             .iter()
             .map(|p| outer_target(&run(&mut program, &p.frame()).1))
@@ -616,6 +618,77 @@ fn remembered_flows_keep_their_target_until_it_goes_down() {
             .expect("reload");
         let frame = moving[0].frame();
         assert_eq!(run(&mut program, &frame), (XDP_PASS, frame.clone()));
+    });
+}
+
+/// A flow's target as a CPU's flow cache knows it must never outlive a change the
+/// connection table saw: here the target goes down, another CPU moves the flow in the
+/// table, and the target comes back up. The first CPU, whose cache still names the old
+/// target (now up again), must follow the table.
+#[test]
+fn a_flow_cached_on_one_cpu_follows_the_table_after_its_target_flaps() {
+    let Some(object) =
+        xdp_object_or_skip("a_flow_cached_on_one_cpu_follows_the_table_after_its_target_flaps")
+    else {
+        return;
+    };
+    in_fresh_namespace(move || {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (first_cpu, other_cpu) = (0, 1.min(cpus - 1));
+        let config = config(CONFIG);
+        let mut program = XdpProgram::load_from(&object).expect("load the XDP object");
+        let (control, _inbox) = std::sync::mpsc::channel();
+        let mut balancer = L4Balancer::start(&config, &mut program, &control).expect("L4 maps");
+        let flapping: IpAddr = "10.0.1.1".parse().unwrap();
+        let other: IpAddr = "10.0.1.2".parse().unwrap();
+        let flows: Vec<Packet> = (1_000..2_000)
+            .map(|sport| Packet::tcp("192.0.2.30", "10.100.0.1", sport, 80))
+            .filter(|p| expected_target(&config, 0, &p.flow(true), &[true, true]) == flapping)
+            .take(10)
+            .collect();
+        assert_eq!(flows.len(), 10);
+        let targets = |program: &mut XdpProgram| -> Vec<IpAddr> {
+            flows
+                .iter()
+                .map(|p| outer_target(&run(program, &p.frame()).1))
+                .collect()
+        };
+        // The first packet puts each flow in the table, the second in this CPU's cache,
+        // the third is answered from the cache.
+        gateway_tests::pin_thread(0, first_cpu);
+        for _ in 0..3 {
+            assert_eq!(targets(&mut program), vec![flapping; flows.len()]);
+        }
+        let vip = VipKey {
+            addr: mapped("10.100.0.1".parse().unwrap()),
+            port_be: 80u16.to_be(),
+            protocol: 6,
+            _pad: 0,
+        };
+        balancer
+            .set_health(vip, flapping, false, &mut program)
+            .expect("health");
+        gateway_tests::pin_thread(0, other_cpu);
+        assert_eq!(
+            targets(&mut program),
+            vec![other; flows.len()],
+            "the flows left the target that went down"
+        );
+        balancer
+            .set_health(vip, flapping, true, &mut program)
+            .expect("health");
+        gateway_tests::pin_thread(0, first_cpu);
+        assert_eq!(
+            targets(&mut program),
+            vec![other; flows.len()],
+            "a CPU's cache sent flows back to the target they left"
+        );
+        // A flow the table never saw still follows the ring, flapping target included.
+        let fresh = Packet::tcp("192.0.2.31", "10.100.0.1", 7_000, 80);
+        assert_eq!(
+            outer_target(&run(&mut program, &fresh.frame()).1),
+            expected_target(&config, 0, &fresh.flow(true), &[true, true])
+        );
     });
 }
 

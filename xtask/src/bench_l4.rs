@@ -409,8 +409,20 @@ fn worker_balance(dir: &Path, backend: u16, steering: &str) -> Result<(f64, Vec<
 /// build's per-packet paths instead: how two versions of the program are compared.
 const OBJECT_OVERRIDE: &str = "BENCH_L4_OBJECT";
 
+/// Set to a comma-separated list of XDP object builds to compare them on live traffic
+/// instead of writing the S16 table. The builds take turns round by round, so the slow
+/// drifts in this VM's speed (tens of percent between separate runs) fall on all of them
+/// alike.
+const AB_OBJECTS: &str = "BENCH_L4_AB";
+
+/// Rounds per build and path in the comparison.
+const AB_ROUNDS: usize = 15;
+
 /// The S16 section.
 pub fn section(object_path: &Path, dir: &Path, backend: u16) -> Result<String> {
+    if let Some(list) = std::env::var_os(AB_OBJECTS) {
+        return compare_builds(&list.to_string_lossy());
+    }
     let override_path = std::env::var_os(OBJECT_OVERRIDE).map(std::path::PathBuf::from);
     let object_path = override_path.as_deref().unwrap_or(object_path);
     let object = std::fs::read(object_path)?;
@@ -464,6 +476,108 @@ pub fn section(object_path: &Path, dir: &Path, backend: u16) -> Result<String> {
     Ok(out)
 }
 
+/// [`AB_OBJECTS`]: the program alone per packet for each build on the live paths,
+/// median and least disturbed of [`AB_ROUNDS`] interleaved rounds, and the median's ratio
+/// to the first build's.
+fn compare_builds(list: &str) -> Result<String> {
+    let builds = list
+        .split(',')
+        .map(|path| {
+            let object = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+            Ok((path.to_owned(), object))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let client4: IpAddr = "192.0.2.10".parse()?;
+    let client6: IpAddr = "2001:db8::10".parse()?;
+    let cases = [
+        (
+            "IPv4 VIP, known flow",
+            frame(client4, "10.100.0.1".parse()?, 40_000),
+        ),
+        (
+            "IPv6 VIP, known flow",
+            frame(client6, "fd00:100::1".parse()?, 40_000),
+        ),
+        (
+            "not a VIP, L4 active",
+            frame(client4, "10.100.0.9".parse()?, 40_000),
+        ),
+    ];
+    let objects: Vec<Vec<u8>> = builds.iter().map(|(_, object)| object.clone()).collect();
+    let decap = std::fs::read(Path::new(&builds[0].0).with_file_name("l4-decap"))?;
+    let frames: Vec<Vec<u8>> = cases.iter().map(|(_, packet)| packet.clone()).collect();
+    let (rounds, floor) = in_namespace_with_next_hop(move || {
+        let config = Config::parse(Path::new("bench-l4.toml"), L4_CONFIG)?;
+        let (control, _inbox) = std::sync::mpsc::channel();
+        let mut programs = Vec::new();
+        for object in &objects {
+            let mut program = XdpProgram::load_from(object)?;
+            let balancer = L4Balancer::start(&config, &mut program, &control)?;
+            programs.push((program, balancer));
+        }
+        let mut trivial = aya::Ebpf::load(&decap)?;
+        let floor: &mut aya::programs::Xdp = trivial
+            .program_mut("l4_decap")
+            .context("l4_decap program")?
+            .try_into()?;
+        floor.load()?;
+        let mut floor_rounds = Vec::with_capacity(AB_ROUNDS);
+        gateway_tests::pin_thread(0, 0);
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+        // rounds[build][case]: each round's mean.
+        let mut rounds = vec![vec![Vec::with_capacity(AB_ROUNDS); frames.len()]; programs.len()];
+        for _ in 0..AB_ROUNDS {
+            for (build, (program, _balancer)) in programs.iter_mut().enumerate() {
+                let xdp = program.program_mut()?;
+                let link = xdp.attach("l4b0", aya::programs::XdpMode::Driver)?;
+                crate::bench_flood::napi_thread_on("l4b0", 1)?;
+                for (case, packet) in frames.iter().enumerate() {
+                    let (mean, _) = timed_round(xdp, packet, &mut |_| {})?;
+                    rounds[build][case].push(mean);
+                }
+                xdp.detach(link)?;
+            }
+            let link = floor.attach("l4b0", aya::programs::XdpMode::Driver)?;
+            crate::bench_flood::napi_thread_on("l4b0", 1)?;
+            let last = &frames[frames.len() - 1];
+            floor_rounds.push(timed_round(floor, last, &mut |_| {})?.0);
+            floor.detach(link)?;
+        }
+        Ok((rounds, floor_rounds))
+    })?;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\n#### L4 builds compared (S16, live, program alone, ns per packet: median / least disturbed of {AB_ROUNDS} interleaved rounds, median ratio to the first build)\n"
+    )?;
+    let header: Vec<&str> = cases.iter().map(|(name, _)| *name).collect();
+    writeln!(out, "| build | {} |", header.join(" | "))?;
+    writeln!(out, "|---|{}", "---|".repeat(cases.len()))?;
+    let summary = |means: &[f64]| {
+        let mut sorted = means.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        (sorted[sorted.len() / 2], sorted[0])
+    };
+    for (build, (path, _)) in builds.iter().enumerate() {
+        let cells: Vec<String> = (0..cases.len())
+            .map(|case| {
+                let (median, lowest) = summary(&rounds[build][case]);
+                let (first, _) = summary(&rounds[0][case]);
+                format!("{median:.0} / {lowest:.0} ({:.2}×)", median / first)
+            })
+            .collect();
+        eprintln!("S16 A/B {path}: {}", cells.join(", "));
+        writeln!(out, "| `{path}` | {} |", cells.join(" | "))?;
+    }
+    let (median, lowest) = summary(&floor);
+    eprintln!("S16 A/B floor: {median:.0} / {lowest:.0}");
+    writeln!(
+        out,
+        "\nFloor (a trivial program on the not-a-VIP frame: the statistics' own cost, in every figure above): {median:.0} / {lowest:.0} ns."
+    )?;
+    Ok(out)
+}
+
 /// How many rounds each live case floods, and for how long each.
 const LIVE_ROUNDS: usize = 9;
 const LIVE_ROUND: Duration = Duration::from_millis(300);
@@ -508,20 +622,31 @@ fn live_mean_varied(
     let mut means = Vec::with_capacity(LIVE_ROUNDS);
     let mut total_runs = 0;
     for _ in 0..LIVE_ROUNDS {
-        let before = xdp.info()?;
-        flood("l4b1", frame, LIVE_ROUND, &mut next)?;
-        let after = xdp.info()?;
-        let runs = after.run_count().saturating_sub(before.run_count());
-        if runs == 0 {
-            bail!("no frame reached the program");
-        }
-        let time = after.run_time().saturating_sub(before.run_time());
-        means.push(time.as_nanos() as f64 / runs as f64);
+        let (mean, runs) = timed_round(xdp, frame, &mut next)?;
+        means.push(mean);
         total_runs += runs;
     }
     xdp.detach(link)?;
     means.sort_by(f64::total_cmp);
     Ok((means[LIVE_ROUNDS / 2], means[0], total_runs))
+}
+
+/// One [`LIVE_ROUND`] of `frame` into the attached program, timed by the run-time
+/// statistics (enabled by the caller): (mean ns per run, runs).
+fn timed_round(
+    xdp: &aya::programs::Xdp,
+    frame: &[u8],
+    next: &mut impl FnMut(&mut [u8]),
+) -> Result<(f64, u64)> {
+    let before = xdp.info()?;
+    flood("l4b1", frame, LIVE_ROUND, next)?;
+    let after = xdp.info()?;
+    let runs = after.run_count().saturating_sub(before.run_count());
+    if runs == 0 {
+        bail!("no frame reached the program");
+    }
+    let time = after.run_time().saturating_sub(before.run_time());
+    Ok((time.as_nanos() as f64 / runs as f64, runs))
 }
 
 /// Writes `frame` on `device` through a packet socket (past the qdisc), in batches of

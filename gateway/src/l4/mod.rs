@@ -379,6 +379,7 @@ fn settings(config: &Config) -> L4Settings {
         source_v6: v6.network().octets(),
         source_v6_host_mask: v6_host.to_be_bytes(),
         remembered_flows_per_cpu: xdp.l4_remembered_flows_per_cpu,
-        _pad: 0,
+        // `L4Maps::write_settings` raises the map's own epoch.
+        flow_cache_epoch: 0,
     }
 }

@@ -20,16 +20,38 @@ pub struct L4Maps<'a> {
 }
 
 impl L4Maps<'_> {
-    /// Writes the appliance-wide settings.
+    /// Writes the appliance-wide settings (`flow_cache_epoch` is the map's, raised).
     pub fn write_settings(&mut self, settings: &L4Settings) -> Result<(), XdpError> {
+        self.write_settings_with(|current| L4Settings {
+            flow_cache_epoch: current.flow_cache_epoch,
+            ..*settings
+        })
+    }
+
+    /// Writes `change(current settings)` under the next flow cache epoch, so no CPU
+    /// trusts a flow cache slot filled before.
+    fn write_settings_with(
+        &mut self,
+        change: impl FnOnce(&L4Settings) -> L4Settings,
+    ) -> Result<(), XdpError> {
         let name = L4_SETTINGS_MAP;
         let mut array: Array<_, L4Settings> =
             Array::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
-        array.set(0, settings, 0).map_err(map_error(name))
+        let current = array.get(&0, 0).map_err(map_error(name))?;
+        let mut next = change(&current);
+        // Epochs start at 1: an all-zero cache slot never matches.
+        next.flow_cache_epoch = current.flow_cache_epoch.wrapping_add(1).max(1);
+        array.set(0, next, 0).map_err(map_error(name))
     }
 
-    /// Writes real `id`.
+    /// Writes real `id`. The flow cache epoch is raised first: a flow that a CPU's cache
+    /// still sends to this real (say, one that went down, moved elsewhere in the
+    /// connection table through another CPU, and is now coming back up) is looked up
+    /// in the connection table again. A real going down needs no epoch (the cache
+    /// checks that its target is up), but every write raises it, which is simpler to
+    /// trust and cheap: reals change at health-check pace.
     pub fn write_real(&mut self, id: u32, real: &Real) -> Result<(), XdpError> {
+        self.write_settings_with(|current| *current)?;
         let name = L4_REALS_MAP;
         let mut array: Array<_, Real> =
             Array::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
