@@ -692,6 +692,46 @@ fn a_flow_cached_on_one_cpu_follows_the_table_after_its_target_flaps() {
     });
 }
 
+/// Flows served from a CPU's flow cache keep to their service: a 3-tuple service's
+/// datagrams are one flow whatever their source port, and a removed VIP's cached flows
+/// are no longer balanced, while the other VIPs' are.
+#[test]
+fn cached_flows_follow_their_service_even_when_it_goes() {
+    let Some(object) = xdp_object_or_skip("cached_flows_follow_their_service_even_when_it_goes")
+    else {
+        return;
+    };
+    in_fresh_namespace(move || {
+        let full = config(CONFIG);
+        let mut program = XdpProgram::load_from(&object).expect("load the XDP object");
+        let (control, _inbox) = std::sync::mpsc::channel();
+        let mut balancer = L4Balancer::start(&full, &mut program, &control).expect("L4 maps");
+        gateway_tests::pin_thread(0, 0);
+        let web = Packet::tcp("192.0.2.40", "10.100.0.1", 40_000, 80).frame();
+        let dns = |sport| Packet::udp("192.0.2.40", "10.100.0.3", sport, 53).frame();
+        let web_target = outer_target(&run(&mut program, &web).1);
+        let dns_target = outer_target(&run(&mut program, &dns(5_000)).1);
+        // Later packets come from the cache (the second fills it); to the 3-tuple service,
+        // other source ports are the same flow.
+        for sport in [5_000, 5_000, 5_000, 5_001, 5_001, 6_000] {
+            assert_eq!(outer_target(&run(&mut program, &dns(sport)).1), dns_target);
+            assert_eq!(outer_target(&run(&mut program, &web).1), web_target);
+        }
+        let start = CONFIG.find("[[l4_services]]\nname = \"web\"").unwrap();
+        let end = CONFIG.find("[[l4_services]]\nname = \"web6\"").unwrap();
+        let without_web = format!("{}{}", &CONFIG[..start], &CONFIG[end..]);
+        balancer
+            .apply(&config(&without_web), &mut program, &control)
+            .expect("reload");
+        assert_eq!(
+            run(&mut program, &web),
+            (XDP_PASS, web.clone()),
+            "a removed VIP's cached flow was still balanced"
+        );
+        assert_eq!(outer_target(&run(&mut program, &dns(5_000)).1), dns_target);
+    });
+}
+
 /// Two IPv4 VIPs that land in one slot of the VIP index: one lives in the slot, the
 /// other only in the hash map (the slot is marked shared). Both are balanced, while the
 /// slot's owner leaves and after it comes back.

@@ -416,7 +416,7 @@ const OBJECT_OVERRIDE: &str = "BENCH_L4_OBJECT";
 const AB_OBJECTS: &str = "BENCH_L4_AB";
 
 /// Rounds per build and path in the comparison.
-const AB_ROUNDS: usize = 15;
+const AB_ROUNDS: usize = 40;
 
 /// The S16 section.
 pub fn section(object_path: &Path, dir: &Path, backend: u16) -> Result<String> {
@@ -526,9 +526,12 @@ fn compare_builds(list: &str) -> Result<String> {
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
         // rounds[build][case]: each round's mean.
         let mut rounds = vec![vec![Vec::with_capacity(AB_ROUNDS); frames.len()]; programs.len()];
-        for _ in 0..AB_ROUNDS {
-            for (build, (program, _balancer)) in programs.iter_mut().enumerate() {
-                let xdp = program.program_mut()?;
+        let builds = programs.len();
+        for round in 0..AB_ROUNDS {
+            // Each round starts with the next build, so none always follows the floor.
+            for turn in 0..builds {
+                let build = (round + turn) % builds;
+                let xdp = programs[build].0.program_mut()?;
                 let link = xdp.attach("l4b0", aya::programs::XdpMode::Driver)?;
                 crate::bench_flood::napi_thread_on("l4b0", 1)?;
                 for (case, packet) in frames.iter().enumerate() {
