@@ -217,7 +217,7 @@ fn packet_rows(object: Vec<u8>, decap: Vec<u8>) -> Result<Vec<PacketRow>> {
             })?),
         );
         record(
-            "IPv4 VIP, known flow: connection-table hit, encapsulate (IPIP), FIB, redirect",
+            "IPv4 VIP, known flow: flow-cache hit, encapsulate (IPIP), FIB, redirect",
             single(measure_single(program.program_mut()?, |_| {
                 frame(client4, vip4, 40_000)
             })?),
