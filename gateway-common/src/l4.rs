@@ -14,12 +14,15 @@ pub const L4_SERVICES_V4_MAP: &str = "L4_SERVICES_V4_V1";
 pub const L4_RINGS_MAP: &str = "L4_RINGS_V1";
 /// Array of [`Real`]s by real id.
 pub const L4_REALS_MAP: &str = "L4_REALS_V1";
-/// Array of [`VipSlot`]s, [`L4_VIP_INDEX_SLOTS`] long: each IPv4 VIP in the slot
-/// [`vip_index_slot`] names, so a packet finds its service with one array read, which
-/// the verifier inlines, instead of a hash lookup, which is a kernel call. The hash map
-/// [`L4_SERVICES_V4_MAP`] stays the authority: a slot read while userspace rewrites it,
-/// or one marked [`VIP_SLOT_SHARED`], sends the program there.
+/// Array of IPv4 [`VipSlot`]s, [`L4_VIP_INDEX_SLOTS`] long: each IPv4 VIP in the slot
+/// [`IndexedVip::index_slot`] names, so a packet finds its service with one array
+/// read, which the verifier inlines, instead of a hash lookup, which is a kernel call.
+/// The hash map [`L4_SERVICES_V4_MAP`] stays the authority: a slot read while userspace
+/// rewrites it, or one marked [`VIP_SLOT_SHARED`], sends the program there.
 pub const L4_VIP_INDEX_MAP: &str = "L4_VIP_INDEX_V1";
+/// The same index for IPv6 VIPs ([`VipSlot<VipKey>`]s, in front of
+/// [`L4_SERVICES_MAP`]).
+pub const L4_VIP_INDEX_V6_MAP: &str = "L4_VIP_INDEX_V6_V1";
 /// Slots in the VIP index: a power of two, 16 per possible service.
 pub const L4_VIP_INDEX_SLOTS: u32 = 4096;
 /// [`VipSlot::flags`]: the slot holds a VIP.
@@ -123,11 +126,52 @@ pub fn vip_index_slot(words: [u32; 2]) -> u32 {
     fmix32(words[0].wrapping_mul(0xcc9e_2d51) ^ words[1]) & (L4_VIP_INDEX_SLOTS - 1)
 }
 
-/// One slot of the VIP index.
+/// A VIP key kind with an index ([`VipKeyV4`], [`VipKey`]): both are whole 4-byte
+/// words of plain integers with no implicit padding, which [`VipSlot::check_of`] reads
+/// as words. Sealed: only these two.
+pub trait IndexedVip: Copy + PartialEq + Default + sealed::Sealed {
+    /// The name of its index map.
+    const INDEX_MAP: &'static str;
+    /// Its slot in its index.
+    fn index_slot(&self) -> u32;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::VipKeyV4 {}
+    impl Sealed for super::VipKey {}
+}
+
+impl IndexedVip for VipKeyV4 {
+    const INDEX_MAP: &'static str = L4_VIP_INDEX_MAP;
+
+    #[inline(always)]
+    fn index_slot(&self) -> u32 {
+        vip_index_slot(self.words())
+    }
+}
+
+impl IndexedVip for VipKey {
+    const INDEX_MAP: &'static str = L4_VIP_INDEX_V6_MAP;
+
+    #[inline(always)]
+    fn index_slot(&self) -> u32 {
+        let a = &self.addr;
+        let word = |i: usize| u32::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        let port = self.port_be.to_ne_bytes();
+        let rest = u32::from_le_bytes([port[0], port[1], self.protocol, self._pad]);
+        flow_cache_slot(
+            &[word(0), word(4), word(8), word(12), rest],
+            L4_VIP_INDEX_SLOTS,
+        )
+    }
+}
+
+/// One slot of a VIP index (IPv4 by default).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VipSlot {
-    pub key: VipKeyV4,
+pub struct VipSlot<K = VipKeyV4> {
+    pub key: K,
     pub service: VipService,
     /// `VIP_SLOT_*` bits.
     pub flags: u32,
@@ -138,10 +182,11 @@ pub struct VipSlot {
 }
 
 const _: () = assert!(core::mem::size_of::<VipSlot>() == 32);
+const _: () = assert!(core::mem::size_of::<VipSlot<VipKey>>() == 44);
 
-impl VipSlot {
+impl<K: IndexedVip> VipSlot<K> {
     /// A slot with its check filled in.
-    pub fn sealed(key: VipKeyV4, service: VipService, flags: u32) -> Self {
+    pub fn sealed(key: K, service: VipService, flags: u32) -> Self {
         let mut slot = Self {
             key,
             service,
@@ -152,21 +197,24 @@ impl VipSlot {
         slot
     }
 
-    /// A mix of every field but the check: a bijection of a weighted sum, so two slots
-    /// collide only when their sums do, and the all-zero slot gives 0.
+    /// A mix of every word but the check: a bijection of a weighted sum (odd weights,
+    /// powers of the golden ratio's), so two slots collide only when their sums do, and
+    /// the all-zero slot gives 0.
     #[inline(always)]
     pub fn check_of(&self) -> u32 {
-        let [k0, k1] = self.key.words();
-        let s = &self.service;
-        fmix32(
-            k0.wrapping_mul(0x85eb_ca6b)
-                .wrapping_add(k1.wrapping_mul(0xc2b2_ae35))
-                .wrapping_add(s.id.wrapping_mul(0xcc9e_2d51))
-                .wrapping_add(s.ring_offset.wrapping_mul(0x1b87_3593))
-                .wrapping_add(s.ring_size.wrapping_mul(0x9e37_79b1))
-                .wrapping_add(s.flags.wrapping_mul(0x27d4_eb2f))
-                .wrapping_add(self.flags.wrapping_mul(0x1656_67b1)),
-        )
+        const GOLDEN: u32 = 0x9e37_79b1;
+        let words = core::mem::size_of::<Self>() / 4 - 1;
+        let base = (self as *const Self).cast::<u32>();
+        let mut sum = 0u32;
+        let mut weight = GOLDEN;
+        for i in 0..words {
+            // SAFETY: `Self` is `words + 1` whole 4-byte words of plain integers (the
+            // key kinds are sealed to two such layouts, asserted above), read in bounds.
+            let word = unsafe { base.add(i).read_unaligned() };
+            sum = sum.wrapping_add(word.wrapping_mul(weight));
+            weight = weight.wrapping_mul(GOLDEN);
+        }
+        fmix32(sum)
     }
 }
 
@@ -500,6 +548,7 @@ mod pod {
     unsafe impl aya::Pod for super::VipKey {}
     unsafe impl aya::Pod for super::VipKeyV4 {}
     unsafe impl aya::Pod for super::VipSlot {}
+    unsafe impl aya::Pod for super::VipSlot<super::VipKey> {}
     unsafe impl aya::Pod for super::VipService {}
     unsafe impl aya::Pod for super::Real {}
     unsafe impl aya::Pod for super::FlowKey {}
@@ -543,7 +592,7 @@ mod tests {
             ring_size: 65_537,
             flags: 0,
         };
-        let empty = VipSlot::default();
+        let empty: VipSlot = VipSlot::default();
         assert_eq!(empty.check, empty.check_of(), "an all-zero slot is whole");
         let old = VipSlot::sealed(key(1, 80), service(1, 0), VIP_SLOT_IN_USE);
         let new = VipSlot::sealed(key(1, 80), service(2, 65_537), VIP_SLOT_IN_USE);
@@ -568,12 +617,41 @@ mod tests {
                 assert_ne!(slot.check, slot.check_of(), "mask {mask:#b} passed");
             }
         }
+        // IPv6 slots, a 4-byte word at a time (44 bytes).
+        let key6 = |last: u8| VipKey {
+            addr: [0xfd, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last],
+            port_be: 443u16.to_be(),
+            protocol: 6,
+            _pad: 0,
+        };
+        let old = VipSlot::sealed(key6(1), service(1, 0), VIP_SLOT_IN_USE);
+        let new = VipSlot::sealed(key6(1), service(2, 65_537), VIP_SLOT_IN_USE | 2);
+        let words = |slot: &VipSlot<VipKey>| -> [u32; 11] {
+            // SAFETY: `VipSlot<VipKey>` is 44 bytes of plain integers.
+            unsafe { core::mem::transmute(*slot) }
+        };
+        let (a, b) = (words(&old), words(&new));
+        for mask in 1..(1u32 << 11) - 1 {
+            let mut mixed = a;
+            for (i, word) in mixed.iter_mut().enumerate() {
+                if mask & (1 << i) != 0 {
+                    *word = b[i];
+                }
+            }
+            // SAFETY: as above.
+            let slot: VipSlot<VipKey> = unsafe { core::mem::transmute(mixed) };
+            if slot != old && slot != new {
+                assert_ne!(slot.check, slot.check_of(), "IPv6 mask {mask:#b} passed");
+            }
+        }
         let mut filled = [0u32; L4_VIP_INDEX_SLOTS as usize];
+        let mut filled6 = [0u32; L4_VIP_INDEX_SLOTS as usize];
         for last in 0..=255u8 {
+            filled6[key6(last).index_slot() as usize] += 1;
             filled[vip_index_slot(key(last, 443).words()) as usize] += 1;
         }
         assert!(
-            filled.iter().all(|&n| n <= 2),
+            filled.iter().chain(&filled6).all(|&n| n <= 2),
             "256 VIPs in 4096 slots crowd one slot"
         );
     }

@@ -16,12 +16,12 @@ use aya_ebpf::{
 };
 use gateway_common::{
     AdmissionWindow, FLOW_CACHE_REFRESH_JIFFIES, FlowCacheSlot, FlowKey, FlowKeyV4, FlowTarget,
-    L4_ACTIVE, L4_ALL_PORTS, L4_FLOW_CACHE_V4_SLOTS, L4_FLOW_CACHE_V6_SLOTS, L4_HASH_NO_PORTS,
-    L4_RING_CAPACITY, L4_VIP_INDEX_SLOTS, L4Counter, L4Settings, MAX_L4_FLOWS, MAX_L4_FLOWS_V6,
-    MAX_L4_REALS, MAX_L4_SERVICES, NEXT_HOP_TTL_JIFFIES, NO_REAL, NextHop, PROTECTED_WORDS,
-    REAL_DOWN, REAL_IN_USE, REAL_V6, Real, VIP_SLOT_IN_USE, VIP_SLOT_SHARED, Verdict, VipKey,
-    VipKeyV4, VipService, VipSlot, flow_cache_slot, flow_hash_words, protected_slot, ring_slot,
-    vip_index_slot,
+    IndexedVip, L4_ACTIVE, L4_ALL_PORTS, L4_FLOW_CACHE_V4_SLOTS, L4_FLOW_CACHE_V6_SLOTS,
+    L4_HASH_NO_PORTS, L4_RING_CAPACITY, L4_VIP_INDEX_SLOTS, L4Counter, L4Settings, MAX_L4_FLOWS,
+    MAX_L4_FLOWS_V6, MAX_L4_REALS, MAX_L4_SERVICES, NEXT_HOP_TTL_JIFFIES, NO_REAL, NextHop,
+    PROTECTED_WORDS, REAL_DOWN, REAL_IN_USE, REAL_V6, Real, VIP_SLOT_IN_USE, VIP_SLOT_SHARED,
+    Verdict, VipKey, VipKeyV4, VipService, VipSlot, flow_cache_slot, flow_hash_words,
+    protected_slot, ring_slot,
 };
 
 use crate::parse::{IpPacket, addr_bytes};
@@ -32,6 +32,8 @@ static SERVICES: HashMap<VipKey, VipService> = HashMap::with_max_entries(MAX_L4_
 static SERVICES_V4: HashMap<VipKeyV4, VipService> = HashMap::with_max_entries(MAX_L4_SERVICES, 0);
 #[map(name = "L4_VIP_INDEX_V1")]
 static VIP_INDEX: Array<VipSlot> = Array::with_max_entries(L4_VIP_INDEX_SLOTS, 0);
+#[map(name = "L4_VIP_INDEX_V6_V1")]
+static VIP_INDEX_V6: Array<VipSlot<VipKey>> = Array::with_max_entries(L4_VIP_INDEX_SLOTS, 0);
 #[map(name = "L4_RINGS_V1")]
 static RINGS: Array<u32> = Array::with_max_entries(L4_RING_CAPACITY, 0);
 #[map(name = "L4_REALS_V1")]
@@ -95,37 +97,39 @@ pub fn service_for(packet: &IpPacket) -> Option<VipService> {
             protocol: packet.protocol,
             _pad: 0,
         };
-        // SAFETY: hash lookups; the values are copied out at once.
-        if port_listed && let Some(service) = unsafe { SERVICES.get(&key) } {
-            return Some(*service);
-        }
-        if !any_port {
-            return None;
-        }
-        key.port_be = 0;
-        // SAFETY: as above.
-        unsafe { SERVICES.get(&key) }.copied()
-    } else {
-        let key = vip_key_v4(packet.dst[3], packet.dst_port_be, packet.protocol);
-        if port_listed && let Some(service) = service_v4(&key) {
+        if port_listed && let Some(service) = indexed_service(&VIP_INDEX_V6, &SERVICES, &key) {
             return Some(service);
         }
         if !any_port {
             return None;
         }
-        service_v4(&vip_key_v4(packet.dst[3], 0, packet.protocol))
+        key.port_be = 0;
+        indexed_service(&VIP_INDEX_V6, &SERVICES, &key)
+    } else {
+        let key = vip_key_v4(packet.dst[3], packet.dst_port_be, packet.protocol);
+        if port_listed && let Some(service) = indexed_service(&VIP_INDEX, &SERVICES_V4, &key) {
+            return Some(service);
+        }
+        if !any_port {
+            return None;
+        }
+        let key = vip_key_v4(packet.dst[3], 0, packet.protocol);
+        indexed_service(&VIP_INDEX, &SERVICES_V4, &key)
     }
 }
 
-/// An IPv4 VIP's service: from its index slot when the slot is whole and holds it, none
-/// when the slot is whole and no other VIP places there, else from the hash map.
+/// A VIP's service: from its index slot when the slot is whole and holds it, none when
+/// the slot is whole and no other VIP places there, else from the hash map.
 #[inline(always)]
-fn service_v4(key: &VipKeyV4) -> Option<VipService> {
-    let words = key.words();
-    if let Some(slot) = VIP_INDEX.get(vip_index_slot(words)) {
+fn indexed_service<K: IndexedVip>(
+    index: &Array<VipSlot<K>>,
+    services: &HashMap<K, VipService>,
+    key: &K,
+) -> Option<VipService> {
+    if let Some(slot) = index.get(key.index_slot()) {
         let slot = *slot;
         if slot.check == slot.check_of() {
-            if slot.flags & VIP_SLOT_IN_USE != 0 && slot.key.words() == words {
+            if slot.flags & VIP_SLOT_IN_USE != 0 && same_key(&slot.key, key) {
                 return Some(slot.service);
             }
             if slot.flags & VIP_SLOT_SHARED == 0 {
@@ -134,7 +138,7 @@ fn service_v4(key: &VipKeyV4) -> Option<VipService> {
         }
     }
     // SAFETY: a hash lookup; the value is copied out at once.
-    unsafe { SERVICES_V4.get(key) }.copied()
+    unsafe { services.get(key) }.copied()
 }
 
 /// An IPv4 VIP key from the address word as read from the packet, assembled as two

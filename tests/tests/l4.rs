@@ -13,7 +13,8 @@ use std::net::IpAddr;
 use aya::programs::{TestRun, TestRunOptions};
 use gateway::{config::Config, l4::L4Balancer, xdp::XdpProgram};
 use gateway_common::{
-    FlowKey, VIP_SLOT_IN_USE, VIP_SLOT_SHARED, Verdict, VipKey, VipKeyV4, flow_hash, vip_index_slot,
+    FlowKey, IndexedVip, VIP_SLOT_IN_USE, VIP_SLOT_SHARED, Verdict, VipKey, VipKeyV4, VipSlot,
+    flow_hash,
 };
 use gateway_tests::netns::xdp_object_or_skip;
 use serde_json::Value;
@@ -747,27 +748,78 @@ fn ipv4_vips_sharing_an_index_slot_are_both_balanced() {
         protocol: 6,
         _pad: 0,
     };
-    let slot = vip_index_slot(first.words());
     let second = (0..=u16::MAX)
         .map(|n| VipKeyV4 {
             addr: [10, 101, (n >> 8) as u8, n as u8],
             ..first
         })
-        .find(|key| vip_index_slot(key.words()) == slot)
+        .find(|key| key.index_slot() == first.index_slot())
         .expect("a VIP in the same slot");
     let second = std::net::Ipv4Addr::from(second.addr).to_string();
+    vips_sharing_an_index_slot_are_both_balanced(object, first, "10.100.0.1", &second);
+}
+
+/// The same for two IPv6 VIPs in one slot of the IPv6 index.
+#[test]
+fn ipv6_vips_sharing_an_index_slot_are_both_balanced() {
+    let Some(object) = xdp_object_or_skip("ipv6_vips_sharing_an_index_slot_are_both_balanced")
+    else {
+        return;
+    };
+    let vip = |n: u16| -> std::net::Ipv6Addr { format!("fd00:100::{n:x}").parse().unwrap() };
+    let key = |n: u16| VipKey {
+        addr: vip(n).octets(),
+        port_be: 80u16.to_be(),
+        protocol: 6,
+        _pad: 0,
+    };
+    let first = key(1);
+    let second = (2..=u16::MAX)
+        .find(|&n| key(n).index_slot() == first.index_slot())
+        .expect("a VIP in the same slot");
+    vips_sharing_an_index_slot_are_both_balanced(
+        object,
+        first,
+        &vip(1).to_string(),
+        &vip(second).to_string(),
+    );
+}
+
+/// `first` (the key of VIP `first_vip`) and `second_vip` share an index slot: the first
+/// VIP written holds it, the second is marked as sharing it, and both are balanced
+/// through a reload without the first and one with it back.
+fn vips_sharing_an_index_slot_are_both_balanced<K>(
+    object: Vec<u8>,
+    first: K,
+    first_vip: &str,
+    second_vip: &str,
+) where
+    K: IndexedVip + std::fmt::Debug + Send + 'static,
+    VipSlot<K>: aya::Pod,
+{
+    let target = if first_vip.contains(':') {
+        "fd00:1::1"
+    } else {
+        "10.0.1.1"
+    };
     let service = |name: &str, vip: &str| {
         format!(
-            "[[l4_services]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\ntargets = [ {{ addr = \"10.0.1.1\" }} ]\n"
+            "[[l4_services]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\ntargets = [ {{ addr = \"{target}\" }} ]\n"
         )
     };
     let head = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[xdp]\ninterface = \"lo\"\n";
     let both = config(&format!(
         "{head}{}{}",
-        service("first", "10.100.0.1"),
-        service("second", &second)
+        service("first", first_vip),
+        service("second", second_vip)
     ));
-    let second_alone = config(&format!("{head}{}", service("second", &second)));
+    let second_alone = config(&format!("{head}{}", service("second", second_vip)));
+    let (first_vip, second_vip) = (first_vip.to_owned(), second_vip.to_owned());
+    let not_a_vip = if first_vip.contains(':') {
+        "fd00:100::ffff"
+    } else {
+        "10.100.0.9"
+    };
     in_fresh_namespace(move || {
         let mut program = XdpProgram::load_from(&object).expect("load the XDP object");
         let (control, _inbox) = std::sync::mpsc::channel();
@@ -779,16 +831,16 @@ fn ipv4_vips_sharing_an_index_slot_are_both_balanced() {
         assert_eq!(held.key, first);
         assert_eq!(held.flags, VIP_SLOT_IN_USE | VIP_SLOT_SHARED);
         assert_eq!(held.check, held.check_of(), "a whole slot");
-        assert!(balanced(p, "10.100.0.1"), "the first VIP");
-        assert!(balanced(p, &second), "the VIP sharing its slot");
-        assert!(!balanced(p, "10.100.0.9"), "not a VIP");
+        assert!(balanced(p, &first_vip), "the first VIP");
+        assert!(balanced(p, &second_vip), "the VIP sharing its slot");
+        assert!(!balanced(p, not_a_vip), "not a VIP");
         balancer
             .apply(&second_alone, p, &control)
             .expect("reload without the first");
         assert_eq!(slot(p).flags, VIP_SLOT_SHARED, "emptied, still shared");
-        assert!(!balanced(p, "10.100.0.1"), "the first VIP left");
+        assert!(!balanced(p, &first_vip), "the first VIP left");
         assert!(
-            balanced(p, &second),
+            balanced(p, &second_vip),
             "the second VIP, found in the hash map"
         );
         balancer
@@ -799,17 +851,23 @@ fn ipv4_vips_sharing_an_index_slot_are_both_balanced() {
             first,
             "the first VIP takes the free slot again"
         );
-        assert!(balanced(p, "10.100.0.1"), "the first VIP is back");
-        assert!(balanced(p, &second), "the second VIP still");
+        assert!(balanced(p, &first_vip), "the first VIP is back");
+        assert!(balanced(p, &second_vip), "the second VIP still");
     });
 }
 
-/// Whether a TCP packet to `vip`:80 comes out wrapped in an outer IPv4 header carrying
-/// IPIP.
+/// Whether a TCP packet to `vip`:80 comes out wrapped in an outer header of its own
+/// family (IPv4 in IPv4, IPv6 in IPv6).
 fn balanced(program: &mut XdpProgram, vip: &str) -> bool {
-    let frame = Packet::tcp("192.0.2.40", vip, 40_000, 80).frame();
+    let v6 = vip.contains(':');
+    let client = if v6 { "2001:db8::40" } else { "192.0.2.40" };
+    let frame = Packet::tcp(client, vip, 40_000, 80).frame();
     let out = run(program, &frame).1;
-    out.len() == frame.len() + 20 && out[12..14] == [0x08, 0x00] && out[23] == 4
+    if v6 {
+        out.len() == frame.len() + 40 && out[12..14] == [0x86, 0xdd] && out[20] == 41
+    } else {
+        out.len() == frame.len() + 20 && out[12..14] == [0x08, 0x00] && out[23] == 4
+    }
 }
 
 /// Past `l4_remembered_flows_per_cpu` new flows in one second, a CPU still balances new

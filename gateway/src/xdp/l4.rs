@@ -3,10 +3,10 @@
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapError, PerCpuArray};
 use gateway_common::{
-    L4_NEXT_HOPS_MAP, L4_PORTS_MAP, L4_REAL_STATS_MAP, L4_REALS_MAP, L4_RINGS_MAP,
-    L4_SERVICE_STATS_MAP, L4_SERVICES_MAP, L4_SERVICES_V4_MAP, L4_SETTINGS_MAP, L4_VIP_INDEX_MAP,
-    L4Counter, L4Settings, MAX_L4_REALS, NextHop, Real, VIP_SLOT_IN_USE, VIP_SLOT_SHARED, VipKey,
-    VipKeyV4, VipService, VipSlot, vip_index_slot,
+    IndexedVip, L4_NEXT_HOPS_MAP, L4_PORTS_MAP, L4_REAL_STATS_MAP, L4_REALS_MAP, L4_RINGS_MAP,
+    L4_SERVICE_STATS_MAP, L4_SERVICES_MAP, L4_SERVICES_V4_MAP, L4_SETTINGS_MAP, L4Counter,
+    L4Settings, MAX_L4_REALS, NextHop, Real, VIP_SLOT_IN_USE, VIP_SLOT_SHARED, VipKey, VipKeyV4,
+    VipService, VipSlot,
 };
 
 use super::{
@@ -127,7 +127,8 @@ impl L4Maps<'_> {
     /// VIP in the wide map.
     pub fn insert_service(&mut self, key: &VipKey, service: &VipService) -> Result<(), XdpError> {
         let Some(compact) = key.v4() else {
-            return self.insert_into(L4_SERVICES_MAP, key, service);
+            self.insert_into(L4_SERVICES_MAP, key, service)?;
+            return self.index_vip(key, Some(service));
         };
         self.insert_into(L4_SERVICES_V4_MAP, &compact, service)?;
         self.index_vip(&compact, Some(service))?;
@@ -136,9 +137,12 @@ impl L4Maps<'_> {
 
     /// Takes a VIP out of service (absent is fine), from every map.
     pub fn remove_service(&mut self, key: &VipKey) -> Result<(), XdpError> {
-        if let Some(compact) = key.v4() {
-            self.remove_from(L4_SERVICES_V4_MAP, &compact)?;
-            self.index_vip(&compact, None)?;
+        match key.v4() {
+            Some(compact) => {
+                self.remove_from(L4_SERVICES_V4_MAP, &compact)?;
+                self.index_vip(&compact, None)?;
+            }
+            None => self.index_vip(key, None)?,
         }
         self.remove_from(L4_SERVICES_MAP, key)
     }
@@ -148,12 +152,19 @@ impl L4Maps<'_> {
     /// if it was); another VIP's slot is marked shared, so the program asks the hash map.
     /// Each write is one whole slot, so a packet sees the old slot, the new one, or a
     /// torn one that fails its check.
-    fn index_vip(&mut self, key: &VipKeyV4, service: Option<&VipService>) -> Result<(), XdpError> {
+    fn index_vip<K: IndexedVip>(
+        &mut self,
+        key: &K,
+        service: Option<&VipService>,
+    ) -> Result<(), XdpError>
+    where
+        VipSlot<K>: aya::Pod,
+    {
         let slot = self.vip_slot(key)?;
-        let name = L4_VIP_INDEX_MAP;
-        let mut index: Array<_, VipSlot> =
+        let name = K::INDEX_MAP;
+        let mut index: Array<_, VipSlot<K>> =
             Array::try_from(map_mut(self.ebpf, name)?).map_err(map_error(name))?;
-        let at = vip_index_slot(key.words());
+        let at = key.index_slot();
         let own = slot.flags & VIP_SLOT_IN_USE != 0 && slot.key == *key;
         let shared = slot.flags & VIP_SLOT_SHARED;
         let next = match service {
@@ -161,7 +172,7 @@ impl L4Maps<'_> {
                 VipSlot::sealed(*key, *service, VIP_SLOT_IN_USE | shared)
             }
             Some(_) => VipSlot::sealed(slot.key, slot.service, slot.flags | VIP_SLOT_SHARED),
-            None if own => VipSlot::sealed(VipKeyV4::default(), VipService::default(), shared),
+            None if own => VipSlot::sealed(K::default(), VipService::default(), shared),
             None => return Ok(()),
         };
         if next != slot {
@@ -183,13 +194,14 @@ impl L4Maps<'_> {
     }
 
     /// The VIP index slot `key` places in, as it is (whichever VIP holds it).
-    pub fn vip_slot(&self, key: &VipKeyV4) -> Result<VipSlot, XdpError> {
-        let name = L4_VIP_INDEX_MAP;
-        let index: Array<_, VipSlot> =
+    pub fn vip_slot<K: IndexedVip>(&self, key: &K) -> Result<VipSlot<K>, XdpError>
+    where
+        VipSlot<K>: aya::Pod,
+    {
+        let name = K::INDEX_MAP;
+        let index: Array<_, VipSlot<K>> =
             Array::try_from(map(self.ebpf, name)?).map_err(map_error(name))?;
-        index
-            .get(&vip_index_slot(key.words()), 0)
-            .map_err(map_error(name))
+        index.get(&key.index_slot(), 0).map_err(map_error(name))
     }
 
     fn insert_into<K: aya::Pod>(
