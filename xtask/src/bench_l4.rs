@@ -185,6 +185,9 @@ type PacketRow = (String, String, f64, f64, Option<f64>);
 
 fn packet_rows(object: Vec<u8>, decap: Vec<u8>) -> Result<Vec<PacketRow>> {
     in_namespace_with_next_hop(move || {
+        // Every single run on one core, the one the live rows' NAPI loop uses, so each
+        // row and its floor row are timed on the same core.
+        gateway_tests::pin_thread(0, 1);
         let config = Config::parse(Path::new("bench-l4.toml"), L4_CONFIG)?;
         let mut program = XdpProgram::load_from(&object)?;
         let (control, _inbox) = std::sync::mpsc::channel();
