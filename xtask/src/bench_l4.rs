@@ -237,14 +237,9 @@ fn packet_rows(object: Vec<u8>, decap: Vec<u8>) -> Result<Vec<PacketRow>> {
                 frame(client4, other, 40_000)
             })?),
         );
-        // The floor of a single run: a program that reads two bytes and passes (the
-        // backends' decap program on a packet that is not tunnelled).
+        // The floor of a single run.
         let mut trivial = aya::Ebpf::load(&decap)?;
-        let floor: &mut aya::programs::Xdp = trivial
-            .program_mut("l4_decap")
-            .context("l4_decap program")?
-            .try_into()?;
-        floor.load()?;
+        let floor = floor_program(&mut trivial)?;
         record(
             "floor: a trivial program (l4-decap on a plain packet), single runs",
             single(measure_single(floor, |_| frame(client4, other, 40_000))?),
@@ -314,6 +309,17 @@ fn packet_rows(object: Vec<u8>, decap: Vec<u8>) -> Result<Vec<PacketRow>> {
         );
         Ok(rows)
     })
+}
+
+/// The floor rows' trivial program, loaded: the backends' decap program, which reads two
+/// bytes of a packet that is not tunnelled and passes it.
+fn floor_program(trivial: &mut aya::Ebpf) -> Result<&mut aya::programs::Xdp> {
+    let floor: &mut aya::programs::Xdp = trivial
+        .program_mut("l4_decap")
+        .context("l4_decap program")?
+        .try_into()?;
+    floor.load()?;
+    Ok(floor)
 }
 
 /// Median milliseconds to build the ring of 1,000 weighted targets (100,003 slots),
@@ -519,11 +525,7 @@ fn compare_builds(list: &str) -> Result<String> {
             programs.push((program, balancer));
         }
         let mut trivial = aya::Ebpf::load(&decap)?;
-        let floor: &mut aya::programs::Xdp = trivial
-            .program_mut("l4_decap")
-            .context("l4_decap program")?
-            .try_into()?;
-        floor.load()?;
+        let floor = floor_program(&mut trivial)?;
         let mut floor_rounds = Vec::with_capacity(AB_ROUNDS);
         gateway_tests::pin_thread(0, 0);
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
