@@ -179,7 +179,7 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     let Some(settings) = SETTINGS.get(0) else {
         return (Verdict::L4Unbalanced, xdp_action::XDP_PASS);
     };
-    let cache = CacheClock {
+    let clock = CacheClock {
         epoch: settings.flow_cache_epoch,
         // SAFETY: bpf_jiffies64 has no preconditions.
         now: unsafe { bpf_jiffies64() },
@@ -187,7 +187,7 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     let picked = if packet.v6 {
         let (key, words) = flow_key(packet, src_port_be, dst_port_be);
         let slot = flow_cache_slot(&words, L4_FLOW_CACHE_V6_SLOTS);
-        pick(&FLOWS, &FLOW_CACHE_V6, (&key, slot), service, &cache, hash)
+        pick(&FLOWS, &FLOW_CACHE_V6, (&key, slot), service, &clock, hash)
     } else {
         let (key, words) = flow_key_v4(packet, src_port_be, dst_port_be);
         let slot = flow_cache_slot(&words, L4_FLOW_CACHE_V4_SLOTS);
@@ -196,7 +196,7 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
             &FLOW_CACHE_V4,
             (&key, slot),
             service,
-            &cache,
+            &clock,
             hash,
         )
     };
@@ -212,7 +212,7 @@ pub fn forward(ctx: &XdpContext, packet: &IpPacket, service: &VipService) -> (Ve
     let len = (ctx.data_end() - ctx.data()) as u64;
     count(&SERVICE_STATS, service.id, len, new_flow);
     count(&REAL_STATS, id, len, new_flow);
-    match encapsulate(ctx, packet, settings, real, (id, hash), cache.now) {
+    match encapsulate(ctx, packet, settings, real, (id, hash), clock.now) {
         (Verdict::L4Forwarded | Verdict::L4ForwardedByKernel, action) if !remembered => {
             (Verdict::L4ForwardedUnremembered, action)
         }

@@ -22,10 +22,7 @@ pub struct L4Maps<'a> {
 impl L4Maps<'_> {
     /// Writes the appliance-wide settings (`flow_cache_epoch` is the map's, raised).
     pub fn write_settings(&mut self, settings: &L4Settings) -> Result<(), XdpError> {
-        self.write_settings_with(|current| L4Settings {
-            flow_cache_epoch: current.flow_cache_epoch,
-            ..*settings
-        })
+        self.write_settings_with(|_| *settings)
     }
 
     /// Writes `change(current settings)` under the next flow cache epoch, so no CPU
