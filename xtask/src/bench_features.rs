@@ -101,8 +101,15 @@ fn policy(dir: &Path) -> Result<(GatewayPolicy, std::path::PathBuf)> {
     ))
 }
 
+/// What [`compare`] measured: the table, and each variant's samples for figures of a
+/// section's own.
+pub(crate) struct Compared {
+    pub(crate) table: String,
+    pub(crate) samples: Vec<Vec<Sample>>,
+}
+
 /// Runs `scenario` through each gateway variant `args.runs` times, interleaved; the
-/// first variant is the baseline of the "vs" column. Returns the table.
+/// first variant is the baseline of the "vs" column.
 pub(crate) fn compare(
     args: &BenchArgs,
     dir: &Path,
@@ -111,21 +118,7 @@ pub(crate) fn compare(
     variants: &[(&str, GatewayPolicy)],
     script: Option<&Path>,
     tls: Option<&BenchCertificate>,
-) -> Result<String> {
-    let samples = sample_variants(args, dir, backend, scenario, variants, script, tls)?;
-    variants_table(variants, &samples)
-}
-
-/// Each variant's samples of `scenario`, `args.runs` runs interleaved.
-fn sample_variants(
-    args: &BenchArgs,
-    dir: &Path,
-    backend: u16,
-    scenario: &Scenario,
-    variants: &[(&str, GatewayPolicy)],
-    script: Option<&Path>,
-    tls: Option<&BenchCertificate>,
-) -> Result<Vec<Vec<Sample>>> {
+) -> Result<Compared> {
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
     for run in 0..args.runs {
         for (v, (name, policy)) in variants.iter().enumerate() {
@@ -139,7 +132,10 @@ fn sample_variants(
             samples[v].push(sample);
         }
     }
-    Ok(samples)
+    Ok(Compared {
+        table: variants_table(variants, &samples)?,
+        samples,
+    })
 }
 
 /// The medians of each variant's samples, throughput relative to the first variant.
@@ -180,15 +176,7 @@ pub fn policy_section(args: &BenchArgs, dir: &Path, backend: u16, object: &Path)
         "\nPolicy cost (S6: {}; {} runs × {} s, median)\n",
         S6.what, args.runs, args.duration
     )?;
-    out.push_str(&compare(
-        args,
-        dir,
-        backend,
-        &S6,
-        &variants,
-        Some(&script),
-        None,
-    )?);
+    out.push_str(&compare(args, dir, backend, &S6, &variants, Some(&script), None)?.table);
     writeln!(
         out,
         "\nTarget: the policy variant keeps at least 90% of plain throughput."
@@ -223,7 +211,7 @@ pub fn observability_section(args: &BenchArgs, dir: &Path, backend: u16) -> Resu
         "\nObservability cost (S15: {}; {} runs × {} s, median)\n",
         S15.what, args.runs, args.duration
     )?;
-    out.push_str(&compare(args, dir, backend, &S15, &variants, None, None)?);
+    out.push_str(&compare(args, dir, backend, &S15, &variants, None, None)?.table);
     writeln!(
         out,
         "\nTarget: with metrics and access logs on, at least 95% of the throughput with them off."
@@ -259,8 +247,9 @@ pub fn scaling_section(
             "\nScaling (S11, {}; {} runs × {} s, median)\n",
             scenario.what, args.runs, args.duration
         )?;
-        let samples = sample_variants(args, dir, backend, scenario, &variants, None, tls)?;
-        out.push_str(&variants_table(&variants, &samples)?);
+        let Compared { table, samples } =
+            compare(args, dir, backend, scenario, &variants, None, tls)?;
+        out.push_str(&table);
         let cpu = |v: usize| median(samples[v].iter().map(|s| s.cpu_us_per_request).collect()).0;
         writeln!(
             out,

@@ -65,30 +65,36 @@ pub fn section(args: &BenchArgs, dir: &Path, backend: u16) -> Result<String> {
         "\nMediation cost (S14; {} runs × {} s, median)\n\n{}\n",
         args.runs, args.duration, S14_GET.what
     )?;
-    out.push_str(&compare(
-        args,
-        dir,
-        backend,
-        &S14_GET,
-        &[
-            ("plain", GatewayPolicy::default()),
-            ("REST→GraphQL", graphql),
-        ],
-        None,
-        None,
-    )?);
+    out.push_str(
+        &compare(
+            args,
+            dir,
+            backend,
+            &S14_GET,
+            &[
+                ("plain", GatewayPolicy::default()),
+                ("REST→GraphQL", graphql),
+            ],
+            None,
+            None,
+        )?
+        .table,
+    );
     writeln!(out, "\n{}\n", S14_POST.what)?;
-    out.push_str(&compare(
-        args,
-        dir,
-        backend,
-        &S14_POST,
-        &[
-            ("plain", GatewayPolicy::default()),
-            ("validated + edited", validated),
-        ],
-        Some(&script),
-        None,
-    )?);
+    out.push_str(
+        &compare(
+            args,
+            dir,
+            backend,
+            &S14_POST,
+            &[
+                ("plain", GatewayPolicy::default()),
+                ("validated + edited", validated),
+            ],
+            Some(&script),
+            None,
+        )?
+        .table,
+    );
     Ok(out)
 }
