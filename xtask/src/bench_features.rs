@@ -262,7 +262,7 @@ pub fn scaling_section(
     }
     writeln!(
         out,
-        "\nOn a 2-CPU box the second worker takes CPU from the load generator (wrk on CPU 1) and the backend, so requests/s shows that contention, not the scaling two free cores give; CPU per request staying flat with both workers serving shows they share nothing. `cargo xtask bench --only S11`."
+        "\nOn a 2-CPU box the second worker takes CPU from the load generator (wrk on CPU 1) and the backend, so requests/s shows that contention, not the scaling two free cores give, and the per-core figures carry the cost of the shared core too. `cargo xtask bench --only S11`."
     )?;
     Ok(out)
 }
